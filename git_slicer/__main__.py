@@ -1,0 +1,3 @@
+from git_slicer.cli import main
+
+main()

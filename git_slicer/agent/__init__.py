@@ -1,0 +1,1 @@
+"""The guest side of git-slicer (stdlib + git CLI only)."""

@@ -1,0 +1,374 @@
+"""The guest agent: owns the VM-side repository and serves protocol v1 requests.
+
+Stdlib + the git command line only, so it runs on any VM with python3 >= 3.9 and git. The host
+is trusted here (it started us); requests are still checked so a confused host fails cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from .. import __version__
+from ..wire import overlay as overlay_mod
+from ..wire import tarstream
+from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
+                            error_reply)
+from ..wire.paths import UnsafePath, check_relpath
+
+CAPS = ["pack", "tar", "shallow", "thin"]
+MAX_PUSH_BYTES = 1 << 40        # the host is trusted; the cap only stops runaway streams
+_KEEP_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ")
+
+
+class AgentError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _git_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith("GIT_CONFIG")
+           or k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_"))}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_LITERAL_PATHSPECS"] = "1"
+    return env
+
+
+class Repo:
+    """The VM-side repository at one path."""
+
+    def __init__(self, path: str):
+        self.root = os.path.abspath(os.path.expanduser(path))
+        self.env = _git_env()
+
+    @property
+    def exists(self) -> bool:
+        return os.path.isdir(os.path.join(self.root, ".git"))
+
+    def git(self, args, input=None, check=True) -> bytes:
+        proc = subprocess.run(["git", *args], cwd=self.root, env=self.env, input=input,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if check and proc.returncode != 0:
+            raise AgentError("git-failed", "git %s failed: %s" % (
+                args[0], proc.stderr.decode("utf-8", "replace").strip()[:2000]))
+        return proc.stdout
+
+    def rev(self, name: str):
+        out = self.git(["rev-parse", "-q", "--verify", name + "^{commit}"], check=False).strip()
+        return out.decode() or None
+
+    def algo(self) -> str:
+        fmt = self.git(["rev-parse", "--show-object-format"], check=False).strip().decode()
+        return "sha256" if fmt == "sha256" else "sha1"
+
+    def excludes(self):
+        ignore = os.path.join(self.root, ".slicerignore")
+        return ["core.excludesFile=" + ignore] if os.path.isfile(ignore) else []
+
+    def state(self) -> dict:
+        if not self.exists:
+            return {"exists": False, "branch": None, "head": None, "branches": {},
+                    "overlay": overlay_mod.empty(), "object_format": None}
+        branch = self.git(["symbolic-ref", "-q", "--short", "HEAD"], check=False).strip().decode() or None
+        branches = {}
+        for line in self.git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"]
+                             ).decode("utf-8", "surrogateescape").splitlines():
+            oid, ref = line.split(" ", 1)
+            branches[ref[len("refs/heads/"):]] = oid
+        try:
+            overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes())
+        except overlay_mod.UnmergedPaths as exc:
+            raise AgentError("unmerged", "the VM repository has unmerged paths: " + ", ".join(exc.paths[:10]))
+        return {"exists": True, "branch": branch, "head": self.rev("HEAD"), "branches": branches,
+                "overlay": overlay, "object_format": self.algo(),
+                "shallow": os.path.exists(os.path.join(self.root, ".git", "shallow"))}
+
+
+class Agent:
+    def __init__(self, conn: Connection):
+        self.conn = conn
+
+    def serve(self) -> int:
+        while True:
+            try:
+                request = self.conn.recv()
+            except ProtocolError as exc:
+                if "closed by peer" in str(exc):
+                    return 0
+                raise
+            op = request.get("op")
+            handler = getattr(self, "op_" + str(op).replace("-", "_"), None)
+            if handler is None:
+                self.conn.send(error_reply("unknown-op", "unknown request %r" % op))
+                continue
+            try:
+                reply = handler(request)
+            except AgentError as exc:
+                self.conn.send(error_reply(exc.code, str(exc)))
+                if request.get("_streaming"):
+                    return 1            # the stream is desynchronised: end the connection
+                continue
+            except (ProtocolError, tarstream.UnsafeArchive, UnsafePath, OSError) as exc:
+                self.conn.send(error_reply("failed", "%s: %s" % (op, exc)))
+                return 1
+            if reply is not None:
+                self.conn.send(reply)
+            if op == "bye":
+                return 0
+
+    # -- requests ----------------------------------------------------------
+    def op_hello(self, request):
+        version = subprocess.run(["git", "--version"], stdout=subprocess.PIPE).stdout.decode().strip()
+        if request.get("protocol") != PROTOCOL_VERSION:
+            raise AgentError("version", "agent speaks protocol %d, host asked for %r"
+                             % (PROTOCOL_VERSION, request.get("protocol")))
+        return {"ok": True, "agent": AGENT_NAME, "protocol": PROTOCOL_VERSION, "version": __version__,
+                "caps": CAPS, "git": version, "python": platform.python_version(),
+                "home": os.path.expanduser("~")}
+
+    def op_bye(self, request):
+        return {"ok": True}
+
+    def op_state(self, request):
+        repo = Repo(request["path"])
+        reply = {"ok": True, "path": repo.root, **repo.state()}
+        base = request.get("base")
+        if repo.exists and _is_oid(base) and reply["head"] and repo.rev(base):
+            counts = repo.git(["rev-list", "--left-right", "--count", "%s...%s" % (base, reply["head"])]).split()
+            reply["behind"], reply["ahead"] = int(counts[0]), int(counts[1])
+        return reply
+
+    def op_push(self, request):
+        repo = Repo(request["path"])
+        branch = request["branch"]
+        commit = request["commit"]
+        new_overlay = request["overlay"]
+        if not _is_oid(commit) or subprocess.run(
+                ["git", "check-ref-format", "refs/heads/" + str(branch)], env=repo.env).returncode != 0:
+            raise AgentError("bad-request", "invalid branch name %r or commit %r" % (branch, commit))
+        expect = request.get("expect")
+        if expect is not None:
+            current = repo.state()
+            if current["head"] != expect.get("head") or current["overlay"] != expect.get("overlay"):
+                raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
+        old_overlay = repo.state()["overlay"] if repo.exists else overlay_mod.empty()
+        if not repo.exists:
+            os.makedirs(repo.root, exist_ok=True)
+            repo.git(["init", "-q"])
+        self._configure(repo, request)
+        self.conn.send({"ok": True, "ready": True})
+        request["_streaming"] = True
+        if request.get("pack"):
+            self._receive_pack(repo)
+        staging = tempfile.mkdtemp(prefix="slicer-incoming-", dir=os.path.join(repo.root, ".git"))
+        try:
+            members = {}
+            if request.get("tar"):
+                limits = tarstream.Limits(max_total_bytes=MAX_PUSH_BYTES, max_file_bytes=MAX_PUSH_BYTES)
+                for m in tarstream.read_members(self.conn.recv_stream(MAX_PUSH_BYTES), staging,
+                                                limits, check_collisions=False):
+                    members[m.path] = m
+            request["_streaming"] = False
+            self._verify_members(repo, members, new_overlay)
+            if request.get("shallow"):
+                with open(os.path.join(repo.root, ".git", "shallow"), "w") as fh:
+                    fh.write("".join(oid + "\n" for oid in request["shallow"]))
+            self._apply(repo, branch, commit, old_overlay, new_overlay, members,
+                        request.get("reuse", []), staging, request.get("extra", []))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return {"ok": True, "path": repo.root, **repo.state()}
+
+    def op_fetch(self, request):
+        repo = Repo(request["path"])
+        if not repo.exists:
+            raise AgentError("no-repo", "no repository at %s in the VM" % repo.root)
+        wants = [w for w in request.get("wants", []) if _is_oid(w)]
+        haves = [h for h in request.get("haves", []) if _is_oid(h)]
+        present = set()
+        if haves:
+            out = repo.git(["cat-file", "--batch-check=%(objectname) %(objecttype)"],
+                           input="".join(h + "\n" for h in haves).encode())
+            present = {line.split()[0] for line in out.decode().splitlines() if line.endswith(" commit")}
+        revs = "".join(w + "\n" for w in wants) + "".join("^" + h + "\n" for h in haves if h in present)
+        self.conn.send({"ok": True, "streaming": True})
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(["git", "pack-objects", "--revs", "--thin", "--stdout", "-q"],
+                                    cwd=repo.root, env=repo.env, stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=errors)
+            proc.stdin.write(revs.encode())
+            proc.stdin.close()
+            self.conn.send_stream_from(proc.stdout)
+            if proc.wait() != 0:
+                errors.seek(0)
+                raise AgentError("pack-failed", "pack-objects failed: " + errors.read().decode("utf-8", "replace")[:2000])
+        return {"ok": True}
+
+    def op_files(self, request):
+        """Send the named worktree files, each checked against the oid the host expects."""
+        repo = Repo(request["path"])
+        algo = repo.algo()
+        wanted = request.get("files", {})
+        self.conn.send({"ok": True, "streaming": True})
+        self.conn.send_stream(tarstream.file_stream(repo.root, wanted, algo))
+        return {"ok": True}
+
+    # -- push helpers --------------------------------------------------------
+    def _configure(self, repo: Repo, request) -> None:
+        for key, value in sorted(request.get("config", {}).items()):
+            if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
+                repo.git(["config", key, value])
+        for name, url in sorted(request.get("remotes", {}).items()):
+            if "\n" in name or "\n" in url or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+                continue
+            if repo.git(["config", "--get", "remote.%s.url" % name], check=False):
+                repo.git(["remote", "set-url", name, url])
+            else:
+                repo.git(["remote", "add", name, url])
+
+    def _receive_pack(self, repo: Repo) -> None:
+        proc = subprocess.Popen(["git", "index-pack", "--stdin", "--fix-thin"], cwd=repo.root, env=repo.env,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for chunk in self.conn.recv_stream(MAX_PUSH_BYTES):
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise AgentError("index-pack", "index-pack failed: " + err.decode("utf-8", "replace")[:2000])
+
+    def _verify_members(self, repo: Repo, members: dict, new_overlay: dict) -> None:
+        """End-to-end check: every file's bytes hash to the blob id the host announced."""
+        algo = repo.algo()
+        for path, member in members.items():
+            want = new_overlay["files"].get(path)
+            if member.kind == "dir" or want is None:
+                continue
+            if member.kind == "symlink":
+                got = overlay_mod.blob_oid(os.fsencode(member.target), algo)
+            else:
+                got = _hash_file(member.staged, algo)
+            if got != want[1]:
+                raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
+
+    def _apply(self, repo, branch, commit, old_overlay, new_overlay, members, reuse, staging, extra):
+        git_dir = os.path.join(repo.root, ".git")
+        stash = tempfile.mkdtemp(prefix="slicer-stash-", dir=git_dir)
+        try:
+            stashed = {}
+            for i, path in enumerate(reuse):
+                check_relpath(path)
+                if path in old_overlay["files"] and old_overlay["files"][path] == new_overlay["files"].get(path):
+                    target = os.path.join(stash, "%08d" % i)
+                    os.rename(os.path.join(repo.root, path), target)
+                    stashed[path] = target
+            repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
+            repo.git(["reset", "-q", "--hard", commit])
+            # Untracked files of the previous overlay that the new state does not have.
+            stale = [p for p, e in old_overlay["files"].items()
+                     if e is not None and p not in new_overlay["files"]]
+            if stale:
+                tracked = set(os.fsdecode(p) for p in repo.git(
+                    ["ls-files", "-z", "--"] + stale).split(b"\0") if p)
+                for path in stale:
+                    if path not in tracked:
+                        _remove(os.path.join(repo.root, path))
+            index_lines = []
+            for path, entry in sorted(new_overlay["index"].items()):
+                check_relpath(path)
+                if entry is None:
+                    index_lines.append("0 %s\t%s" % ("0" * len(commit), path))
+                else:
+                    index_lines.append("%s %s\t%s" % (entry[0], entry[1], path))
+            if index_lines:
+                repo.git(["update-index", "-z", "--index-info"],
+                         input=b"".join(os.fsencode(line) + b"\0" for line in index_lines))
+                checkout = [p for p, e in new_overlay["index"].items()
+                            if e is not None and p not in new_overlay["files"]]
+                if checkout:
+                    repo.git(["checkout-index", "-f", "-z", "--stdin"],
+                             input=b"".join(os.fsencode(p) + b"\0" for p in checkout))
+                for path, entry in new_overlay["index"].items():
+                    if entry is None and path not in new_overlay["files"]:
+                        # Removed from the index but still in the worktree: it is untracked now
+                        # and must be sent as a file; nothing to do here.
+                        pass
+            for path, entry in sorted(new_overlay["files"].items()):
+                check_relpath(path)
+                full = os.path.join(repo.root, path)
+                if entry is None:
+                    _remove(full)
+                    continue
+                if path in stashed:
+                    source = stashed[path]
+                    _prepare_target(repo.root, path)
+                    os.rename(source, full)
+                    continue
+                member = members.get(path)
+                if member is None:
+                    raise AgentError("missing", "the host did not send %s" % path)
+                _place(repo.root, path, member)
+            for path in extra:
+                member = members.get(path)
+                if member is not None:
+                    _place(repo.root, path, member)
+            repo.git(["update-index", "-q", "--refresh"], check=False)
+        finally:
+            shutil.rmtree(stash, ignore_errors=True)
+
+
+def _is_oid(value) -> bool:
+    return isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)
+
+
+def _hash_file(path: str, algo: str) -> str:
+    entry = overlay_mod.hash_worktree_file(path, algo)
+    return entry[1] if entry else ""
+
+
+def _remove(full: str) -> None:
+    if os.path.isdir(full) and not os.path.islink(full):
+        shutil.rmtree(full)
+    elif os.path.lexists(full):
+        os.unlink(full)
+
+
+def _prepare_target(root: str, path: str) -> None:
+    parent = os.path.dirname(os.path.join(root, path))
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        os.unlink(parent)
+    os.makedirs(parent, exist_ok=True)
+    full = os.path.join(root, path)
+    if os.path.isdir(full) and not os.path.islink(full):
+        shutil.rmtree(full)
+
+
+def _place(root: str, path: str, member) -> None:
+    _prepare_target(root, path)
+    full = os.path.join(root, path)
+    if member.kind == "symlink":
+        if os.path.lexists(full):
+            os.unlink(full)
+        os.symlink(member.target, full)
+    elif member.kind == "file":
+        os.chmod(member.staged, member.mode)
+        os.replace(member.staged, full)
+
+
+def main(argv=None) -> int:
+    conn = Connection(sys.stdin.buffer, sys.stdout.buffer)
+    # Nothing else may write to the protocol stream.
+    sys.stdout = sys.stderr
+    return Agent(conn).serve()

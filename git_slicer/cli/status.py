@@ -1,0 +1,23 @@
+import click
+
+from ..status import status
+from ..wire.paths import display
+from .common import emit, json_option, short, worktree_at
+
+
+@click.command("status", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("vm", required=False)
+@click.argument("path", required=False, default=".")
+@json_option
+def command(vm, path, as_json):
+    """Show commits ahead/behind and dirty files on the host and in VM since the last sync."""
+    result = status(worktree_at(path), vm)
+    host, guest = result["host"], result["vm_side"]
+    lines = ["VM %s, branch %s, last sync at %s%s" % (result["vm"], result["branch"], short(result["agreed_commit"]),
+                                                      " (in sync)" if result["in_sync"] else "")]
+    for label, side in (("host", host), ("vm", guest)):
+        lines.append("%-4s %s  %s new commit(s), %d changed file(s) since sync" % (
+            label, short(side["head"]), side["ahead"] if side["ahead"] is not None else "?",
+            len(side["changed_since_sync"])))
+        lines.extend("       %s" % display(p) for p in side["changed_since_sync"][:20])
+    emit(as_json, result, "\n".join(lines))

@@ -1,0 +1,135 @@
+"""Typed settings from `git config` (slicer.*, slicer.<vm>.*), env overrides, defaults in one place.
+
+Every key is listed in KEYS: README's config table is generated from the same facts, and a key
+that is not listed here is not read anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import UsageError
+from .repo import run_git
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str          # as written in git config, e.g. "slicer.limit.packBytes"
+    kind: str          # "str" | "bool" | "int" | "path"
+    default: object
+    env: str = ""      # environment variable that overrides it
+    help: str = ""
+
+
+_MB = 1024 * 1024
+KEYS = [
+    Key("slicer.provider", "str", "local", "GIT_SLICER_PROVIDER",
+        "Where `--launch` gets VMs from: `local` (bubblewrap sandbox)."),
+    Key("slicer.vmDir", "path", "", "GIT_SLICER_VM_DIR",
+        "Directory of local sandbox VMs (default `$XDG_DATA_HOME/git-slicer/vms`)."),
+    Key("slicer.guestPath", "str", "", "",
+        "Repository path inside the VM (default `~/<worktree-name>`)."),
+    Key("slicer.includeIgnored", "bool", False, "",
+        "Also push gitignored files (like `--include-ignored`)."),
+    Key("slicer.autoPush", "bool", True, "GIT_SLICER_AUTOPUSH",
+        "Let installed hooks push new commits to linked VMs."),
+    Key("slicer.progress", "str", "auto", "GIT_SLICER_PROGRESS",
+        "Progress bars on stderr: `auto` (only on a TTY), `always`, `never`."),
+    Key("slicer.local.sandbox", "str", "auto", "GIT_SLICER_SANDBOX",
+        "`auto` (bubblewrap if installed, else unsandboxed with a warning), `bwrap`, `none`."),
+    Key("slicer.local.python", "str", "", "",
+        "python3 used inside local sandboxes (default: /usr/bin/python3, else the host's)."),
+    Key("slicer.limit.packBytes", "int", 2048 * _MB, "", "Largest pack accepted from a VM."),
+    Key("slicer.limit.objects", "int", 1_000_000, "", "Most objects in one pack from a VM."),
+    Key("slicer.limit.files", "int", 100_000, "", "Most files in one file stream from a VM."),
+    Key("slicer.limit.fileBytes", "int", 1024 * _MB, "", "Largest single file from a VM."),
+    Key("slicer.limit.totalBytes", "int", 4096 * _MB, "", "Largest file stream from a VM."),
+    Key("slicer.limit.pathBytes", "int", 4096, "", "Longest path from a VM, in bytes."),
+    Key("slicer.limit.pathDepth", "int", 64, "", "Deepest path from a VM, in components."),
+    Key("slicer.limit.linkBytes", "int", 4096, "", "Longest symlink target from a VM."),
+    Key("slicer.limit.frameBytes", "int", 64 * _MB, "", "Largest control message from a VM."),
+    Key("slicer.limit.treeDepth", "int", 256, "", "Deepest tree in commits from a VM."),
+    Key("slicer.limit.seconds", "int", 3600, "", "Longest a single push or pull may take."),
+]
+PER_VM_KEYS = [
+    Key("slicer.<vm>.address", "str", "", "", "How to reach the VM's agent (transport address)."),
+    Key("slicer.<vm>.provider", "str", "", "", "Provider that owns this VM."),
+    Key("slicer.<vm>.guestPath", "str", "", "", "Repository path inside this VM."),
+]
+_BY_NAME = {k.name.lower(): k for k in KEYS}
+RESERVED_VM_NAMES = {"limit", "local"}
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1", ""):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise UsageError("bad boolean value %r for %s" % (text, name))
+
+
+def _normalise(key: str) -> str:
+    """git's key normalisation: section and variable lowercased, subsection kept."""
+    parts = key.split(".")
+    if len(parts) < 3:
+        return key.lower()
+    return ".".join([parts[0].lower(), *parts[1:-1], parts[-1].lower()])
+
+
+class Settings:
+    """All slicer.* settings visible from `cwd`, read with one `git config` call."""
+
+    def __init__(self, cwd: str = None, env=None):
+        from .repo import clean_env
+        out = run_git(["config", "-z", "--get-regexp", r"^slicer\."], cwd=cwd,
+                      env=env or clean_env(), check=False)
+        self._raw = {}
+        for item in out.split(b"\0"):
+            if item:
+                key, _, value = item.partition(b"\n")
+                self._raw[_normalise(key.decode("utf-8", "replace"))] = value.decode("utf-8", "surrogateescape")
+
+    def get(self, name: str):
+        key = _BY_NAME[name.lower()]
+        if key.env and key.env in os.environ:
+            text = os.environ[key.env]
+        else:
+            text = self._raw.get(_normalise(key.name))
+        if text is None:
+            return key.default
+        if key.kind == "bool":
+            return _parse_bool(text, key.name)
+        if key.kind == "int":
+            try:
+                return _parse_int(text)
+            except ValueError:
+                raise UsageError("bad number %r for %s" % (text, key.name)) from None
+        if key.kind == "path":
+            return os.path.expanduser(text)
+        return text
+
+    def vm(self, vm: str, var: str, default=None):
+        return self._raw.get("slicer.%s.%s" % (vm, var.lower()), default)
+
+    def vms_with_address(self) -> dict:
+        found = {}
+        for key, value in self._raw.items():
+            if key.endswith(".address") and key.count(".") >= 2:
+                found[key[len("slicer."):-len(".address")]] = value
+        return found
+
+
+def _parse_int(text: str) -> int:
+    text = text.strip().lower()
+    scale = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}.get(text[-1:], 1)
+    return int(text[:-1] if scale != 1 else text) * scale
+
+
+def vm_dir(settings: Settings) -> str:
+    configured = settings.get("slicer.vmDir")
+    if configured:
+        return configured
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "git-slicer", "vms")

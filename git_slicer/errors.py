@@ -1,0 +1,36 @@
+"""Errors the core raises; the CLI maps each to one line on stderr and an exit code."""
+
+
+class SlicerError(Exception):
+    """A failure the user can act on. `exit_code` 1 = failure, 2 = usage."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str = "", details=None):
+        super().__init__(message)
+        self.hint = hint
+        self.details = details or {}
+
+
+class UsageError(SlicerError):
+    exit_code = 2
+
+
+class NotARepository(SlicerError):
+    pass
+
+
+class VMNotFound(SlicerError):
+    pass
+
+
+class AgentFailed(SlicerError):
+    """The agent could not be reached or answered with an error."""
+
+
+class WouldLoseWork(SlicerError):
+    """An operation stopped before writing because it would destroy someone's work."""
+
+
+class UnsafeInput(SlicerError):
+    """Something the VM sent failed validation; nothing was written."""

@@ -1,0 +1,103 @@
+"""Links between a worktree and its VMs, kept in the worktree's own git metadata.
+
+Each link is `<git-path slicer>/links/<vm>.json` (per worktree: `.git/worktrees/<id>/slicer` in a
+linked worktree). It records how to reach the VM and the last state both sides agreed on, which
+makes later pushes deltas and lets pull tell the VM's changes from the host's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from .errors import UsageError
+
+_VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_vm_name(name: str) -> str:
+    from .config import RESERVED_VM_NAMES
+    if not _VM_NAME.match(name or "") or name in RESERVED_VM_NAMES or name.endswith(".json"):
+        raise UsageError("invalid VM name %r (letters, digits, '.', '_', '-'; at most 63)" % name)
+    return name
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Link:
+    vm: str
+    provider: str = "local"
+    address: str = ""
+    guest_path: str = ""
+    branch: str = ""
+    agreed_commit: str = ""                       # last commit both sides had
+    agreed_overlay: dict = field(default_factory=lambda: {"index": {}, "files": {}})
+    pushed_at: str = ""
+    pulled_at: str = ""
+    created_at: str = field(default_factory=now)
+    last_result: str = ""                         # "ok" | a one-line failure (for status/hooks)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write `path` so readers see the old or the new contents, never a mix."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class LinkStore:
+    def __init__(self, slicer_dir: str):
+        self.dir = os.path.join(slicer_dir, "links")
+
+    @classmethod
+    def of(cls, worktree) -> "LinkStore":
+        return cls(worktree.git_path("slicer"))
+
+    def _path(self, vm: str) -> str:
+        return os.path.join(self.dir, check_vm_name(vm) + ".json")
+
+    def get(self, vm: str):
+        try:
+            with open(self._path(vm), "rb") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return None
+        known = {k: v for k, v in data.items() if k in Link.__dataclass_fields__}
+        return Link(**known)
+
+    def save(self, link: Link) -> None:
+        write_atomic(self._path(link.vm), json.dumps(asdict(link), indent=1, sort_keys=True).encode())
+
+    def remove(self, vm: str) -> bool:
+        try:
+            os.unlink(self._path(vm))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def all(self):
+        try:
+            names = sorted(n[:-5] for n in os.listdir(self.dir) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        links = [self.get(n) for n in names]
+        return [link for link in links if link is not None]

@@ -1,0 +1,30 @@
+"""Where VMs come from. A provider launches, lists and removes VMs, opens a channel to the
+agent in one, and runs commands there. `local` (a bubblewrap sandbox) is the embedded default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+
+
+@dataclass
+class VM:
+    name: str
+    provider: str
+    address: str = ""
+    created_at: str = ""
+    state: str = "running"
+    details: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"name": self.name, "provider": self.provider, "address": self.address,
+                "created_at": self.created_at, "state": self.state, **self.details}
+
+
+def get_provider(name: str, settings):
+    if name == "local":
+        from .local import LocalProvider
+        return LocalProvider(settings)
+    raise UsageError("unknown provider %r (known: local)" % name)

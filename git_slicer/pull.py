@@ -1,0 +1,377 @@
+"""Pull: bring the VM's commits home (quarantined, fast-forward only) and its uncommitted files
+(only where the host has not changed the same path since the last agreed state).
+
+Three states meet here, each a commit plus an overlay (see wire/overlay.py):
+  base  the last state both sides agreed on (from the link)
+  vm    what the VM has now
+  host  what the host worktree has now
+For every path, the VM's version wins where only the VM changed it, the host's stays where only
+the host changed it, and a path both changed differently is a conflict that stops the pull
+before anything is written (or, with --force, the host's copy is saved first).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
+from .ignore import SlicerIgnore
+from .links import LinkStore, now
+from .quarantine import ImportLimits, Quarantine
+from .safewrite import Change, SafeWriter
+from .scan import host_overlay
+from .target import find_vm, open_session, provider_for
+from .wire import overlay as overlay_mod
+from .wire import tarstream
+from .wire.framing import ProtocolError, RemoteError
+from .wire.paths import display
+
+_ABSENT = None
+
+
+@dataclass
+class PullOptions:
+    vm: str
+    force: bool = False
+    no_files: bool = False
+    no_merge: bool = False
+
+
+@dataclass
+class State:
+    commit: str
+    overlay: dict
+
+
+def limits_from(settings: Settings):
+    return (ImportLimits(pack_bytes=settings.get("slicer.limit.packBytes"),
+                         objects=settings.get("slicer.limit.objects"),
+                         tree_depth=settings.get("slicer.limit.treeDepth"),
+                         path_bytes=settings.get("slicer.limit.pathBytes")),
+            tarstream.Limits(max_entries=settings.get("slicer.limit.files"),
+                             max_file_bytes=settings.get("slicer.limit.fileBytes"),
+                             max_total_bytes=settings.get("slicer.limit.totalBytes"),
+                             max_path_bytes=settings.get("slicer.limit.pathBytes"),
+                             max_depth=settings.get("slicer.limit.pathDepth"),
+                             max_link_bytes=settings.get("slicer.limit.linkBytes")))
+
+
+def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
+    settings = settings or Settings(worktree.root)
+    store = LinkStore.of(worktree)
+    link = store.get(options.vm)
+    if link is None or not link.agreed_commit:
+        raise UsageError("this worktree is not linked to VM %s" % options.vm,
+                         hint="push to it first: git slicer push %s" % options.vm)
+    branch = worktree.branch()
+    if branch is None:
+        raise SlicerError("HEAD is detached; check out %s to pull into it" % link.branch)
+    provider = provider_for(settings, options.vm, link)
+    vm = find_vm(provider, options.vm)
+    pack_limits, file_limits = limits_from(settings)
+    with open_session(provider, vm) as session:
+        session.conn.max_json = settings.get("slicer.limit.frameBytes")
+        result = Puller(worktree, session, link, branch, options, pack_limits, file_limits).run()
+    link.pulled_at = now()
+    link.last_result = "ok"
+    store.save(link)
+    result.update({"vm": options.vm, "worktree": worktree.root, "branch": branch})
+    return result
+
+
+class Puller:
+    def __init__(self, worktree, session, link, branch, options, pack_limits, file_limits):
+        self.wt = worktree
+        self.session = session
+        self.link = link
+        self.branch = branch
+        self.options = options
+        self.pack_limits = pack_limits
+        self.file_limits = file_limits
+        self.ignore = SlicerIgnore(worktree.root)
+
+    def run(self) -> dict:
+        vm_state = self.session.state(self.link.guest_path)
+        if not vm_state["exists"]:
+            raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, vm_state.get("path")),
+                              hint="push it again with `git slicer push %s`" % self.link.vm)
+        branches = _valid_branches(self.wt, vm_state["branches"])
+        vm_tip = branches.get(self.link.branch)
+        if vm_tip is None:
+            raise AgentFailed("VM %s no longer has branch %s" % (self.link.vm, self.link.branch))
+        if vm_state["branch"] != self.link.branch:
+            from . import report
+            report.warn("the VM is on branch %s, not %s: its uncommitted files are not pulled"
+                        % (vm_state["branch"], self.link.branch))
+        vm_view = overlay_mod.filtered(vm_state["overlay"], self.ignore.keep)
+        imported = self._import(vm_tip, branches, vm_view)
+
+        head = self.wt.rev("HEAD")
+        result = {"imported": imported, "from": head, "to": head, "fast_forward": False,
+                  "files": {"written": [], "deleted": []}, "conflicts": [], "backup": None}
+        target = head
+        if vm_tip != head and not self.options.no_merge:
+            if self.wt.is_ancestor(head, vm_tip):
+                target = vm_tip
+            elif self.wt.is_ancestor(vm_tip, head):
+                result["note"] = "the host branch is ahead of the VM's"
+            elif self.options.force:
+                target = vm_tip
+            else:
+                raise WouldLoseWork(
+                    "not a fast-forward: %s on the host and in VM %s have diverged; the VM's commits are in "
+                    "refs/slicer/%s/%s" % (self.branch, self.link.vm, self.link.vm, self.link.branch),
+                    hint="merge or rebase onto refs/slicer/%s/%s, or pull --force to take the VM's branch "
+                         "(the host's is saved under refs/slicer/backup/)" % (self.link.vm, self.link.branch))
+        use_vm_files = not self.options.no_files and vm_state["branch"] == self.link.branch
+        vm = State(vm_tip, vm_view if use_vm_files else self.link.agreed_overlay)
+        if target == head and vm_tip != head:
+            result["note"] = result.get("note") or "files not applied: the VM is on a different commit"
+            return result
+        self._merge(head, target, vm, result)
+        self.link.agreed_commit = vm_tip
+        self.link.agreed_overlay = vm.overlay
+        return result
+
+    # -- objects -------------------------------------------------------------------
+    def _import(self, vm_tip: str, branches: dict, vm_view: dict) -> dict:
+        index_blobs = sorted({e[1] for e in vm_view["index"].values()
+                              if e is not None and e[0] != overlay_mod.MODE_GITLINK})
+        wanted = sorted(set(branches.values()))
+        missing = _missing(self.wt, wanted + index_blobs)
+        if missing:
+            haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
+            haves += _slicer_refs(self.wt, self.link.vm).values()
+            with Quarantine(self.wt, self.pack_limits) as q:
+                try:
+                    self.session.request({"op": "fetch", "path": self.link.guest_path, "wants": wanted + [
+                        b for b in index_blobs if b in missing], "haves": sorted(set(haves))})
+                    q.receive(self.session.conn.recv_stream(self.pack_limits.pack_bytes + 1))
+                    self.session.reply()
+                except (ProtocolError, RemoteError, OSError) as exc:
+                    raise AgentFailed("VM %s: fetching objects failed: %s" % (self.link.vm, exc)) from None
+                q.validate(wanted)
+                still = _missing(self.wt, wanted + index_blobs, env=q.env)
+                if still:
+                    raise UnsafeInput("the VM's pack lacks objects it announced (%s)" % still[0][:12])
+                q.migrate()
+        for name, oid in branches.items():
+            self.wt.git(["update-ref", "-m", "slicer pull", "refs/slicer/%s/%s" % (self.link.vm, name), oid])
+        return branches
+
+    # -- commits and files -----------------------------------------------------------
+    def _merge(self, head: str, target: str, vm: State, result: dict) -> None:
+        base = State(self.link.agreed_commit, self.link.agreed_overlay)
+        ours = State(head, host_overlay(self.wt, self.ignore))
+        trees = _Trees(self.wt)
+        paths = set()
+        for state in (base, vm, ours):
+            paths.update(state.overlay["index"], state.overlay["files"])
+        for a, b in ((base.commit, vm.commit), (base.commit, head), (head, target)):
+            paths.update(trees.diff(a, b))
+
+        index_updates, changes, conflicts = {}, [], []
+        for path in sorted(paths):
+            ib, iv, ih = trees.index(base, path), trees.index(vm, path), trees.index(ours, path)
+            wb, wv, wh = trees.file(base, path), trees.file(vm, path), trees.file(ours, path)
+            vm_index_changed, vm_file_changed = iv != ib, wv != wb
+            clash = (vm_file_changed and wh != wb and wh != wv) or (vm_index_changed and ih != ib and ih != iv)
+            if clash:
+                conflicts.append(path)
+                if not self.options.force:
+                    continue
+            it = iv if vm_index_changed or clash else ih
+            wt = wv if vm_file_changed or clash else wh
+            if it != ih:
+                index_updates[path] = it
+            if wt != wh and not (wt and wt[0] == overlay_mod.MODE_GITLINK) \
+                    and not (wh and wh[0] == overlay_mod.MODE_GITLINK):
+                changes.append(Change(path=path, expect=wh, new=wt))
+        result["conflicts"] = conflicts
+        if conflicts and not self.options.force:
+            raise WouldLoseWork("the VM and the host both changed: %s; nothing was written"
+                                % ", ".join(map(display, conflicts[:10])),
+                                hint="commit or stash the host's changes and pull again, or pull --force "
+                                     "(the host's versions are saved under refs/slicer/backup/)",
+                                details={"conflicts": conflicts})
+        staging = tempfile.mkdtemp(prefix="slicer-pull-", dir=self.wt.git_dir)
+        try:
+            self._stage_contents(changes, vm, staging)
+            if self.options.force:
+                result["backup"] = self._backup(head, conflicts, ours, target)
+            self._write(head, target, changes, index_updates, result)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _stage_contents(self, changes, vm: State, staging: str) -> None:
+        """Put the new contents of every change in `staging`: from the object store when the host
+        has the blob, otherwise from the VM's worktree (checked against its blob id)."""
+        needed = [c for c in changes if c.new is not None]
+        have = set(_present(self.wt, sorted({c.new[1] for c in needed})))
+        from_vm = {}
+        for change in needed:
+            if change.new[1] in have:
+                data = self.wt.git(["cat-file", "blob", change.new[1]])
+                if change.new[0] == overlay_mod.MODE_LINK:
+                    change.target = os.fsdecode(data)
+                else:
+                    change.source = os.path.join(staging, change.new[1] + ".blob")
+                    with open(change.source, "wb") as fh:
+                        fh.write(data)
+            else:
+                from_vm[change.path] = change
+        if not from_vm:
+            return
+        files_dir = os.path.join(staging, "files")
+        os.mkdir(files_dir)
+        try:
+            self.session.request({"op": "files", "path": self.link.guest_path,
+                                  "files": {p: c.new for p, c in from_vm.items()}})
+            members = tarstream.read_members(self.session.conn.recv_stream(
+                self.file_limits.max_total_bytes + 1024 * (len(from_vm) + 4)),
+                                             files_dir, self.file_limits)
+            self.session.reply()
+        except tarstream.UnsafeArchive as exc:
+            raise UnsafeInput("files from VM %s refused: %s" % (self.link.vm, exc)) from None
+        except (ProtocolError, RemoteError, OSError) as exc:
+            raise AgentFailed("VM %s: fetching files failed: %s" % (self.link.vm, exc)) from None
+        got = {m.path: m for m in members}
+        if set(got) != set(from_vm):
+            raise UnsafeInput("VM %s sent other files than were asked for" % self.link.vm)
+        for path, change in from_vm.items():
+            member = got[path]
+            if member.kind == "symlink":
+                actual = [overlay_mod.MODE_LINK, overlay_mod.blob_oid(os.fsencode(member.target), self.wt.algo)]
+                change.target = member.target
+            elif member.kind == "file":
+                entry = overlay_mod.hash_worktree_file(member.staged, self.wt.algo)
+                actual = [change.new[0], entry[1]]
+                change.source = member.staged
+            else:
+                actual = None
+            if actual != change.new:
+                raise UnsafeInput("file %s from VM %s does not match its announced contents"
+                                  % (display(path), self.link.vm))
+
+    def _backup(self, head: str, conflicts, ours: State, target: str):
+        """Before --force overwrites anything, keep the host's side under refs/slicer/backup/."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ref = "refs/slicer/backup/%s/%s" % (self.branch, stamp)
+        if target != head:
+            self.wt.git(["update-ref", "-m", "slicer pull --force: old tip", ref, head])
+        if conflicts:
+            saved = self.wt.git(["stash", "create", "slicer pull --force backup"]).strip().decode()
+            untracked = [p for p in conflicts if ours.overlay["files"].get(p) and not self.wt.git(
+                ["ls-files", "--", p]).strip()]
+            for path in untracked:
+                self.wt.git(["hash-object", "-w", "--no-filters", "--", path])
+            if saved:
+                self.wt.git(["update-ref", "-m", "slicer pull --force: host changes", ref + "-worktree", saved])
+            return {"ref": ref, "untracked_saved_as_blobs": untracked}
+        return {"ref": ref} if target != head else None
+
+    def _write(self, head: str, target: str, changes, index_updates: dict, result: dict) -> None:
+        ref = "refs/heads/" + self.branch
+        moved = False
+        if target != head:
+            try:
+                self.wt.git(["update-ref", "-m", "slicer pull: fast-forward from " + self.link.vm, ref, target, head])
+            except SlicerError:
+                raise WouldLoseWork("%s moved on the host during the pull; nothing was changed" % self.branch) from None
+            moved = True
+        try:
+            SafeWriter(self.wt.root, self.wt.algo).apply(changes)
+        except BaseException:
+            if moved:
+                self.wt.git(["update-ref", "-m", "slicer pull: roll back", ref, head, target], check=False)
+            raise
+        if index_updates:
+            zero = "0" * len(head)
+            lines = b"".join(os.fsencode("%s %s\t%s" % ((e[0], e[1], p) if e else ("0", zero, p))) + b"\0"
+                             for p, e in sorted(index_updates.items()))
+            self.wt.git(["update-index", "-z", "--index-info"], input=lines)
+        result["to"] = target
+        result["fast_forward"] = moved
+        result["files"] = {"written": [c.path for c in changes if c.new is not None],
+                           "deleted": [c.path for c in changes if c.new is None]}
+
+
+class _Trees:
+    """Cached lookups of paths in commits (pygit2), and of a state's index and file entries."""
+
+    def __init__(self, worktree):
+        self.wt = worktree
+        self.repo = worktree.pygit
+        self._cache = {}
+
+    def entry(self, commit: str, path: str):
+        key = (commit, path)
+        if key not in self._cache:
+            try:
+                item = self.repo[commit].tree[path] if commit else None
+            except KeyError:
+                item = None
+            if item is None or item.filemode == 0o040000:
+                self._cache[key] = None
+            else:
+                self._cache[key] = ["%06o" % item.filemode, str(item.id)]
+        return self._cache[key]
+
+    def index(self, state: State, path: str):
+        if path in state.overlay["index"]:
+            return state.overlay["index"][path]
+        return self.entry(state.commit, path)
+
+    def file(self, state: State, path: str):
+        if path in state.overlay["files"]:
+            return state.overlay["files"][path]
+        return self.index(state, path)
+
+    def diff(self, a: str, b: str):
+        if not a or not b or a == b:
+            return []
+        out = self.wt.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b])
+        return [os.fsdecode(p) for p in out.split(b"\0") if p]
+
+
+def _missing(worktree, oids, env=None) -> list:
+    if not oids:
+        return []
+    out = worktree.git(["cat-file", "--batch-check"], input="".join(o + "\n" for o in oids).encode(), env=env)
+    return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" missing")]
+
+
+def _present(worktree, oids) -> list:
+    missing = set(_missing(worktree, oids))
+    return [o for o in oids if o not in missing]
+
+
+def _valid_branches(worktree, branches: dict) -> dict:
+    """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning."""
+    from . import report
+    valid = {}
+    for name, oid in sorted(branches.items()):
+        ok = isinstance(name, str) and isinstance(oid, str) and len(oid) in (40, 64) and \
+            all(c in "0123456789abcdef" for c in oid) and "\n" not in name and \
+            subprocess.run(["git", "check-ref-format", "refs/heads/" + name], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL).returncode == 0
+        if ok:
+            valid[name] = oid
+        else:
+            report.warn("ignoring VM branch with an invalid name: %s" % display(str(name))[:100])
+    return valid
+
+
+def _slicer_refs(worktree, vm: str) -> dict:
+    out = worktree.git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/slicer/%s/" % vm])
+    refs = {}
+    for line in out.decode("utf-8", "surrogateescape").splitlines():
+        oid, ref = line.split(" ", 1)
+        refs[ref] = oid
+    return refs

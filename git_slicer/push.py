@@ -1,0 +1,255 @@
+"""Push: give the VM the worktree's branch, history and uncommitted state, sending only what
+it lacks since the last agreed state."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+from . import report
+from .config import Settings
+from .errors import SlicerError, UsageError, WouldLoseWork
+from .ignore import SlicerIgnore
+from .links import Link, LinkStore, now
+from .scan import host_overlay, ignored_files
+from .target import default_guest_path, find_vm, linked_vm, open_session, provider_for
+from .wire import overlay as overlay_mod
+from .wire import tarstream
+from .wire.framing import ProtocolError, StreamAborted
+from .wire.paths import display
+
+
+@dataclass
+class PushOptions:
+    vm: str = None
+    launch: bool = False
+    force: bool = False
+    depth: int = None
+    include_ignored: bool = None
+    provider: str = None
+
+
+def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
+    settings = settings or Settings(worktree.root)
+    branch = worktree.branch()
+    if branch is None:
+        raise SlicerError("HEAD is detached; check out a branch to push", hint="git switch -c NAME")
+    head = worktree.rev("HEAD")
+    if head is None:
+        raise SlicerError("branch %s has no commits yet; commit something first" % branch)
+    if options.depth is not None and options.depth < 1:
+        raise UsageError("--depth must be at least 1")
+    store = LinkStore.of(worktree)
+    launched = False
+    if options.launch:
+        provider = provider_for(settings, override=options.provider)
+        vm = provider.launch(options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root})
+        launched = True
+        link = None
+    else:
+        name = linked_vm(store, options.vm)
+        link = store.get(name)
+        provider = provider_for(settings, name, link, options.provider)
+        vm = find_vm(provider, name)
+    if link is None:
+        link = Link(vm=vm.name, provider=provider.name, address=vm.address,
+                    guest_path=default_guest_path(settings, worktree, vm.name), branch=branch)
+    include_ignored = options.include_ignored
+    if include_ignored is None:
+        include_ignored = settings.get("slicer.includeIgnored")
+
+    with open_session(provider, vm) as session:
+        result = _push(worktree, session, link, head, branch, options, include_ignored)
+    link.branch = branch
+    link.address = vm.address
+    link.agreed_commit = head
+    link.pushed_at = now()
+    link.last_result = "ok"
+    store.save(link)
+    result.update({"vm": vm.name, "provider": provider.name, "worktree": worktree.root, "branch": branch,
+                   "commit": head, "launched": launched, "guest_path": link.guest_path})
+    return result
+
+
+def _push(worktree, session, link: Link, head: str, branch: str, options: PushOptions, include_ignored: bool):
+    ignore = SlicerIgnore(worktree.root)
+    vm_state = session.state(link.guest_path)
+    ours = host_overlay(worktree, ignore)
+    vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
+    first = not vm_state["exists"]
+
+    if not first and not options.force:
+        _refuse_if_vm_has_work(link, vm_state, vm_view)
+    extra = ignored_files(worktree, ignore) if include_ignored else []
+    if (not first and vm_state["head"] == head and vm_state["branch"] == branch and vm_view == ours
+            and not extra and options.depth is None):
+        link.agreed_overlay = ours
+        return {"up_to_date": True, "sent": {"pack_bytes": 0, "files": 0, "file_bytes": 0}}
+
+    known = [c for c in {vm_state["head"], link.agreed_commit, *vm_state["branches"].values()} if c]
+    haves = _host_has(worktree, known) if not first else []
+    index_blobs = sorted({e[1] for e in ours["index"].values()
+                          if e is not None and e[0] != overlay_mod.MODE_GITLINK})
+    need_pack = first or vm_state["head"] != head or bool(index_blobs) or head not in vm_state["branches"].values()
+    reuse = sorted(p for p, e in ours["files"].items()
+                   if e is not None and vm_state["overlay"]["files"].get(p) == e)
+    send = {p: e for p, e in ours["files"].items() if e is not None and p not in reuse}
+    shallow = []
+    if first and options.depth:
+        shallow = _shallow_boundary(worktree, head, options.depth)
+
+    request = {"op": "push", "path": link.guest_path, "branch": branch, "commit": head,
+               "overlay": ours, "reuse": reuse, "extra": extra, "pack": need_pack,
+               "tar": bool(send or extra), "shallow": shallow,
+               "expect": {"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,
+               "config": _identity(worktree), "remotes": _safe_remotes(worktree)}
+    session.request(request)                      # the agent answers "ready" or refuses
+    sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
+    try:
+        if need_pack:
+            sent["pack_bytes"] = _send_pack(worktree, session, head, haves, index_blobs, shallow, options.depth)
+        if request["tar"]:
+            before = session.conn.bytes_out
+            session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra))
+            sent["file_bytes"] = session.conn.bytes_out - before
+    except StreamAborted as exc:
+        session.reply()  # the agent reports the abort; surface our own reason instead
+        raise SlicerError(str(exc)) from None
+    except (BrokenPipeError, ConnectionError, ProtocolError):
+        session.reply()  # the agent stopped reading: its error explains why
+        raise
+    reply = session.reply()
+    after = overlay_mod.filtered(reply["overlay"], ignore.keep)
+    link.guest_path = reply.get("path") or link.guest_path
+    link.agreed_overlay = ours
+    if reply.get("head") != head or after != ours:
+        diff = overlay_mod.changed_paths(ours, after)
+        report.warn("the VM's status differs from the host's after the push: %s"
+                    % ", ".join(map(display, diff[:10])))
+    return {"up_to_date": False, "first_push": first, "sent": sent}
+
+
+def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict) -> None:
+    if not link.agreed_commit:
+        raise WouldLoseWork("VM %s already has a repository at %s that this worktree did not push"
+                            % (link.vm, vm_state["path"]), hint="use --force to replace it")
+    changed = overlay_mod.changed_paths(link.agreed_overlay, vm_view)
+    moved = vm_state["head"] != link.agreed_commit
+    if changed or moved:
+        what = []
+        if moved:
+            what.append("new commits (VM HEAD %s)" % (vm_state["head"] or "none")[:12])
+        if changed:
+            what.append("changed files: %s" % ", ".join(map(display, changed[:10])))
+        raise WouldLoseWork("VM %s has work that was not pulled: %s" % (link.vm, "; ".join(what)),
+                            hint="`git slicer pull %s` first, or push --force to overwrite it" % link.vm,
+                            details={"vm_head": vm_state["head"], "changed": changed})
+
+
+def _host_has(worktree, oids) -> list:
+    if not oids:
+        return []
+    out = worktree.git(["cat-file", "--batch-check=%(objectname) %(objecttype)"],
+                       input="".join(o + "\n" for o in oids).encode())
+    return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" commit")]
+
+
+def _within_depth(worktree, head: str, depth: int):
+    """(commits at most `depth` generations from head, parent map) for a shallow push."""
+    out = worktree.git(["rev-list", "--parents", head]).decode().split("\n")
+    parents = {line.split()[0]: line.split()[1:] for line in out if line}
+    distance = {head: 1}
+    frontier = [head]
+    while frontier:
+        nxt = []
+        for oid in frontier:
+            if distance[oid] < depth:
+                for parent in parents.get(oid, []):
+                    if parent not in distance:
+                        distance[parent] = distance[oid] + 1
+                        nxt.append(parent)
+        frontier = nxt
+    return set(distance), parents
+
+
+def _shallow_boundary(worktree, head: str, depth: int) -> list:
+    """Commits at the edge of a `--depth` history: the VM records them in .git/shallow."""
+    within, parents = _within_depth(worktree, head, depth)
+    return sorted(c for c in within if any(p not in within for p in parents.get(c, [])))
+
+
+def _send_pack(worktree, session, head, haves, blobs, shallow, depth) -> int:
+    with tempfile.TemporaryFile() as errors:
+        if shallow:
+            commits = sorted(_within_depth(worktree, head, depth)[0])
+            listing = worktree.git(["rev-list", "--objects", "--no-walk", "--stdin"],
+                                   input="".join(c + "\n" for c in commits).encode())
+            args, stdin = ["pack-objects", "--stdout", "-q"], listing + "".join(b + "\n" for b in blobs).encode()
+        else:
+            revs = [head] + ["^" + h for h in haves] + blobs
+            args, stdin = ["pack-objects", "--revs", "--thin", "--stdout", "-q"], "".join(r + "\n" for r in revs).encode()
+        proc = subprocess.Popen(["git", *args], cwd=worktree.root, env=worktree.env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=errors)
+        writer = _feed(proc, stdin)
+        try:
+            total = session.conn.send_stream_from(proc.stdout)
+        finally:
+            writer.join()
+            code = proc.wait()
+        if code != 0:
+            errors.seek(0)
+            raise SlicerError("git pack-objects failed: %s" % errors.read().decode("utf-8", "replace").strip()[-500:])
+    return total
+
+
+def _feed(proc, data: bytes):
+    import threading
+
+    def run():
+        try:
+            proc.stdin.write(data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _identity(worktree) -> dict:
+    config = {}
+    for key in ("user.name", "user.email"):
+        value = worktree.config(key)
+        if value:
+            config[key] = value
+    return config
+
+
+_SCP_LIKE = re.compile(r"^(?:[^@/:]+@)?([^/:]+):(?!//)(.+)$")
+_URL = re.compile(r"^(ssh|git\+ssh|ssh\+git|https?|git)://(?:[^@/]*@)?([^/:]+)(?::\d+)?/(.+)$")
+
+
+def safe_remote_url(url: str):
+    """A remote URL the VM may see: ssh forms become https, credentials are dropped.
+
+    Local paths and file:// URLs are dropped (they point into the host).
+    """
+    match = _URL.match(url)
+    if match:
+        scheme, host, path = match.groups()
+        return "%s://%s/%s" % ("git" if scheme == "git" else "https", host, path)
+    match = _SCP_LIKE.match(url)
+    if match and not url.startswith(("/", ".", "file:")):
+        return "https://%s/%s" % (match.group(1), match.group(2).lstrip("/"))
+    return None
+
+
+def _safe_remotes(worktree) -> dict:
+    remotes = {}
+    for name, url in worktree.remotes().items():
+        safe = safe_remote_url(url)
+        if safe:
+            remotes[name] = safe
+    return remotes

@@ -1,0 +1,119 @@
+"""The host worktree: discovery, its git directories, and git subprocesses with a scrubbed env."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from functools import cached_property
+
+from .errors import NotARepository, SlicerError
+
+# Variables git exports into hooks and aliases; they would redirect our git calls elsewhere.
+_SCRUB_PREFIXES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                   "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_PREFIX",
+                   "GIT_NAMESPACE", "GIT_QUARANTINE_PATH", "GIT_REFLOG_ACTION", "GIT_EXEC_PATH",
+                   "GIT_LITERAL_PATHSPECS", "GIT_GLOB_PATHSPECS", "GIT_NOGLOB_PATHSPECS",
+                   "GIT_ICASE_PATHSPECS", "GIT_SHALLOW_FILE", "GIT_REPLACE_REF_BASE")
+
+
+def clean_env(extra=None) -> dict:
+    """os.environ without the GIT_* variables that point git at a particular repository."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_git(args, cwd=None, input=None, env=None, check=True) -> bytes:
+    proc = subprocess.run(["git", *args], cwd=cwd, input=input, env=env if env is not None else clean_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if check and proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise SlicerError("git %s failed: %s" % (args[0], message[-1] if message else "exit %d" % proc.returncode))
+    return proc.stdout
+
+
+class Worktree:
+    """One git worktree on the host (main or linked), found from any path inside it."""
+
+    def __init__(self, path: str = "."):
+        path = os.path.abspath(path)
+        if not os.path.isdir(path):
+            raise NotARepository("not a directory: %s" % path)
+        proc = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir",
+             "--git-common-dir", "--show-object-format"],
+            cwd=path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+        if proc.returncode != 0 or len(lines) != 4:
+            raise NotARepository("not inside a git worktree: %s" % path,
+                                 hint="run it inside a repository, or pass the worktree's path")
+        self.root, self.git_dir, self.common_dir, self.object_format = lines
+        self.env = clean_env({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.root})
+
+    def git(self, args, input=None, check=True, env=None) -> bytes:
+        run_env = self.env if env is None else {**self.env, **env}
+        return run_git(args, cwd=self.root, input=input, env=run_env, check=check)
+
+    def git_path(self, name: str) -> str:
+        """`git rev-parse --git-path NAME`: per-worktree for most names, common for hooks etc."""
+        out = self.git(["rev-parse", "--path-format=absolute", "--git-path", name]).decode().strip()
+        return out
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.root)
+
+    @cached_property
+    def pygit(self):
+        import pygit2  # lazy: hooks and quick commands should not pay for it
+        return pygit2.Repository(self.git_dir)
+
+    @property
+    def algo(self) -> str:
+        return "sha256" if self.object_format == "sha256" else "sha1"
+
+    def branch(self):
+        out = self.git(["symbolic-ref", "-q", "--short", "HEAD"], check=False).strip()
+        return out.decode("utf-8", "surrogateescape") or None
+
+    def rev(self, name: str):
+        out = self.git(["rev-parse", "-q", "--verify", name + "^{commit}"], check=False).strip()
+        return out.decode() or None
+
+    def is_ancestor(self, ancestor: str, descendant: str, env=None) -> bool:
+        proc = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, descendant], cwd=self.root,
+                              env={**self.env, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return proc.returncode == 0
+
+    def count(self, revs) -> int:
+        out = self.git(["rev-list", "--count", *revs], check=False).strip()
+        return int(out or 0)
+
+    def config(self, key: str, default=None):
+        out = self.git(["config", "--get", key], check=False).strip()
+        return out.decode("utf-8", "surrogateescape") if out else default
+
+    def remotes(self) -> dict:
+        out = self.git(["config", "-z", "--get-regexp", r"^remote\..*\.url$"], check=False)
+        remotes = {}
+        for item in out.split(b"\0"):
+            if b"\n" in item:
+                key, value = item.split(b"\n", 1)
+                remotes[key.decode()[len("remote."):-len(".url")]] = value.decode("utf-8", "replace")
+        return remotes
+
+    def worktrees(self):
+        """[(path, branch or None)] for every worktree of this repository, main first."""
+        out = self.git(["worktree", "list", "--porcelain", "-z"]).decode("utf-8", "surrogateescape")
+        result, path, branch = [], None, None
+        for field in out.split("\0"):
+            if field.startswith("worktree "):
+                path, branch = field[len("worktree "):], None
+            elif field.startswith("branch "):
+                branch = field[len("branch refs/heads/"):]
+            elif field == "" and path is not None:
+                result.append((path, branch))
+                path = None
+        return result

@@ -1,0 +1,50 @@
+"""Warnings and progress for the user, on stderr. The core reports through here, never click."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_warned = set()
+quiet = False
+
+
+def warn(message: str) -> None:
+    if not quiet:
+        sys.stderr.write("warning: %s\n" % message)
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warn(message)
+
+
+def progress_enabled(setting: str = "auto") -> bool:
+    if quiet or setting == "never":
+        return False
+    return setting == "always" or sys.stderr.isatty()
+
+
+def progress(total=None, desc: str = "", unit: str = "B", setting: str = None):
+    """A tqdm bar on stderr when enabled, else a no-op object with the same methods."""
+    setting = setting or os.environ.get("GIT_SLICER_PROGRESS", "auto")
+    if not progress_enabled(setting):
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
+                mininterval=0.2, delay=1.0)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass

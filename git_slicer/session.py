@@ -1,0 +1,75 @@
+"""The host's side of protocol v1: one long-lived connection to an agent per operation."""
+
+from __future__ import annotations
+
+from . import __version__
+from .errors import AgentFailed, WouldLoseWork
+from .wire.framing import AGENT_NAME, PROTOCOL_VERSION, ProtocolError, RemoteError
+
+
+class AgentSession:
+    def __init__(self, channel, vm: str):
+        self.channel = channel
+        self.conn = channel.conn
+        self.vm = vm
+        self.info = {}
+
+    # -- plumbing --------------------------------------------------------------
+    def _fail(self, exc) -> AgentFailed:
+        tail = self.channel.stderr_tail() if hasattr(self.channel, "stderr_tail") else ""
+        if isinstance(exc, RemoteError):
+            if exc.code == "vm-changed":
+                return WouldLoseWork("VM %s: %s" % (self.vm, exc))
+            return AgentFailed("VM %s: %s" % (self.vm, exc))
+        message = "lost the agent in VM %s: %s" % (self.vm, exc)
+        if tail:
+            message += " (agent said: %s)" % tail.splitlines()[-1][:300]
+        return AgentFailed(message)
+
+    def request(self, message: dict) -> dict:
+        try:
+            self.conn.send(message)
+            return self.conn.recv_reply()
+        except (ProtocolError, RemoteError, OSError) as exc:
+            raise self._fail(exc) from None
+
+    def reply(self) -> dict:
+        try:
+            return self.conn.recv_reply()
+        except (ProtocolError, RemoteError, OSError) as exc:
+            raise self._fail(exc) from None
+
+    # -- requests ------------------------------------------------------------
+    def hello(self) -> dict:
+        try:
+            self.conn.send({"op": "hello", "protocol": PROTOCOL_VERSION, "client": "git-slicer/" + __version__})
+            reply = self.conn.recv_reply()
+        except RemoteError as exc:
+            raise AgentFailed("VM %s: incompatible agent: %s" % (self.vm, exc)) from None
+        except (ProtocolError, OSError) as exc:
+            raise self._fail(ProtocolError("no git-slicer agent answered (%s)" % exc)) from None
+        if reply.get("agent") != AGENT_NAME or reply.get("protocol") != PROTOCOL_VERSION:
+            raise AgentFailed("VM %s: not a git-slicer agent speaking protocol %d" % (self.vm, PROTOCOL_VERSION))
+        self.info = reply
+        return reply
+
+    def state(self, path: str, base: str = None) -> dict:
+        """The VM repository's branch, HEAD and overlay (and commits ahead of/behind `base`)."""
+        message = {"op": "state", "path": path}
+        if base:
+            message["base"] = base
+        return self.request(message)
+
+    def close(self) -> None:
+        try:
+            self.conn.send({"op": "bye"})
+            self.conn.recv_reply()
+        except (ProtocolError, RemoteError, OSError):
+            pass
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

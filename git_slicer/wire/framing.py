@@ -1,0 +1,183 @@
+"""Protocol v1 framing: length-prefixed frames over any byte stream.
+
+Stdlib only: the guest agent imports this module. See docs/protocol.md.
+
+A frame is a 1-byte type, a 4-byte big-endian payload length, then the payload:
+  J  a JSON control message (UTF-8 object)
+  D  a chunk of the current binary stream
+  Z  end of the current binary stream: JSON {"bytes": n, "sha256": hex}
+  A  abort of the current binary stream: JSON {"message": text}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+PROTOCOL_VERSION = 1
+AGENT_NAME = "git-slicer-agent"
+HEADER = struct.Struct(">cI")
+CHUNK = 256 * 1024
+MAX_DATA_FRAME = 1024 * 1024
+DEFAULT_MAX_JSON = 64 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol (bad frame, limit exceeded, digest mismatch)."""
+
+
+class RemoteError(Exception):
+    """The peer answered a request with an explicit error."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class StreamAborted(ProtocolError):
+    """The sender abandoned a binary stream part-way (e.g. a file changed under it)."""
+
+
+class Connection:
+    """Frames over a pair of binary file objects (pipes, socket files)."""
+
+    def __init__(self, reader, writer, max_json: int = DEFAULT_MAX_JSON):
+        self._r = reader
+        self._w = writer
+        self.max_json = max_json
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- low level -------------------------------------------------------
+    def _read_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self._r.readinto(view[got:])
+            if not k:
+                raise ProtocolError("connection closed by peer" if got == 0 and n else
+                                    "connection closed in the middle of a frame")
+            got += k
+        self.bytes_in += n
+        return bytes(buf)
+
+    def read_frame(self):
+        kind, length = HEADER.unpack(self._read_exact(HEADER.size))
+        limit = self.max_json if kind in (b"J", b"Z", b"A") else MAX_DATA_FRAME
+        if kind not in (b"J", b"D", b"Z", b"A"):
+            raise ProtocolError("unknown frame type %r" % kind)
+        if length > limit:
+            raise ProtocolError("frame of %d bytes exceeds the limit of %d" % (length, limit))
+        return kind, self._read_exact(length)
+
+    def write_frame(self, kind: bytes, payload: bytes) -> None:
+        self._w.write(HEADER.pack(kind, len(payload)))
+        if payload:
+            self._w.write(payload)
+        self.bytes_out += HEADER.size + len(payload)
+
+    def flush(self) -> None:
+        self._w.flush()
+
+    # -- JSON messages ---------------------------------------------------
+    def send(self, message: dict) -> None:
+        self.write_frame(b"J", json.dumps(message, separators=(",", ":")).encode())
+        self.flush()
+
+    def recv(self) -> dict:
+        kind, payload = self.read_frame()
+        if kind != b"J":
+            raise ProtocolError("expected a control message, got a %r frame" % kind)
+        try:
+            message = json.loads(payload)
+        except ValueError as exc:
+            raise ProtocolError("malformed control message: %s" % exc) from None
+        if not isinstance(message, dict):
+            raise ProtocolError("control message is not an object")
+        return message
+
+    def recv_reply(self) -> dict:
+        """Receive a reply; raise RemoteError if it carries an error."""
+        message = self.recv()
+        if message.get("ok") is not True:
+            err = message.get("error")
+            if not isinstance(err, dict):
+                raise ProtocolError("reply is neither ok nor a well-formed error")
+            raise RemoteError(str(err.get("code", "error"))[:100], str(err.get("message", ""))[:2000])
+        return message
+
+    # -- binary streams --------------------------------------------------
+    def send_stream(self, chunks) -> int:
+        """Send an iterable of byte chunks as one stream; return its length."""
+        digest = hashlib.sha256()
+        total = 0
+        try:
+            for chunk in chunks:
+                for start in range(0, len(chunk), CHUNK):
+                    part = chunk[start:start + CHUNK]
+                    digest.update(part)
+                    total += len(part)
+                    self.write_frame(b"D", part)
+        except StreamAborted as exc:
+            self.write_frame(b"A", json.dumps({"message": str(exc)}).encode())
+            self.flush()
+            raise
+        self.write_frame(b"Z", json.dumps({"bytes": total, "sha256": digest.hexdigest()}).encode())
+        self.flush()
+        return total
+
+    def send_stream_from(self, fileobj) -> int:
+        """Send everything readable from a binary file object (e.g. a pipe)."""
+        def chunks():
+            while True:
+                block = fileobj.read1(CHUNK) if hasattr(fileobj, "read1") else fileobj.read(CHUNK)
+                if not block:
+                    return
+                yield block
+        return self.send_stream(chunks())
+
+    def recv_stream(self, max_bytes: int):
+        """Yield the chunks of one incoming stream, verifying its length and digest.
+
+        The generator must be exhausted: the digest is checked after the last chunk.
+        """
+        digest = hashlib.sha256()
+        total = 0
+        while True:
+            kind, payload = self.read_frame()
+            if kind == b"D":
+                total += len(payload)
+                if total > max_bytes:
+                    raise ProtocolError("stream exceeds the limit of %d bytes" % max_bytes)
+                digest.update(payload)
+                yield payload
+            elif kind == b"Z":
+                try:
+                    trailer = json.loads(payload)
+                except ValueError:
+                    raise ProtocolError("malformed end-of-stream frame") from None
+                if not isinstance(trailer, dict) or trailer.get("bytes") != total \
+                        or trailer.get("sha256") != digest.hexdigest():
+                    raise ProtocolError("stream length or digest mismatch (%d bytes received)" % total)
+                return
+            elif kind == b"A":
+                try:
+                    reason = str(json.loads(payload).get("message", ""))
+                except (ValueError, AttributeError):
+                    reason = ""
+                raise StreamAborted("sender aborted the stream: %s" % reason[:500])
+            else:
+                raise ProtocolError("unexpected %r frame inside a stream" % kind)
+
+    def recv_stream_into(self, fileobj, max_bytes: int) -> int:
+        total = 0
+        for chunk in self.recv_stream(max_bytes):
+            fileobj.write(chunk)
+            total += len(chunk)
+        return total
+
+
+def error_reply(code: str, message: str) -> dict:
+    return {"ok": False, "error": {"code": code, "message": message}}

@@ -1,0 +1,165 @@
+"""The overlay: how a worktree differs from its HEAD commit, as a JSON-able manifest.
+
+Stdlib only: the host and the guest agent compute it with this same code, so "the VM's status
+equals the host's" is a comparison of two manifests.
+
+    {"index": {path: [mode, oid] | null},   # index entries that differ from HEAD (null: removed)
+     "files": {path: [mode, oid] | null}}   # worktree entries that differ from the index or are
+                                            # untracked (null: deleted in the worktree)
+
+Modes are git's octal strings ("100644", "100755", "120000", "160000"); oids are git blob ids
+of the bytes (a symlink's blob is its target).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+MODE_FILE = "100644"
+MODE_EXEC = "100755"
+MODE_LINK = "120000"
+MODE_GITLINK = "160000"
+ZERO_MODE = "000000"
+_HASH_CHUNK = 1024 * 1024
+
+
+class UnmergedPaths(Exception):
+    def __init__(self, paths):
+        super().__init__("unmerged paths: " + ", ".join(paths[:10]))
+        self.paths = paths
+
+
+class FileChanged(Exception):
+    """A file changed while it was being read."""
+
+
+def empty() -> dict:
+    return {"index": {}, "files": {}}
+
+
+def blob_oid(data: bytes, algo: str = "sha1") -> str:
+    digest = hashlib.new(algo)
+    digest.update(b"blob %d\0" % len(data))
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def file_mode(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return MODE_LINK
+    return MODE_EXEC if st.st_mode & 0o100 else MODE_FILE
+
+
+def hash_worktree_file(full_path: str, algo: str = "sha1"):
+    """(mode, oid) of a file or symlink as git would store it, or None for anything else.
+
+    Never opens FIFOs, sockets or devices (so a scan cannot block on them).
+    """
+    try:
+        st = os.lstat(full_path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    digest = hashlib.new(algo)
+    digest.update(b"blob %d\0" % st.st_size)
+    seen = 0
+    fd = os.open(full_path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    try:
+        while True:
+            block = os.read(fd, _HASH_CHUNK)
+            if not block:
+                break
+            seen += len(block)
+            digest.update(block)
+    finally:
+        os.close(fd)
+    if seen != st.st_size:
+        raise FileChanged(full_path)
+    return file_mode(st), digest.hexdigest()
+
+
+def parse_status_v2(output: bytes):
+    """Yield (kind, xy, fields, path) from `git status --porcelain=v2 -z` output."""
+    entries = output.split(b"\0")
+    i = 0
+    while i < len(entries):
+        raw = entries[i]
+        i += 1
+        if not raw:
+            continue
+        kind = raw[:1]
+        if kind == b"1":
+            parts = raw.split(b" ", 8)
+            yield "1", parts[1].decode(), [p.decode() for p in parts[2:8]], os.fsdecode(parts[8])
+        elif kind == b"2":  # renames are disabled, but skip the extra path field if present
+            parts = raw.split(b" ", 9)
+            i += 1
+            yield "1", parts[1].decode(), [p.decode() for p in parts[2:8]], os.fsdecode(parts[9])
+        elif kind == b"u":
+            parts = raw.split(b" ", 10)
+            yield "u", parts[1].decode(), [], os.fsdecode(parts[10])
+        elif kind in (b"?", b"!"):
+            yield kind.decode(), "", [], os.fsdecode(raw[2:])
+
+
+def scan(root: str, run_git, algo: str = "sha1", extra_config=()) -> dict:
+    """Compute the overlay of the worktree at `root`.
+
+    `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
+    (the agent passes core.excludesFile so `.slicerignore`d untracked trees are not listed).
+    """
+    args = []
+    for item in extra_config:
+        args += ["-c", item]
+    args += ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames",
+             "--ignore-submodules=dirty"]
+    output = run_git(args)
+    overlay = empty()
+    unmerged = []
+    for kind, xy, fields, path in parse_status_v2(output):
+        if kind == "u":
+            unmerged.append(path)
+            continue
+        if kind == "?":
+            if path.endswith("/"):          # a nested repository: not ours to copy
+                continue
+            entry = hash_worktree_file(os.path.join(root, path), algo)
+            if entry is not None:
+                overlay["files"][path] = list(entry)
+            continue
+        if kind != "1":
+            continue
+        sub, mode_head, mode_index, mode_wt, oid_head, oid_index = fields
+        if xy[0] != ".":
+            overlay["index"][path] = None if mode_index == ZERO_MODE else [mode_index, oid_index]
+        if xy[1] != "." and mode_index != MODE_GITLINK and not sub.startswith("S"):
+            if mode_wt == ZERO_MODE:
+                overlay["files"][path] = None
+            else:
+                entry = hash_worktree_file(os.path.join(root, path), algo)
+                overlay["files"][path] = list(entry) if entry else None
+    if unmerged:
+        raise UnmergedPaths(sorted(unmerged))
+    # An index change the worktree reverts (staged, then edited back) still shows as `files`.
+    return overlay
+
+
+def filtered(overlay: dict, keep) -> dict:
+    """The overlay restricted to paths for which keep(path) is true."""
+    return {"index": {p: e for p, e in overlay["index"].items() if keep(p)},
+            "files": {p: e for p, e in overlay["files"].items() if keep(p)}}
+
+
+def changed_paths(a: dict, b: dict) -> list:
+    """Paths whose index or worktree entry differs between two overlays."""
+    paths = set()
+    for part in ("index", "files"):
+        for path in set(a[part]) | set(b[part]):
+            if a[part].get(path, "absent") != b[part].get(path, "absent"):
+                paths.add(path)
+    return sorted(paths)

@@ -113,7 +113,7 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=()) -> dict:
     `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
     (the agent passes core.excludesFile so `.slicerignore`d untracked trees are not listed).
     """
-    args = []
+    args = ["--no-optional-locks"]      # never rewrite the index just by looking
     for item in extra_config:
         args += ["-c", item]
     args += ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames",

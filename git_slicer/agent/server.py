@@ -302,9 +302,7 @@ class Agent:
                              input=b"".join(os.fsencode(p) + b"\0" for p in checkout))
                 for path, entry in new_overlay["index"].items():
                     if entry is None and path not in new_overlay["files"]:
-                        # Removed from the index but still in the worktree: it is untracked now
-                        # and must be sent as a file; nothing to do here.
-                        pass
+                        _remove(os.path.join(repo.root, path))  # `git rm`: gone from both
             for path, entry in sorted(new_overlay["files"].items()):
                 check_relpath(path)
                 full = os.path.join(repo.root, path)
@@ -339,10 +337,22 @@ def _hash_file(path: str, algo: str) -> str:
 
 
 def _remove(full: str) -> None:
+    """Remove a file or tree, then its parent directories that became empty (as git does)."""
     if os.path.isdir(full) and not os.path.islink(full):
         shutil.rmtree(full)
     elif os.path.lexists(full):
         os.unlink(full)
+    else:
+        return
+    parent = os.path.dirname(full)
+    while True:
+        try:
+            if os.path.isdir(os.path.join(parent, ".git")):
+                break
+            os.rmdir(parent)
+        except OSError:
+            break
+        parent = os.path.dirname(parent)
 
 
 def _prepare_target(root: str, path: str) -> None:

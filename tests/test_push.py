@@ -1,0 +1,298 @@
+"""Push: the VM gets a real, self-contained repository whose status equals the host's."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import Repo, git, slicer
+
+
+def test_first_push_reproduces_branch_history_and_status(repo):
+    repo.write("src/app.py", "print('changed')\n")                 # unstaged edit
+    repo.write("staged.txt", "staged\n")
+    repo.git("add", "staged.txt")                                  # staged new file
+    repo.write("src/lib.py", "VALUE = 2\n")
+    repo.git("add", "src/lib.py")
+    repo.write("src/lib.py", "VALUE = 3\n")                        # staged and then edited again
+    repo.write("notes/todo.txt", "untracked\n")                    # untracked
+    os.unlink(repo.path / "README.md")                             # unstaged deletion
+    repo.git("rm", "-q", "--cached", "bin/run")                    # staged deletion, file kept
+    result = repo.slicer_json("push", "--launch")
+    vm = result["vm"]
+    assert repo.vm_status(vm) == repo.status()
+    assert repo.vm_git(vm, "diff") == repo.git("diff")
+    assert repo.vm_git(vm, "diff", "--cached") == repo.git("diff", "--cached")
+    assert repo.vm_git(vm, "log", "--format=%H %s") == repo.git("log", "--format=%H %s")
+    assert repo.vm_git(vm, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
+
+
+def test_push_json_shape(repo):
+    result = repo.slicer_json("push", "--launch")
+    for key in ("vm", "worktree", "branch", "commit", "guest_path", "provider", "sent", "up_to_date"):
+        assert key in result
+    assert result["branch"] == "main"
+    assert result["commit"] == repo.git("rev-parse", "HEAD").strip()
+    assert result["worktree"] == str(repo.path)
+
+
+def test_vm_repo_is_fresh_not_a_copy_of_host_git(repo):
+    repo.git("config", "core.hooksPath", "/nonexistent")
+    repo.git("config", "credential.helper", "store")
+    repo.git("remote", "add", "origin", "git@github.com:acme/project.git")
+    repo.git("remote", "add", "mirror", "https://user:s3cret@example.com/acme/project.git")
+    repo.git("remote", "add", "local", "/srv/git/project.git")
+    (repo.path / ".git" / "hooks" / "post-checkout").write_text("#!/bin/sh\necho HOOK\n")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    config = repo.vm_git(vm, "config", "--local", "--list")
+    assert "hookspath" not in config.lower()
+    assert "credential" not in config
+    assert "s3cret" not in config
+    assert repo.vm_git(vm, "remote", "get-url", "origin").strip() == "https://github.com/acme/project.git"
+    assert repo.vm_git(vm, "remote", "get-url", "mirror").strip() == "https://example.com/acme/project.git"
+    assert "local" not in repo.vm_git(vm, "remote").split()
+    assert repo.vm_git(vm, "config", "user.name").strip() == "Test User"
+    assert repo.vm_sh(vm, "ls .git/hooks | grep -v sample || true").strip() == ""
+
+
+def test_delta_push_sends_only_new_objects_and_changed_files(launched):
+    repo, vm = launched
+    big = "".join("line %d\n" % i for i in range(20000))
+    repo.write("big.txt", big)
+    repo.commit("big file")
+    first = repo.slicer_json("push")
+    repo.write("small.txt", "tiny\n")
+    repo.commit("one small file")
+    second = repo.slicer_json("push")
+    assert second["sent"]["pack_bytes"] < 2000 < first["sent"]["pack_bytes"]
+    assert second["sent"]["files"] == 0
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status() == ""
+
+
+def test_delta_push_sends_only_files_changed_since_last_push(launched):
+    repo, vm = launched
+    repo.write("a.txt", "a\n")
+    repo.write("b.txt", "b\n")
+    assert repo.slicer_json("push")["sent"]["files"] == 2
+    repo.write("b.txt", "b2\n")
+    result = repo.slicer_json("push")
+    assert result["sent"]["files"] == 1
+    assert result["sent"]["pack_bytes"] == 0
+    assert repo.vm_sh(vm, "cat a.txt b.txt") == "a\nb2\n"
+    os.unlink(repo.path / "a.txt")
+    repo.slicer("push")
+    assert repo.vm_status(vm) == repo.status() == "?? b.txt\n"
+
+
+def test_noop_push_is_up_to_date(launched):
+    repo, vm = launched
+    result = repo.slicer_json("push")
+    assert result["up_to_date"] is True
+    assert result["sent"] == {"pack_bytes": 0, "files": 0, "file_bytes": 0}
+
+
+def test_push_refuses_to_destroy_unpulled_vm_commits(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo agent > agent.txt && git add agent.txt && git commit -qm 'agent work'")
+    vm_head = repo.vm_git(vm, "rev-parse", "HEAD")
+    repo.write("host.txt", "host\n")
+    proc = repo.slicer("push", check=False)
+    assert proc.returncode == 1
+    assert b"not pulled" in proc.stderr and b"Traceback" not in proc.stderr
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == vm_head
+    forced = repo.slicer_json("push", "--force")
+    assert forced["commit"] == repo.git("rev-parse", "HEAD").strip()
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_push_refuses_to_destroy_unpulled_vm_file_edits(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'agent edit' >> README.md")
+    proc = repo.slicer("push", check=False)
+    assert proc.returncode == 1
+    assert b"README.md" in proc.stderr
+    assert "agent edit" in repo.vm_sh(vm, "cat README.md")
+
+
+def test_slicerignore_paths_never_leave_the_host(repo):
+    repo.write(".slicerignore", "node_modules/\n.env\n*.secret\n")
+    repo.write(".env", "TOKEN=host\n")
+    repo.write("deep/key.secret", "k\n")
+    repo.write("node_modules/pkg/index.js", "x\n")
+    repo.write("kept.txt", "kept\n")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    listing = repo.vm_sh(vm, "find . -path ./.git -prune -o -type f -print | sort")
+    assert "./kept.txt" in listing and "./.slicerignore" in listing
+    assert ".env" not in listing and "secret" not in listing and "node_modules" not in listing
+    assert repo.vm_sh(vm, "git grep -l TOKEN || true").strip() == ""
+    # The VM's own ignored-by-slicer files do not count as unpulled work.
+    repo.vm_sh(vm, "mkdir -p node_modules/x && echo vm > node_modules/x/a.js")
+    repo.write("kept.txt", "kept2\n")
+    repo.slicer("push")
+    assert repo.vm_sh(vm, "cat kept.txt") == "kept2\n"
+
+
+def test_gitignored_files_only_with_include_ignored(repo):
+    repo.write(".gitignore", "build/\n")
+    repo.commit("ignore build")
+    repo.write("build/out.bin", b"\x00\x01")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_sh(vm, "test -e build/out.bin && echo yes || echo no") == "no\n"
+    repo.slicer("push", vm, "--include-ignored")
+    assert repo.vm_sh(vm, "od -An -tx1 build/out.bin").split() == ["00", "01"]
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_symlinks_travel_as_links_never_their_targets(repo, tmp_path):
+    secret = tmp_path / "outside-secret.txt"
+    secret.write_text("host credentials\n")
+    os.symlink(str(secret), repo.path / "creds")
+    os.symlink("src", repo.path / "srcdir")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_sh(vm, "readlink creds").strip() == str(secret)
+    assert repo.vm_sh(vm, "readlink app-link; readlink srcdir") == "src/app.py\nsrc\n"
+    assert repo.vm_sh(vm, "cat creds 2>/dev/null || echo unreadable") == "unreadable\n"
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_exec_bits_and_mode_changes(repo):
+    repo.write("tool.sh", "#!/bin/sh\n", mode=0o755)
+    (repo.path / "src" / "app.py").chmod(0o755)                   # mode-only change of a tracked file
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_sh(vm, "test -x tool.sh && test -x bin/run && test -x src/app.py && echo ok") == "ok\n"
+    assert repo.vm_status(vm) == repo.status()
+    assert repo.vm_git(vm, "diff") == repo.git("diff")
+
+
+def test_binary_and_non_ascii_names(repo):
+    blob = bytes(range(256)) * 64
+    repo.write("données/été.bin", blob)
+    repo.write("name with spaces.txt", "x\n")
+    repo.write("日本語.txt", "こんにちは\n")
+    repo.commit("unicode")
+    repo.write("données/été.bin", blob[::-1])
+    repo.write("новый.txt", "new\n")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_status(vm) == repo.status()
+    digest = repo.vm_sh(vm, "sha1sum 'données/été.bin'").split()[0]
+    import hashlib
+    assert digest == hashlib.sha1(blob[::-1]).hexdigest()
+
+
+def test_deletions_of_tracked_files_and_whole_directories(launched):
+    repo, vm = launched
+    repo.git("rm", "-rq", "src")
+    repo.slicer("push")
+    assert repo.vm_status(vm) == repo.status()
+    repo.commit("drop src")
+    repo.slicer("push")
+    assert repo.vm_sh(vm, "test -e src && echo yes || echo no") == "no\n"
+    assert repo.vm_status(vm) == ""
+
+
+def test_untracked_file_removed_on_host_is_removed_in_vm(launched):
+    repo, vm = launched
+    repo.write("scratch/tmp.txt", "x\n")
+    repo.slicer("push")
+    os.unlink(repo.path / "scratch" / "tmp.txt")
+    repo.slicer("push")
+    assert repo.vm_sh(vm, "test -e scratch/tmp.txt && echo yes || echo no") == "no\n"
+
+
+def test_fifo_in_worktree_is_skipped_without_blocking(repo):
+    os.mkfifo(repo.path / "pipe")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_sh(vm, "test -e pipe && echo yes || echo no") == "no\n"
+
+
+def test_shallow_push_with_depth(repo):
+    for i in range(5):
+        repo.write("n.txt", "%d\n" % i)
+        repo.commit("c%d" % i)
+    vm = repo.slicer_json("push", "--launch", "--depth", "2")["vm"]
+    assert repo.vm_git(vm, "rev-list", "--count", "HEAD").strip() == "2"
+    assert repo.vm_git(vm, "rev-parse", "--is-shallow-repository").strip() == "true"
+    assert repo.vm_status(vm) == repo.status()
+    repo.write("n.txt", "later\n")
+    repo.commit("after shallow")
+    repo.slicer("push")
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_git(vm, "fsck", "--connectivity-only", check=False) is not None
+
+
+def test_push_from_subdirectory_and_path_argument(repo, tmp_path):
+    sub = repo.path / "src"
+    vm = slicer_json_at(sub, "push", "--launch")["vm"]
+    assert slicer_json_at(tmp_path, "push", vm, str(repo.path))["up_to_date"] is True
+
+
+def slicer_json_at(cwd, *args):
+    import json
+    return json.loads(slicer(cwd, *args, "--json").stdout)
+
+
+def test_linked_worktree_gets_its_own_repo_and_link(repo, tmp_path):
+    other = tmp_path / "feature"
+    repo.git("worktree", "add", "-q", "-b", "feature", str(other))
+    wt = Repo(other)
+    wt.write("feature.txt", "wip\n")
+    vm = wt.slicer_json("push", "--launch")["vm"]
+    assert wt.vm_git(vm, "symbolic-ref", "--short", "HEAD").strip() == "feature"
+    assert wt.vm_status(vm) == wt.status() == "?? feature.txt\n"
+    # The link lives in the linked worktree's own metadata, not the main one's.
+    assert os.path.exists(repo.path / ".git" / "worktrees" / "feature" / "slicer" / "links" / (vm + ".json"))
+    rows = repo.slicer_json("list")
+    by_path = {r["worktree"]: r for r in rows}
+    assert by_path[str(other)]["vm"] == vm
+    assert by_path[str(repo.path)]["vm"] is None
+    assert by_path[str(repo.path)]["current"] is True
+
+
+def test_git_alias_runs_push(repo):
+    repo.git("config", "alias.vmpush", "slicer push")
+    repo.git("config", "alias.vmpush2", "!git slicer push")
+    proc = git(repo.path / "src", "vmpush", "--launch", "--json")
+    assert '"branch": "main"' in proc
+    vm = repo.slicer_json("list")[0]["vm"]
+    repo.write("x.txt", "x\n")
+    git(repo.path / "src", "vmpush2", vm)
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_push_without_link_or_launch_is_a_clear_error(repo):
+    proc = repo.slicer("push", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(b"error: this worktree is not linked to a VM")
+    assert b"Traceback" not in proc.stderr
+
+
+def test_push_to_missing_vm_is_a_clear_error(repo):
+    proc = repo.slicer("push", "nosuchvm", check=False)
+    assert proc.returncode == 1
+    assert b"nosuchvm does not exist" in proc.stderr
+
+
+def test_push_outside_a_repository(tmp_path):
+    proc = slicer(tmp_path, "push", "--launch", check=False)
+    assert proc.returncode == 1
+    assert b"not inside a git worktree" in proc.stderr
+
+
+@pytest.mark.parametrize("setup,needle", [
+    (lambda r: r.git("checkout", "-q", "--detach"), b"detached"),
+])
+def test_push_refuses_detached_head(repo, setup, needle):
+    setup(repo)
+    proc = repo.slicer("push", "--launch", check=False)
+    assert proc.returncode == 1 and needle in proc.stderr
+
+
+def test_second_worktree_push_to_same_vm_path_is_refused_without_force(repo, tmp_path):
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    clone = tmp_path / "clone" / "project"
+    git(tmp_path, "clone", "-q", str(repo.path), str(clone))
+    proc = slicer(clone, "push", vm, check=False)
+    assert proc.returncode == 1
+    assert b"did not push" in proc.stderr

@@ -11,7 +11,7 @@ from .common import worktree_at
 
 
 @click.command("exec", context_settings={"help_option_names": ["-h", "--help"],
-                                         "ignore_unknown_options": True, "allow_interspersed_args": False})
+                                         "ignore_unknown_options": True})
 @click.argument("vm")
 @click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository.")
 @click.option("-C", "path", default=".", help="Host worktree whose link gives the repository path.")

@@ -153,7 +153,7 @@ class LocalProvider:
             prefix = os.path.realpath(sys.base_prefix)
             args += ["--ro-bind", prefix, prefix]
         args += ["--bind", home, GUEST_HOME, "--ro-bind", package, GUEST_LIB + "/git_slicer",
-                 "--chdir", cwd]
+                 "--remount-ro", "/", "--chdir", cwd]
         if not interactive:
             args.append("--new-session")    # no TIOCSTI into the user's terminal
         return args + ["--"] + list(argv), env, None

@@ -1,0 +1,170 @@
+"""Pull: the VM's commits come home by fast-forward, its files only where the host did not
+change the same path since the last agreed state."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import Repo
+
+
+def test_pull_fast_forwards_commits_and_brings_uncommitted_files(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo feature > feature.py && git add feature.py && git commit -qm 'agent: feature' && "
+                   "echo 'more' >> README.md && echo new > new.txt && git rm -q bin/run")
+    vm_head = repo.vm_git(vm, "rev-parse", "HEAD").strip()
+    result = repo.slicer_json("pull", vm)
+    assert result["fast_forward"] is True
+    assert result["to"] == vm_head == repo.git("rev-parse", "HEAD").strip()
+    assert repo.git("rev-parse", "refs/slicer/%s/main" % vm).strip() == vm_head
+    assert (repo.path / "feature.py").read_text() == "feature\n"
+    assert repo.status() == repo.vm_status(vm)
+    assert "more" in (repo.path / "README.md").read_text()
+    assert not (repo.path / "bin" / "run").exists()
+    assert repo.git("reflog", "-1", "--format=%gs", "main").startswith("slicer pull")
+
+
+def test_pull_json_shape(launched):
+    repo, vm = launched
+    result = repo.slicer_json("pull", vm)
+    for key in ("vm", "worktree", "branch", "from", "to", "fast_forward", "files", "conflicts", "imported"):
+        assert key in result
+    assert result["files"] == {"written": [], "deleted": []}
+    assert result["fast_forward"] is False
+
+
+def test_pull_refuses_non_fast_forward_and_force_saves_the_host_tip(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'vm side'")
+    repo.write("host.txt", "host\n")
+    host_tip = repo.commit("host side")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1
+    assert b"not a fast-forward" in proc.stderr and b"Traceback" not in proc.stderr
+    assert repo.git("rev-parse", "HEAD").strip() == host_tip
+    vm_head = repo.vm_git(vm, "rev-parse", "HEAD").strip()
+    assert repo.git("rev-parse", "refs/slicer/%s/main" % vm).strip() == vm_head   # imported anyway
+    result = repo.slicer_json("pull", vm, "--force")
+    assert repo.git("rev-parse", "HEAD").strip() == vm_head
+    assert repo.git("rev-parse", result["backup"]["ref"]).strip() == host_tip
+
+
+def test_pull_with_conflicting_host_edit_writes_nothing(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'vm version' > README.md && echo other > other.txt")
+    repo.write("README.md", "host version\n")
+    before = repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer"))
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1
+    assert b"README.md" in proc.stderr and b"nothing was written" in proc.stderr
+    assert repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer")) == before
+    assert not (repo.path / "other.txt").exists()                   # all or nothing
+
+
+def test_pull_keeps_host_edits_to_other_paths(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm >> src/app.py")
+    repo.write("src/lib.py", "VALUE = 'host'\n")
+    repo.slicer("pull", vm)
+    assert (repo.path / "src" / "app.py").read_text().endswith("vm\n")
+    assert (repo.path / "src" / "lib.py").read_text() == "VALUE = 'host'\n"
+    # Both sides now differ only by the host's edit, which a push delivers without refusal.
+    repo.slicer("push")
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_pull_never_overwrites_host_untracked_or_ignored_files(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm > notes.txt")
+    repo.write("notes.txt", "host notes\n")
+    assert repo.slicer("pull", vm, check=False).returncode == 1
+    assert (repo.path / "notes.txt").read_text() == "host notes\n"
+
+
+def test_pull_same_change_on_both_sides_is_not_a_conflict(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo same > same.txt")
+    repo.write("same.txt", "same\n")
+    repo.slicer("pull", vm)
+    assert (repo.path / "same.txt").read_text() == "same\n"
+
+
+def test_pull_no_files_brings_commits_only(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo c > c.txt && git add c.txt && git commit -qm c && echo dirty > dirty.txt")
+    repo.slicer("pull", vm, "--no-files")
+    assert (repo.path / "c.txt").exists()
+    assert not (repo.path / "dirty.txt").exists()
+    # The VM still has uncommitted work, so a push must not overwrite it.
+    assert repo.slicer("push", check=False).returncode == 1
+
+
+def test_pull_no_merge_imports_refs_only(launched):
+    repo, vm = launched
+    old = repo.git("rev-parse", "HEAD").strip()
+    repo.vm_sh(vm, "echo c > c.txt && git add c.txt && git commit -qm c")
+    result = repo.slicer_json("pull", vm, "--no-merge")
+    assert repo.git("rev-parse", "HEAD").strip() == old
+    assert result["imported"]["main"] == repo.vm_git(vm, "rev-parse", "HEAD").strip()
+    assert not (repo.path / "c.txt").exists()
+
+
+def test_pull_brings_staged_changes_symlinks_and_exec_bits(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo staged > staged.txt && git add staged.txt && echo '#!/bin/sh' > tool && "
+                   "chmod +x tool && ln -s staged.txt alias && chmod -x bin/run")
+    repo.slicer("pull", vm)
+    assert repo.status() == repo.vm_status(vm)
+    assert os.readlink(repo.path / "alias") == "staged.txt"
+    assert os.access(repo.path / "tool", os.X_OK)
+    assert not os.access(repo.path / "bin" / "run", os.X_OK)
+    assert repo.git("diff", "--cached", "--name-only").split() == ["staged.txt"]
+
+
+def test_pull_binary_and_non_ascii_files(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "printf '\\000\\001\\377' > 'été.bin' && mkdir -p 'données' && echo x > 'données/ü.txt' && "
+                   "git add . && git commit -qm unicode && printf '\\002' >> 'été.bin'")
+    repo.slicer("pull", vm)
+    assert (repo.path / "été.bin").read_bytes() == b"\x00\x01\xff\x02"
+    assert repo.status() == repo.vm_status(vm)
+
+
+def test_pull_into_linked_worktree_from_subdirectory(repo, tmp_path):
+    other = tmp_path / "wt"
+    repo.git("worktree", "add", "-q", "-b", "topic", str(other))
+    wt = Repo(other)
+    vm = wt.slicer_json("push", "--launch")["vm"]
+    wt.vm_sh(vm, "echo t > topic.txt && git add topic.txt && git commit -qm topic")
+    from conftest import slicer
+    slicer(other / "src", "pull", vm)
+    assert wt.git("log", "-1", "--format=%s").strip() == "topic"
+    assert repo.git("rev-parse", "topic") == wt.git("rev-parse", "HEAD")
+    assert repo.git("rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+
+
+def test_pull_when_host_branch_moved_ahead_keeps_host(launched):
+    repo, vm = launched
+    repo.write("ahead.txt", "a\n")
+    tip = repo.commit("host ahead")
+    result = repo.slicer_json("pull", vm)
+    assert repo.git("rev-parse", "HEAD").strip() == tip
+    assert "ahead" in result.get("note", "")
+
+
+def test_pull_unlinked_vm_is_a_clear_error(repo):
+    proc = repo.slicer("pull", "vm-9", check=False)
+    assert proc.returncode == 2
+    assert b"not linked to VM vm-9" in proc.stderr
+
+
+def test_round_trip_push_pull_push(launched):
+    repo, vm = launched
+    for i in range(3):
+        repo.vm_sh(vm, "echo %d >> log.txt && git add log.txt && git commit -qm vm%d && echo w%d > wip.txt" % (i, i, i))
+        repo.slicer("pull", vm)
+        repo.write("host%d.txt" % i, "h\n")
+        repo.commit("host %d" % i)
+        repo.slicer("push")
+        assert repo.vm_status(vm) == repo.status()
+        assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")

@@ -6,8 +6,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bash "$here/scripts/install-system-deps.sh"
 python3 -m venv "$here/.venv"
-"$here/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$here/.venv/bin/python" -m pip install -q "$here"
+log=$(mktemp)
+"$here/.venv/bin/python" -m pip install -q "$here" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
 export PATH="$here/.venv/bin:$PATH"
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 

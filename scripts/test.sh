@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+log=$(mktemp)
+.venv/bin/python -m pip install -q -e '.[test]' >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
 exec .venv/bin/python -m pytest "$@"

@@ -7,11 +7,18 @@ import sys
 
 _warned = set()
 quiet = False
+verbose = False
 
 
 def warn(message: str) -> None:
     if not quiet:
         sys.stderr.write("warning: %s\n" % message)
+
+
+def info(message: str) -> None:
+    """Detail shown with -v."""
+    if verbose and not quiet:
+        sys.stderr.write("%s\n" % message)
 
 
 def warn_once(message: str) -> None:
@@ -27,8 +34,12 @@ def progress_enabled(setting: str = "auto") -> bool:
 
 
 def progress(total=None, desc: str = "", unit: str = "B", setting: str = None):
-    """A tqdm bar on stderr when enabled, else a no-op object with the same methods."""
-    setting = setting or os.environ.get("GIT_SLICER_PROGRESS", "auto")
+    """A tqdm bar on stderr when enabled (shown only once work lasts over a second), else a
+    no-op object with the same methods."""
+    if setting is None and not quiet:
+        from .config import Settings      # slicer.progress (env GIT_SLICER_PROGRESS wins)
+        setting = Settings().get("slicer.progress")
+    setting = setting or "auto"
     if not progress_enabled(setting):
         return _NoBar()
     from tqdm import tqdm
@@ -48,3 +59,11 @@ class _NoBar:
 
     def __exit__(self, *exc):
         pass
+
+
+def attach(conn, desc: str):
+    """Show a byte-count bar for the streams on `conn`; returns the bar (close it when done)."""
+    bar = progress(desc=desc)
+    if not isinstance(bar, _NoBar):
+        conn.on_progress = bar.update
+    return bar

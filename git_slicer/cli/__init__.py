@@ -17,17 +17,43 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="git-slicer", message="%(prog)s %(version)s")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
-def cli(quiet):
+@click.option("-v", "--verbose", is_flag=True, help="Print more detail on stderr.")
+def cli(quiet, verbose):
     """Give a coding agent its own copy of a git worktree in an isolated VM,
     and bring its work home safely."""
     from .. import report
-    report.quiet = quiet
+    report.quiet = report.quiet or quiet
+    report.verbose = report.verbose or verbose
+
+
+def _set_report(ctx, param, value):
+    from .. import report
+    if value:
+        setattr(report, param.name, True)
+
+
+def _add_output_options(command) -> None:
+    """Every command also takes -q/--quiet and -v/--verbose (git users put them after the verb)."""
+    names = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    for flag, name, text in (("-q", "quiet", "Print only errors."), ("-v", "verbose", "Print more detail.")):
+        if flag not in names:
+            command.params.append(click.Option([flag, "--" + name], is_flag=True, expose_value=False,
+                                               is_eager=True, callback=_set_report, help=text))
+    for sub in getattr(command, "commands", {}).values():
+        _add_output_options(sub)
 
 
 def _register():
-    from . import agent, exec_, list_, pull, push, status, vm
-    for module in (push, pull, list_, status, exec_, vm, agent):
+    from . import agent, exec_, hooks, list_, pull, push, status, vm
+    for module in (push, pull, list_, status, exec_, vm, agent, hooks):
         cli.add_command(module.command)
+    from . import completion, review, worktree
+    for command in review.commands:
+        cli.add_command(command)
+    cli.add_command(worktree.command)
+    cli.add_command(completion.command)
+    for command in cli.commands.values():
+        _add_output_options(command)
 
 
 _register()
@@ -35,7 +61,8 @@ _register()
 
 def main(argv=None) -> None:
     try:
-        code = cli.main(args=argv, prog_name="git slicer", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="git slicer", standalone_mode=False,
+                        complete_var="_GIT_SLICER_COMPLETE")
     except click.UsageError as exc:
         exc.show()
         code = 2

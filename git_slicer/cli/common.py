@@ -27,3 +27,21 @@ def emit(as_json: bool, data, text: str = None) -> None:
 
 def short(oid) -> str:
     return (oid or "-")[:12]
+
+
+def complete_vm(ctx, param, incomplete):
+    """VM names for shell completion: this worktree's links, then the provider's VMs."""
+    names = []
+    try:
+        from ..config import Settings
+        from ..links import LinkStore
+        from ..target import provider_for
+        names = [link.vm for link in LinkStore.of(worktree_at(".")).all()]
+        names += [vm.name for vm in provider_for(Settings()).list() if vm.name not in names]
+    except Exception:  # completion must never fail loudly
+        pass
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def vm_argument(required: bool = False):
+    return click.argument("vm", required=required, shell_complete=complete_vm)

@@ -2,11 +2,11 @@ import click
 
 from ..pull import PullOptions, pull
 from ..wire.paths import display
-from .common import emit, json_option, short, worktree_at
+from .common import emit, json_option, short, vm_argument, worktree_at
 
 
 @click.command("pull", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("vm")
+@vm_argument(required=True)
 @click.argument("path", required=False, default=".")
 @click.option("-f", "--force", is_flag=True,
               help="Take the VM's branch and files even where the host differs (host state saved first).")

@@ -1,11 +1,12 @@
 import click
 
+from ..fanout import push_many
 from ..push import PushOptions, push
-from .common import emit, json_option, short, worktree_at
+from .common import emit, json_option, short, vm_argument, worktree_at
 
 
 @click.command("push", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("vm", required=False)
+@vm_argument()
 @click.argument("path", required=False, default=".")
 @click.option("--launch", is_flag=True, help="Start a fresh VM first (VM, if given, names it).")
 @click.option("-f", "--force", is_flag=True, help="Push even if the VM has work that was not pulled.")
@@ -13,13 +14,28 @@ from .common import emit, json_option, short, worktree_at
 @click.option("--include-ignored/--no-include-ignored", default=None,
               help="Also send gitignored files (default: slicer.includeIgnored).")
 @click.option("--provider", help="Provider for --launch (default: slicer.provider).")
+@click.option("--all", "all_linked", is_flag=True, help="Push to every VM linked to the worktree, concurrently.")
+@click.option("--count", type=int, help="With --launch: launch N VMs and push to all of them.")
 @json_option
-def command(vm, path, launch, force, depth, include_ignored, provider, as_json):
+def command(vm, path, launch, force, depth, include_ignored, provider, all_linked, count, as_json):
     """Give VM a self-contained copy of the worktree at PATH: its branch, history, and every
     staged, unstaged and untracked change (minus .slicerignore)."""
     worktree = worktree_at(path)
-    result = push(worktree, PushOptions(vm=vm, launch=launch, force=force, depth=depth,
-                                        include_ignored=include_ignored, provider=provider))
+    options = PushOptions(vm=vm, launch=launch, force=force, depth=depth,
+                          include_ignored=include_ignored, provider=provider)
+    if all_linked or count is not None:
+        outcome = push_many(worktree, options, all_linked=all_linked, count=count)
+        lines = [describe(r) if r["ok"] else "VM %s: error: %s" % (r["vm"] or "(new)", r["error"])
+                 for r in outcome["results"]]
+        emit(as_json, outcome, "\n".join(lines))
+        if outcome["failed"]:
+            raise SystemExit(1)
+        return
+    result = push(worktree, options)
+    emit(as_json, result, describe(result))
+
+
+def describe(result) -> str:
     if result["up_to_date"]:
         text = "VM %s is up to date with %s (%s)" % (result["vm"], result["branch"], short(result["commit"]))
     else:
@@ -28,4 +44,4 @@ def command(vm, path, launch, force, depth, include_ignored, provider, as_json):
             "launched and pushed" if result["launched"] else "pushed", result["branch"], result["vm"],
             result["guest_path"], "commit", short(result["commit"]), sent["files"],
             sent["pack_bytes"] + sent["file_bytes"])
-    emit(as_json, result, text)
+    return text

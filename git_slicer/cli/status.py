@@ -2,11 +2,11 @@ import click
 
 from ..status import status
 from ..wire.paths import display
-from .common import emit, json_option, short, worktree_at
+from .common import emit, json_option, short, vm_argument, worktree_at
 
 
 @click.command("status", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("vm", required=False)
+@vm_argument()
 @click.argument("path", required=False, default=".")
 @json_option
 def command(vm, path, as_json):

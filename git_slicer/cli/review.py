@@ -1,0 +1,77 @@
+"""Review verbs: look at a VM's work before pulling it, open a shell there, forget a link."""
+
+import sys
+
+import click
+
+from .. import review
+from ..config import Settings
+from ..errors import UsageError
+from ..links import LinkStore, check_vm_name
+from ..target import find_vm, provider_for
+from ..wire.paths import display
+from .common import emit, json_option, short, vm_argument, worktree_at
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+@click.command("diff", context_settings=CONTEXT)
+@vm_argument()
+@click.argument("path", required=False, default=".")
+@click.option("--stat", is_flag=True, help="Show a diffstat instead of the patch.")
+@json_option
+def diff_command(vm, path, stat, as_json):
+    """Show VM's commits and uncommitted changes as one diff, without pulling."""
+    result = review.diff(worktree_at(path), vm, stat=stat, as_json=as_json)
+    if as_json:
+        emit(True, result)
+    else:
+        click.echo(display_text(result["text"]), nl=False)
+
+
+@click.command("log", context_settings=CONTEXT)
+@vm_argument()
+@click.argument("path", required=False, default=".")
+@json_option
+def log_command(vm, path, as_json):
+    """List VM's commits that the host branch does not have yet."""
+    result = review.log(worktree_at(path), vm)
+    lines = ["%s %s" % (short(c["commit"])[:9], display(c["subject"])) for c in result["commits"]]
+    emit(as_json, result, "\n".join(lines) if lines else "no new commits in VM %s" % result["vm"])
+
+
+@click.command("shell", context_settings=CONTEXT)
+@vm_argument()
+@click.argument("path", required=False, default=".")
+def shell_command(vm, path):
+    """Open an interactive shell in VM, in the synced repository."""
+    worktree = worktree_at(path)
+    store = LinkStore.of(worktree)
+    from ..target import linked_vm
+    name = linked_vm(store, vm)
+    link = store.get(name)
+    provider = provider_for(Settings(worktree.root), name, link)
+    machine = find_vm(provider, name)
+    where = link.guest_path if link and link.guest_path.startswith("/") else ""
+    raise SystemExit(provider.exec(machine, review.SHELL_COMMAND, where, interactive=sys.stdin.isatty()))
+
+
+@click.command("unlink", context_settings=CONTEXT)
+@vm_argument(required=True)
+@click.argument("path", required=False, default=".")
+@json_option
+def unlink_command(vm, path, as_json):
+    """Forget the link between the worktree at PATH and VM (the VM itself is kept)."""
+    check_vm_name(vm)
+    if not review.unlink(worktree_at(path), vm):
+        raise UsageError("this worktree is not linked to VM %s" % vm)
+    emit(as_json, {"vm": vm, "unlinked": True}, "unlinked VM %s" % vm)
+
+
+def display_text(text: str) -> str:
+    """Text from the VM for a terminal: control characters other than newline and tab escaped."""
+    return "".join(c if c in "\n\t" or c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else c
+                   for c in text)
+
+
+commands = [diff_command, log_command, shell_command, unlink_command]

@@ -1,0 +1,121 @@
+"""`git-remote-slicer`: a git remote helper so `git fetch slicer::VM` (or a remote whose URL is
+`slicer://VM[/PATH]`) fetches a VM's branches, read-only, through the same quarantine as pull.
+
+git runs `git-remote-slicer <remote> <url>` and talks on stdin/stdout (gitremote-helpers(7)):
+we offer `list` and `fetch`; objects are imported by the pull machinery (quarantined,
+validated) and git itself then updates the refs the user asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .config import Settings
+from .errors import SlicerError
+from .links import Link, LinkStore, check_vm_name
+from .pull import Puller, PullOptions, _valid_branches, limits_from
+from .repo import Worktree
+from .target import default_guest_path, find_vm, open_session, provider_for
+from .wire import overlay as overlay_mod
+
+
+def parse_url(url: str):
+    """'VM' or 'slicer://VM[/PATH]' -> (vm, guest path or None)."""
+    if url.startswith("slicer://"):
+        rest = url[len("slicer://"):]
+        vm, _, path = rest.partition("/")
+        return check_vm_name(vm), ("/" + path if path else None)
+    return check_vm_name(url), None
+
+
+class Helper:
+    def __init__(self, url: str, out=None):
+        self.out = out or sys.stdout
+        self.vm, path = parse_url(url)
+        self.worktree = Worktree(".")
+        self.settings = Settings(self.worktree.root)
+        link = LinkStore.of(self.worktree).get(self.vm)
+        self.link = Link(vm=self.vm, guest_path=path or (link.guest_path if link else
+                         default_guest_path(self.settings, self.worktree, self.vm)),
+                         provider=link.provider if link else "", branch=link.branch if link else "",
+                         agreed_commit=link.agreed_commit if link else "")
+        self.provider = provider_for(self.settings, self.vm, link)
+        self.session = None
+        self.branches = {}
+
+    def connect(self):
+        if self.session is None:
+            self.session = open_session(self.provider, find_vm(self.provider, self.vm))
+        return self.session
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def run(self, lines) -> None:
+        batch = []
+        for raw in lines:
+            line = raw.rstrip("\n")
+            if line == "capabilities":
+                self.write("fetch\noption\n\n")
+            elif line.startswith("option "):
+                self.write("unsupported\n")
+            elif line in ("list", "list for-push"):
+                self.write(self.list())
+            elif line.startswith("fetch "):
+                batch.append(line.split()[1])
+            elif line == "":
+                if batch:
+                    self.fetch(batch)
+                    batch = []
+                    self.write("\n")
+                else:
+                    break
+            else:
+                raise SlicerError("unsupported remote-helper command: %s" % line[:80])
+
+    def list(self) -> str:
+        state = self.connect().state(self.link.guest_path)
+        if not state["exists"]:
+            raise SlicerError("VM %s has no repository at %s" % (self.vm, self.link.guest_path))
+        self.branches = _valid_branches(self.worktree, state["branches"])
+        lines = ["%s refs/heads/%s\n" % (oid, name) for name, oid in sorted(self.branches.items())]
+        if state["branch"] in self.branches:
+            lines.append("@refs/heads/%s HEAD\n" % state["branch"])
+        return "".join(lines) + "\n"
+
+    def fetch(self, wanted) -> None:
+        pack_limits, file_limits = limits_from(self.settings)
+        puller = Puller(self.worktree, self.connect(), self.link, self.worktree.branch() or "",
+                        PullOptions(vm=self.vm, no_merge=True), pack_limits, file_limits)
+        tips = {name: oid for name, oid in self.branches.items() if oid in set(wanted)}
+        puller._import(None, tips, overlay_mod.empty())
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        sys.stderr.write("usage: git-remote-slicer <remote> <url>  (run by git for slicer:: URLs)\n")
+        return 2
+    helper = None
+    try:
+        helper = Helper(argv[1])
+        helper.run(sys.stdin)
+        return 0
+    except SlicerError as exc:
+        sys.stderr.write("fatal: slicer: %s\n" % exc)
+        return 1
+    except BrokenPipeError:
+        return 1
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Review a VM's work without pulling it: its new commits, and its worktree as a tree to diff.
+
+The VM's objects go through the same quarantine as pull and land under refs/slicer/<vm>/ only;
+its uncommitted files are fetched, checked against their blob ids, and written as blobs into a
+throwaway object directory, so nothing in the host's worktree, index or branches changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import AgentFailed, UsageError
+from .ignore import SlicerIgnore
+from .links import LinkStore
+from .scan import host_overlay
+from .pull import Puller, PullOptions, _valid_branches, limits_from
+from .safewrite import Change
+from .target import find_vm, linked_vm, open_session, provider_for
+from .wire import overlay as overlay_mod
+
+
+@dataclass
+class VMSnapshot:
+    vm: str
+    branch: str
+    vm_tip: str          # the VM's commit on the linked branch (now in the host's object store)
+    host_head: str
+    base: str            # merge base of host HEAD and the VM's tip: where the VM's work starts
+    tree: str            # the VM's worktree (commit + uncommitted changes) as a tree
+    host_tree: str       # the host's worktree the same way (minus .slicerignore'd paths)
+    env: dict            # GIT_* variables that make `tree` readable (a temporary object directory)
+
+
+@contextmanager
+def snapshot(worktree, vm_name: str = None, settings: Settings = None):
+    settings = settings or Settings(worktree.root)
+    store = LinkStore.of(worktree)
+    name = linked_vm(store, vm_name)
+    link = store.get(name)
+    if link is None or not link.agreed_commit:
+        raise UsageError("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
+    provider = provider_for(settings, name, link)
+    vm = find_vm(provider, name)
+    pack_limits, file_limits = limits_from(settings)
+    scratch = tempfile.mkdtemp(prefix="slicer-review-", dir=os.path.join(worktree.common_dir, "objects"))
+    try:
+        with open_session(provider, vm) as session:
+            puller = Puller(worktree, session, link, worktree.branch() or link.branch,
+                            PullOptions(vm=name, no_merge=True), pack_limits, file_limits)
+            state = session.state(link.guest_path)
+            if not state["exists"]:
+                raise AgentFailed("VM %s has no repository at %s" % (name, link.guest_path))
+            branches = _valid_branches(worktree, state["branches"])
+            vm_tip = branches.get(link.branch)
+            if vm_tip is None:
+                raise AgentFailed("VM %s no longer has branch %s" % (name, link.branch))
+            ignore = SlicerIgnore(worktree.root)
+            view = overlay_mod.filtered(state["overlay"], ignore.keep)
+            if state["branch"] != link.branch:
+                view = overlay_mod.empty()
+            puller._import(vm_tip, branches, view)
+            changes = [Change(path=p, expect=None, new=e) for p, e in sorted(view["files"].items()) if e]
+            staging = os.path.join(scratch, "staging")
+            os.mkdir(staging)
+            puller._stage_contents(changes, None, staging)
+        env = {"GIT_OBJECT_DIRECTORY": scratch,
+               "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.join(worktree.common_dir, "objects"),
+               "GIT_INDEX_FILE": os.path.join(scratch, "index")}
+        vm_files = {c.path: ("link", c.target) if c.new[0] == overlay_mod.MODE_LINK else ("file", c.source)
+                    for c in changes}
+        tree = _worktree_tree(worktree, vm_tip, view, vm_files, env)
+        host_head = worktree.rev("HEAD")
+        ours = host_overlay(worktree, ignore)
+        host_files = {p: ("link", os.readlink(os.path.join(worktree.root, p))) if e[0] == overlay_mod.MODE_LINK
+                      else ("file", os.path.join(worktree.root, p)) for p, e in ours["files"].items() if e}
+        host_tree = _worktree_tree(worktree, host_head, ours, host_files, env)
+        base = worktree.git(["merge-base", host_head, vm_tip], check=False).strip().decode() or host_head
+        yield VMSnapshot(vm=name, branch=link.branch, vm_tip=vm_tip, host_head=host_head, base=base,
+                         tree=tree, host_tree=host_tree, env=env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _worktree_tree(worktree, commit: str, view: dict, files: dict, env: dict) -> str:
+    """A tree of a worktree state: `commit`, then the overlay `view`. `files` maps each overlay
+    file to ("link", target) or ("file", path of its bytes); blobs go to the scratch object dir."""
+    worktree.git(["read-tree", commit], env={**env, "GIT_INDEX_FILE": env["GIT_INDEX_FILE"] + commit[:8]})
+    index_env = {**env, "GIT_INDEX_FILE": env["GIT_INDEX_FILE"] + commit[:8]}
+    lines = []
+    zero = "0" * len(commit)
+    for path, entry in sorted(view["index"].items()):
+        if path not in view["files"]:
+            lines.append("%s %s\t%s" % ((entry[0], entry[1], path) if entry else ("0", zero, path)))
+    for path, entry in sorted(view["files"].items()):
+        if entry is None:
+            lines.append("0 %s\t%s" % (zero, path))
+            continue
+        kind, source = files[path]
+        if kind == "link":
+            oid = worktree.git(["hash-object", "-w", "--stdin"], input=os.fsencode(source), env=env)
+        else:
+            oid = worktree.git(["hash-object", "-w", "--no-filters", "--", source], env=env)
+        lines.append("%s %s\t%s" % (entry[0], oid.decode().strip(), path))
+    if lines:
+        worktree.git(["update-index", "-z", "--index-info"],
+                     input=b"".join(os.fsencode(line) + b"\0" for line in lines), env=index_env)
+    return worktree.git(["write-tree"], env=index_env).decode().strip()
+
+
+def diff(worktree, vm_name: str = None, stat: bool = False, as_json: bool = False) -> dict:
+    """What pulling would change: the host's worktree against the VM's (commits and files)."""
+    with snapshot(worktree, vm_name) as snap:
+        args = ["diff", "--no-ext-diff", "--no-textconv", "--numstat" if as_json else ("--stat" if stat else "-p"),
+                snap.host_tree, snap.tree]
+        out = worktree.git(args, env=snap.env)
+        result = {"vm": snap.vm, "branch": snap.branch, "base": snap.base, "vm_head": snap.vm_tip,
+                  "tree": snap.tree}
+        if as_json:
+            files = []
+            for line in out.decode("utf-8", "surrogateescape").splitlines():
+                added, deleted, path = line.split("\t", 2)
+                files.append({"path": path, "added": None if added == "-" else int(added),
+                              "deleted": None if deleted == "-" else int(deleted)})
+            result["files"] = files
+        else:
+            result["text"] = out.decode("utf-8", "replace")
+        return result
+
+
+def log(worktree, vm_name: str = None) -> dict:
+    """The VM's commits that the host branch does not have."""
+    with snapshot(worktree, vm_name) as snap:
+        out = worktree.git(["log", "--no-show-signature", "-z", "--format=%H%x00%an%x00%aI%x00%s",
+                            "%s..%s" % (snap.host_head, snap.vm_tip)])
+        fields = out.decode("utf-8", "replace").split("\0")
+        commits = []
+        for i in range(0, len(fields) - 3, 4):
+            commits.append({"commit": fields[i].strip(), "author": fields[i + 1], "date": fields[i + 2],
+                            "subject": fields[i + 3]})
+        return {"vm": snap.vm, "branch": snap.branch, "vm_head": snap.vm_tip, "host_head": snap.host_head,
+                "commits": commits}
+
+
+# An interactive shell in the VM: bash where the guest has it, else sh.
+SHELL_COMMAND = ["sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash -i || exec sh -i"]
+
+
+def unlink(worktree, vm_name: str) -> bool:
+    return LinkStore.of(worktree).remove(vm_name)

@@ -25,7 +25,7 @@ class Key:
 _MB = 1024 * 1024
 KEYS = [
     Key("slicer.provider", "str", "local", "GIT_SLICER_PROVIDER",
-        "Where `--launch` gets VMs from: `local` (bubblewrap sandbox)."),
+        "Where VMs come from: `local` (bubblewrap sandbox), `slicer` (Slicer REST API), `ssh` (any ssh host; no --launch)."),
     Key("slicer.vmDir", "path", "", "GIT_SLICER_VM_DIR",
         "Directory of local sandbox VMs (default `$XDG_DATA_HOME/git-slicer/vms`)."),
     Key("slicer.guestPath", "str", "", "",
@@ -40,6 +40,17 @@ KEYS = [
         "`auto` (bubblewrap if installed, else unsandboxed with a warning), `bwrap`, `none`."),
     Key("slicer.local.python", "str", "", "",
         "python3 used inside local sandboxes (default: /usr/bin/python3, else the host's)."),
+    Key("slicer.sshCommand", "str", "ssh", "GIT_SLICER_SSH_COMMAND",
+        "ssh command for `ssh:` addresses and the ssh provider (e.g. `ssh -F ~/.ssh/vms`)."),
+    Key("slicer.connectTimeout", "int", 10, "", "Seconds to wait for a VM's transport to connect."),
+    Key("slicer.handshakeTimeout", "int", 30, "",
+        "Seconds to wait, once connected, for the agent to answer (includes shipping it)."),
+    Key("slicer.url", "str", "", "SLICER_URL",
+        "Slicer REST API: a unix socket path or `http://127.0.0.1:8080` (provider `slicer`)."),
+    Key("slicer.tokenFile", "path", "", "SLICER_TOKEN_FILE",
+        "File with the Slicer API bearer token (or set SLICER_TOKEN); not needed on a unix socket."),
+    Key("slicer.hostgroup", "str", "", "SLICER_HOSTGROUP",
+        "Slicer host group VMs are launched in (default: the API's first host group)."),
     Key("slicer.limit.packBytes", "int", 2048 * _MB, "", "Largest pack accepted from a VM."),
     Key("slicer.limit.objects", "int", 1_000_000, "", "Most objects in one pack from a VM."),
     Key("slicer.limit.files", "int", 100_000, "", "Most files in one file stream from a VM."),
@@ -56,6 +67,8 @@ PER_VM_KEYS = [
     Key("slicer.<vm>.address", "str", "", "", "How to reach the VM's agent (transport address)."),
     Key("slicer.<vm>.provider", "str", "", "", "Provider that owns this VM."),
     Key("slicer.<vm>.guestPath", "str", "", "", "Repository path inside this VM."),
+    Key("slicer.<vm>.token", "str", "", "", "Token for the agent behind a `tcp:` (or unix/vsock) address."),
+    Key("slicer.<vm>.tokenFile", "path", "", "", "File holding that token (instead of slicer.<vm>.token)."),
 ]
 _BY_NAME = {k.name.lower(): k for k in KEYS}
 RESERVED_VM_NAMES = {"limit", "local"}

@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 
 from .config import Settings
-from .errors import SlicerError, UsageError, VMNotFound
+from .errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
 from .providers import get_provider
 from .session import AgentSession
 
 
 def provider_for(settings: Settings, vm: str = None, link: Link = None, override: str = None):
-    name = override or (link.provider if link else None) or (settings.vm(vm, "provider") if vm else None) \
-        or settings.get("slicer.provider")
-    return get_provider(name, settings)
+    """The provider that owns `vm`: --provider, the link's, slicer.<vm>.provider, then "address"
+    for a VM registered only by slicer.<vm>.address, then slicer.provider."""
+    name = override or (link.provider if link else None) or (settings.vm(vm, "provider") if vm else None)
+    if not name and vm and settings.vm(vm, "address"):
+        name = "address"
+    return get_provider(name or settings.get("slicer.provider"), settings)
 
 
 def linked_vm(store: LinkStore, vm: str = None) -> str:
@@ -37,12 +40,22 @@ def default_guest_path(settings: Settings, worktree, vm: str) -> str:
 
 
 def open_session(provider, vm) -> AgentSession:
-    session = AgentSession(provider.connect(vm), vm.name)
+    """One long-lived connection for the operation; a failed handshake becomes one line that
+    says why (refused, no agent, wrong version, auth failed, timeout, no python3/git)."""
+    channel = provider.connect(vm)
+    session = AgentSession(channel, vm.name)
     try:
         session.hello()
-    except SlicerError:
-        session.channel.close()
+    except SlicerError as exc:
+        diagnose = getattr(channel, "diagnose", None)
+        reason = diagnose() if diagnose else None
+        channel.close()
+        if reason:
+            raise AgentFailed("VM %s: %s" % (vm.name, reason), hint=exc.hint) from None
         raise
+    done = getattr(channel, "handshake_done", None)
+    if done:
+        done()
     return session
 
 

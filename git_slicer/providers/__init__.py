@@ -27,4 +27,13 @@ def get_provider(name: str, settings):
     if name == "local":
         from .local import LocalProvider
         return LocalProvider(settings)
-    raise UsageError("unknown provider %r (known: local)" % name)
+    if name == "address":
+        from .address import AddressProvider
+        return AddressProvider(settings)
+    if name == "ssh":
+        from .address import SSHProvider
+        return SSHProvider(settings)
+    if name == "slicer":
+        from .slicer import SlicerProvider
+        return SlicerProvider(settings)
+    raise UsageError("unknown provider %r (known: local, slicer, ssh, address)" % name)

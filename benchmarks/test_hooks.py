@@ -1,0 +1,96 @@
+"""What the hooks cost a `git commit`: median of 25 real commits each, without and with them.
+
+    python3 -m pytest benchmarks/test_hooks.py --benchmark-group-by=group
+
+Cases (group "git commit"):
+  no-hooks      a plain repository
+  hooks-unlinked  hooks installed, worktree linked to no VM: the hook stops at a shell test
+  hooks-linked    hooks installed, worktree linked to a local VM: the hook checks
+                  slicer.autoPush and starts the push in the background (which then runs
+                  alongside the following commits; the number is what the user waits for)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
+ROUNDS = 25
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in list(os.environ):
+        if name.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_SLICER_")):
+            monkeypatch.delenv(name)
+    values = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+              "XDG_DATA_HOME": str(home / ".local" / "share"), "GIT_CONFIG_NOSYSTEM": "1",
+              "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+              "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
+              "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+    return home
+
+
+def _run(cwd, *args):
+    subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _repo(tmp_path, hooks: bool, linked: bool):
+    path = tmp_path / "repo"
+    path.mkdir()
+    _run(path, "git", "init", "-q", "-b", "main")
+    for i in range(50):
+        (path / ("f%02d.txt" % i)).write_text("line %d\n" % i)
+    _run(path, "git", "add", "-A")
+    _run(path, "git", "commit", "-q", "-m", "initial")
+    if linked:
+        _run(path, sys.executable, "-m", "git_slicer", "push", "--launch")
+    if hooks:
+        _run(path, sys.executable, "-m", "git_slicer", "hooks", "install")
+    return path
+
+
+def _bench(benchmark, path):
+    counter = iter(range(10 ** 6))
+
+    def commit():
+        n = next(counter)
+        (path / "f00.txt").write_text("change %d\n" % n)
+        subprocess.run(["git", "commit", "-q", "-a", "-m", "c%d" % n], cwd=path, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    benchmark.group = "git commit"
+    benchmark.pedantic(commit, rounds=ROUNDS, iterations=1, warmup_rounds=2)
+
+
+def _settle(path):
+    from git_slicer import autopush
+    slicer = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-path", "slicer"], cwd=path,
+                            check=True, stdout=subprocess.PIPE).stdout.decode().strip()
+    autopush.wait_idle(slicer, 60)
+
+
+def test_commit_no_hooks(benchmark, env, tmp_path):
+    _bench(benchmark, _repo(tmp_path, hooks=False, linked=False))
+
+
+def test_commit_hooks_unlinked(benchmark, env, tmp_path):
+    _bench(benchmark, _repo(tmp_path, hooks=True, linked=False))
+
+
+def test_commit_hooks_linked(benchmark, env, tmp_path):
+    path = _repo(tmp_path, hooks=True, linked=True)
+    try:
+        _bench(benchmark, path)
+    finally:
+        _settle(path)

@@ -1,0 +1,146 @@
+"""W1 fresh push, W2 delta push, W3 dirty overlay, W6 no-op push, each beside its baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+import workloads
+from conftest import git, launch_and_push, run, slicer
+
+
+@pytest.mark.benchmark(group="W1 fresh push")
+def test_w1_slicer(benchmark, small, scratch, rounds):
+    def setup():
+        worktree = scratch.copy(small)
+        vm = json.loads(slicer(worktree, "vm", "launch", "--json"))["name"]
+        return (worktree, vm), {}
+    benchmark.pedantic(lambda wt, vm: slicer(wt, "push", vm), setup=setup, rounds=rounds)
+
+
+@pytest.mark.benchmark(group="W1 fresh push")
+def test_w1_baseline_git_clone_no_local(benchmark, small, scratch, rounds):
+    def setup():
+        return (scratch.path("clone"),), {}
+    benchmark.pedantic(lambda dest: git(None, "clone", "-q", "--no-local", small, dest), setup=setup, rounds=rounds)
+
+
+def _commit_one(worktree: str, n=[0]):
+    n[0] += 1
+    with open(os.path.join(worktree, "bench-%d.txt" % n[0]), "w") as fh:
+        fh.write("change %d\n" % n[0])
+    git(worktree, "add", "-A")
+    git(worktree, "commit", "-q", "-m", "bench %d" % n[0])
+
+
+@pytest.mark.benchmark(group="W2 delta push (1-file commit)")
+def test_w2_slicer(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    launch_and_push(worktree)
+    benchmark.pedantic(lambda: slicer(worktree, "push"), setup=lambda: _commit_one(worktree), rounds=rounds * 2)
+
+
+@pytest.mark.benchmark(group="W2 delta push (1-file commit)")
+def test_w2_baseline_rsync(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    dest = scratch.path("rsync")
+    run(["rsync", "-a", worktree + "/", dest + "/"])
+    benchmark.pedantic(lambda: run(["rsync", "-a", "--delete", worktree + "/", dest + "/"]),
+                       setup=lambda: _commit_one(worktree), rounds=rounds * 2)
+
+
+@pytest.mark.benchmark(group="W2 delta push (1-file commit)")
+def test_w2_baseline_git_push_local_bare(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    bare = scratch.path("bare")
+    git(None, "clone", "-q", "--bare", "--no-local", worktree, bare)
+    benchmark.pedantic(lambda: git(worktree, "push", "-q", bare, "main"),
+                       setup=lambda: _commit_one(worktree), rounds=rounds * 2)
+
+
+def _dirty(worktree: str, quick: bool) -> list:
+    """10 modified, 10 new, 1 deleted, one 50 MB binary (5 MB in --quick); returns the paths."""
+    tracked = git(worktree, "ls-files", "-z").decode().split("\0")[:-1]
+    paths = []
+    for rel in tracked[100:110]:
+        with open(os.path.join(worktree, rel), "ab") as fh:
+            fh.write(b"\n# modified for the benchmark\n")
+        paths.append(rel)
+    for i in range(10):
+        rel = "new/file-%d.txt" % i
+        os.makedirs(os.path.join(worktree, "new"), exist_ok=True)
+        with open(os.path.join(worktree, rel), "w") as fh:
+            fh.write("new file %d\n" % i * 50)
+        paths.append(rel)
+    os.unlink(os.path.join(worktree, tracked[200]))
+    workloads.big_binary(os.path.join(worktree, "assets.bin"), (5 if quick else 50) * 1024 * 1024)
+    return paths + ["assets.bin"]
+
+
+def _clean(worktree: str) -> None:
+    git(worktree, "checkout", "-q", "--", ".")
+    git(worktree, "clean", "-fdq")
+
+
+@pytest.mark.benchmark(group="W3 dirty overlay push")
+def test_w3_slicer(benchmark, small, scratch, rounds, quick):
+    worktree = scratch.copy(small)
+    launch_and_push(worktree)
+
+    def setup():
+        _clean(worktree)
+        slicer(worktree, "push")
+        _dirty(worktree, quick)
+    benchmark.pedantic(lambda: slicer(worktree, "push"), setup=setup, rounds=rounds)
+
+
+@pytest.mark.benchmark(group="W3 dirty overlay push")
+def test_w3_baseline_tar(benchmark, small, scratch, rounds, quick):
+    worktree = scratch.copy(small)
+    state = {}
+
+    def setup():
+        _clean(worktree)
+        state["paths"] = _dirty(worktree, quick)
+        state["dest"] = scratch.path("tar")
+        os.makedirs(state["dest"])
+        return (), {}
+
+    def copy():
+        tar = subprocess.Popen(["tar", "c", "-f", "-", "--null", "-T", "-"], cwd=worktree, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+        untar = subprocess.Popen(["tar", "x", "-f", "-"], cwd=state["dest"], stdin=tar.stdout)
+        tar.stdout.close()
+        tar.stdin.write(b"\0".join(p.encode() for p in state["paths"]) + b"\0")
+        tar.stdin.close()
+        assert tar.wait() == 0 and untar.wait() == 0
+    benchmark.pedantic(copy, setup=setup, rounds=rounds)
+
+
+@pytest.mark.benchmark(group="W3 dirty overlay push")
+def test_w3_baseline_rsync(benchmark, small, scratch, rounds, quick):
+    worktree = scratch.copy(small)
+    dest = scratch.path("rsync")
+
+    def setup():
+        _clean(worktree)
+        run(["rsync", "-a", "--delete", worktree + "/", dest + "/"])
+        _dirty(worktree, quick)
+    benchmark.pedantic(lambda: run(["rsync", "-a", "--delete", worktree + "/", dest + "/"]), setup=setup,
+                       rounds=rounds)
+
+
+@pytest.mark.benchmark(group="W6 no-op push")
+def test_w6_slicer(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    launch_and_push(worktree)
+    benchmark.pedantic(lambda: slicer(worktree, "push"), rounds=rounds * 2)
+
+
+@pytest.mark.benchmark(group="W6 no-op push")
+def test_w6_baseline_git_status(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    benchmark.pedantic(lambda: git(worktree, "status", "--porcelain"), rounds=rounds * 2)

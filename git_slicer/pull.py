@@ -23,13 +23,14 @@ from .config import Settings
 from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .links import LinkStore, now
-from .quarantine import ImportLimits, Quarantine
-from .safewrite import Change, SafeWriter
+from .repo import run_git
+from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
+from .safewrite import Change, SafeWriter, read_journal
 from .scan import host_overlay
 from .target import find_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
 from .wire import tarstream
-from .wire.framing import ProtocolError, RemoteError
+from .wire.framing import ProtocolError, RemoteError, crash_point
 from .wire.paths import display
 
 _ABSENT = None
@@ -72,11 +73,14 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
     branch = worktree.branch()
     if branch is None:
         raise SlicerError("HEAD is detached; check out %s to pull into it" % link.branch)
+    recover_interrupted(worktree)
+    crash_point("pull:recovered")
     provider = provider_for(settings, options.vm, link)
     vm = find_vm(provider, options.vm)
     pack_limits, file_limits = limits_from(settings)
     with open_session(provider, vm) as session:
         session.conn.max_json = settings.get("slicer.limit.frameBytes")
+        session.set_deadline(settings.get("slicer.limit.seconds"))
         result = Puller(worktree, session, link, branch, options, pack_limits, file_limits).run()
     link.pulled_at = now()
     link.last_result = "ok"
@@ -97,9 +101,28 @@ class Puller:
         self.ignore = SlicerIgnore(worktree.root)
 
     def run(self) -> dict:
-        vm_state = self.session.state(self.link.guest_path)
+        """Refs under refs/slicer/<vm>/ move only when nothing the VM sent failed validation."""
+        self._imported = {}
+        try:
+            result = self._run()
+        except UnsafeInput:
+            raise
+        except BaseException:
+            self._record_imports()
+            raise
+        self._record_imports()
+        return result
+
+    def _record_imports(self) -> None:
+        for name, oid in self._imported.items():
+            self.wt.git(["update-ref", "-m", "slicer pull", "refs/slicer/%s/%s" % (self.link.vm, name), oid])
+        crash_point("pull:imported")
+
+    def _run(self) -> dict:
+        vm_state = check_state(self.session.state(self.link.guest_path), self.file_limits.max_path_bytes,
+                               self.file_limits.max_depth, self.file_limits.max_entries)
         if not vm_state["exists"]:
-            raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, vm_state.get("path")),
+            raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
                               hint="push it again with `git slicer push %s`" % self.link.vm)
         branches = _valid_branches(self.wt, vm_state["branches"])
         vm_tip = branches.get(self.link.branch)
@@ -108,7 +131,7 @@ class Puller:
         if vm_state["branch"] != self.link.branch:
             from . import report
             report.warn("the VM is on branch %s, not %s: its uncommitted files are not pulled"
-                        % (vm_state["branch"], self.link.branch))
+                        % (display(str(vm_state["branch"])), self.link.branch))
         vm_view = overlay_mod.filtered(vm_state["overlay"], self.ignore.keep)
         imported = self._import(vm_tip, branches, vm_view)
 
@@ -160,9 +183,10 @@ class Puller:
                 still = _missing(self.wt, wanted + index_blobs, env=q.env)
                 if still:
                     raise UnsafeInput("the VM's pack lacks objects it announced (%s)" % still[0][:12])
+                crash_point("pull:validated")
                 q.migrate()
-        for name, oid in branches.items():
-            self.wt.git(["update-ref", "-m", "slicer pull", "refs/slicer/%s/%s" % (self.link.vm, name), oid])
+        crash_point("pull:objects-in")
+        self._imported = branches
         return branches
 
     # -- commits and files -----------------------------------------------------------
@@ -176,7 +200,7 @@ class Puller:
         for a, b in ((base.commit, vm.commit), (base.commit, head), (head, target)):
             paths.update(trees.diff(a, b))
 
-        index_updates, changes, conflicts = {}, [], []
+        index_updates, index_old, changes, conflicts = {}, {}, [], []
         for path in sorted(paths):
             ib, iv, ih = trees.index(base, path), trees.index(vm, path), trees.index(ours, path)
             wb, wv, wh = trees.file(base, path), trees.file(vm, path), trees.file(ours, path)
@@ -190,6 +214,7 @@ class Puller:
             wt = wv if vm_file_changed or clash else wh
             if it != ih:
                 index_updates[path] = it
+                index_old[path] = ih
             if wt != wh and not (wt and wt[0] == overlay_mod.MODE_GITLINK) \
                     and not (wh and wh[0] == overlay_mod.MODE_GITLINK):
                 changes.append(Change(path=path, expect=wh, new=wt))
@@ -200,12 +225,12 @@ class Puller:
                                 hint="commit or stash the host's changes and pull again, or pull --force "
                                      "(the host's versions are saved under refs/slicer/backup/)",
                                 details={"conflicts": conflicts})
-        staging = tempfile.mkdtemp(prefix="slicer-pull-", dir=self.wt.git_dir)
+        staging = tempfile.mkdtemp(prefix="slicer-pull-%d-" % os.getpid(), dir=self.wt.git_dir)
         try:
             self._stage_contents(changes, vm, staging)
             if self.options.force:
                 result["backup"] = self._backup(head, conflicts, ours, target)
-            self._write(head, target, changes, index_updates, result)
+            self._write(head, target, changes, index_updates, result, index_old)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -276,30 +301,85 @@ class Puller:
             return {"ref": ref, "untracked_saved_as_blobs": untracked}
         return {"ref": ref} if target != head else None
 
-    def _write(self, head: str, target: str, changes, index_updates: dict, result: dict) -> None:
+    def _write(self, head: str, target: str, changes, index_updates: dict, result: dict, index_old=None) -> None:
+        """Move the branch (compare-and-swap), the files and the index together, under a journal:
+        if the process dies part-way, the next pull or push rolls all three back."""
         ref = "refs/heads/" + self.branch
-        moved = False
-        if target != head:
-            try:
-                self.wt.git(["update-ref", "-m", "slicer pull: fast-forward from " + self.link.vm, ref, target, head])
-            except SlicerError:
-                raise WouldLoseWork("%s moved on the host during the pull; nothing was changed" % self.branch) from None
-            moved = True
+        journal = journal_path(self.wt)
+        moved = []
+
+        def move_ref():
+            if target != head:
+                try:
+                    self.wt.git(["update-ref", "-m", "slicer pull: fast-forward from " + self.link.vm,
+                                 ref, target, head])
+                except SlicerError:
+                    raise WouldLoseWork("%s moved on the host during the pull; nothing was changed"
+                                        % self.branch) from None
+                moved.append(True)
+                crash_point("pull:ref-moved")
+        writer = SafeWriter(self.wt.root, self.wt.algo)
         try:
-            SafeWriter(self.wt.root, self.wt.algo).apply(changes)
+            writer.apply(changes, journal=journal, before_commit=move_ref,
+                         extra={"ref": ref, "old": head, "new": target, "index": index_old or {}})
+            crash_point("pull:files-written")
+            if index_updates:
+                _set_index(self.wt, index_updates, head)
+            crash_point("pull:index-written")
         except BaseException:
+            data = read_journal(journal)
+            if data is not None:
+                writer.rollback(data)
+                os.unlink(journal)
             if moved:
                 self.wt.git(["update-ref", "-m", "slicer pull: roll back", ref, head, target], check=False)
             raise
-        if index_updates:
-            zero = "0" * len(head)
-            lines = b"".join(os.fsencode("%s %s\t%s" % ((e[0], e[1], p) if e else ("0", zero, p))) + b"\0"
-                             for p, e in sorted(index_updates.items()))
-            self.wt.git(["update-index", "-z", "--index-info"], input=lines)
+        SafeWriter.finish(journal)
         result["to"] = target
-        result["fast_forward"] = moved
+        result["fast_forward"] = bool(moved)
         result["files"] = {"written": [c.path for c in changes if c.new is not None],
                            "deleted": [c.path for c in changes if c.new is None]}
+
+
+def journal_path(worktree) -> str:
+    return os.path.join(worktree.git_path("slicer"), "pull-journal.json")
+
+
+def _set_index(worktree, entries: dict, some_oid: str) -> None:
+    zero = "0" * len(some_oid)
+    lines = b"".join(os.fsencode("%s %s\t%s" % ((e[0], e[1], p) if e else ("0", zero, p))) + b"\0"
+                     for p, e in sorted(entries.items()))
+    # Writing the index re-checks "racily clean" entries by reading the files through the clean
+    # filters that .gitattributes (maybe the VM's) names: point git at an empty worktree instead,
+    # so no driver runs; such entries are only marked for a refresh.
+    with tempfile.TemporaryDirectory(prefix="slicer-empty-") as empty:
+        run_git(["update-index", "-z", "--index-info"], cwd=empty, input=lines,
+                env={**worktree.env, "GIT_WORK_TREE": empty})
+
+
+def recover_interrupted(worktree) -> None:
+    """Roll back a pull that was killed while writing (see Puller._write), and drop the
+    staging and quarantine directories of killed processes."""
+    from . import report
+    remove_stale(worktree.git_dir, "slicer-pull-")
+    remove_stale(os.path.join(worktree.common_dir, "objects"), "incoming-slicer-")
+    journal = journal_path(worktree)
+    data = read_journal(journal)
+    if data is None:
+        return
+    writer = SafeWriter(worktree.root, data.get("algo", worktree.algo))
+    if data.get("committed"):
+        writer.cleanup(data)
+    else:
+        writer.rollback(data)
+        extra = data.get("extra", {})
+        if extra.get("new") and extra.get("old") and extra["new"] != extra["old"]:
+            worktree.git(["update-ref", "-m", "slicer: roll back an interrupted pull", extra["ref"],
+                          extra["old"], extra["new"]], check=False)
+        if extra.get("index"):
+            _set_index(worktree, extra["index"], extra.get("old") or "0" * 40)
+        report.warn("rolled back an interrupted pull; the worktree is as it was before it")
+    os.unlink(journal)
 
 
 class _Trees:

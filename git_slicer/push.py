@@ -17,7 +17,9 @@ from .scan import host_overlay, ignored_files
 from .target import default_guest_path, find_vm, linked_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
 from .wire import tarstream
-from .wire.framing import ProtocolError, StreamAborted
+from .pull import recover_interrupted
+from .quarantine import check_state
+from .wire.framing import ProtocolError, StreamAborted, crash_point
 from .wire.paths import display
 
 
@@ -42,6 +44,7 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
     store = LinkStore.of(worktree)
+    recover_interrupted(worktree)
     launched = False
     if options.launch:
         provider = provider_for(settings, override=options.provider)
@@ -61,7 +64,10 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
         include_ignored = settings.get("slicer.includeIgnored")
 
     with open_session(provider, vm) as session:
+        session.conn.max_json = settings.get("slicer.limit.frameBytes")
+        session.set_deadline(settings.get("slicer.limit.seconds"))
         result = _push(worktree, session, link, head, branch, options, include_ignored)
+    crash_point("push:before-link")
     link.branch = branch
     link.address = vm.address
     link.agreed_commit = head
@@ -75,13 +81,13 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
 
 def _push(worktree, session, link: Link, head: str, branch: str, options: PushOptions, include_ignored: bool):
     ignore = SlicerIgnore(worktree.root)
-    vm_state = session.state(link.guest_path)
+    vm_state = check_state(session.state(link.guest_path))
     ours = host_overlay(worktree, ignore)
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
     first = not vm_state["exists"]
 
     if not first and not options.force:
-        _refuse_if_vm_has_work(link, vm_state, vm_view)
+        _refuse_if_vm_has_work(link, vm_state, vm_view, head, ours)
     extra = ignored_files(worktree, ignore) if include_ignored else []
     if (not first and vm_state["head"] == head and vm_state["branch"] == branch and vm_view == ours
             and not extra and options.depth is None):
@@ -110,6 +116,7 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     try:
         if need_pack:
             sent["pack_bytes"] = _send_pack(worktree, session, head, haves, index_blobs, shallow, options.depth)
+            crash_point("push:pack-sent")
         if request["tar"]:
             before = session.conn.bytes_out
             session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra))
@@ -131,12 +138,16 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     return {"up_to_date": False, "first_push": first, "sent": sent}
 
 
-def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict) -> None:
+def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str = None, ours: dict = None) -> None:
     if not link.agreed_commit:
         raise WouldLoseWork("VM %s already has a repository at %s that this worktree did not push"
                             % (link.vm, vm_state["path"]), hint="use --force to replace it")
     changed = overlay_mod.changed_paths(link.agreed_overlay, vm_view)
     moved = vm_state["head"] != link.agreed_commit
+    if ours is not None:    # what the VM already has of this very push (an interrupted one) is not its work
+        changed = [p for p in changed if overlay_mod.changed_paths(
+            overlay_mod.filtered(vm_view, lambda q: q == p), overlay_mod.filtered(ours, lambda q: q == p))]
+        moved = moved and vm_state["head"] != head
     if changed or moved:
         what = []
         if moved:

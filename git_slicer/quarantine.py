@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .errors import UnsafeInput
+from .wire.framing import crash_point
 from .wire.paths import UnsafePath, check_relpath, display
 
 MODE_TREE = 0o040000
@@ -38,7 +39,8 @@ class Quarantine:
         self.worktree = worktree
         self.limits = limits
         self.objects = os.path.join(worktree.common_dir, "objects")
-        self.dir = tempfile.mkdtemp(prefix="incoming-slicer-", dir=self.objects)
+        remove_stale(self.objects, "incoming-slicer-")
+        self.dir = tempfile.mkdtemp(prefix="incoming-slicer-%d-" % os.getpid(), dir=self.objects)
         os.mkdir(os.path.join(self.dir, "pack"))
         self.env = {"GIT_OBJECT_DIRECTORY": self.dir, "GIT_ALTERNATE_OBJECT_DIRECTORIES": self.objects,
                     "GIT_QUARANTINE_PATH": self.dir}
@@ -77,6 +79,7 @@ class Quarantine:
             code = proc.wait()
         if failure is not None:
             raise failure
+        crash_point("pull:pack-received")
         if code != 0:
             errors.seek(0)
             message = errors.read().decode("utf-8", "replace").strip().splitlines()
@@ -112,6 +115,7 @@ class Quarantine:
         odb.add_disk_alternate(self.objects)
         host = pygit2.Odb(self.objects)
         seen = set()
+        memo = {}
         for commit in commits:
             kind, data = odb.read(commit)
             if kind != pygit2.GIT_OBJECT_COMMIT:
@@ -120,7 +124,23 @@ class Quarantine:
             if not tree.startswith(b"tree "):
                 raise UnsafeInput("malformed commit %s from the VM" % commit[:12])
             self._walk(odb, host, tree[5:].decode(), "", 0, seen)
+            self._count_paths(odb, tree[5:].decode(), memo)
         return commits
+
+    def _count_paths(self, odb, tree: str, memo: dict) -> int:
+        """Paths a tree expands to, shared subtrees counted each time they appear (a "git bomb"
+        of a few small trees can expand to billions of paths for diff and checkout)."""
+        if tree in memo:
+            return memo[tree]
+        total = 0
+        _, data = odb.read(tree)
+        for mode, _, oid in parse_tree(data, 32 if self.worktree.algo == "sha256" else 20):
+            total += 1 + (self._count_paths(odb, oid, memo) if mode == MODE_TREE else 0)
+            if total > self.limits.objects:
+                raise UnsafeInput("a commit from the VM expands to more than %d paths "
+                                  "(slicer.limit.objects): refusing a tree bomb" % self.limits.objects)
+        memo[tree] = total
+        return total
 
     def _walk(self, odb, host, tree: str, prefix: str, depth: int, seen: set) -> None:
         if tree in seen or tree in host:       # trees the host already has were checked before
@@ -145,6 +165,10 @@ class Quarantine:
                 raise UnsafeInput("unsupported file mode %o at %s" % (mode, display(path)))
             if name.lower() == ".gitmodules" and mode == MODE_LINK:
                 raise UnsafeInput("commit from the VM has .gitmodules as a symlink")
+            if name.lower() == ".gitmodules" and mode != MODE_TREE:
+                _, blob = odb.read(oid)
+                if b"\r" in blob:      # CVE-2025-48384: a path ending in \r checks out elsewhere
+                    raise UnsafeInput("commit from the VM has a .gitmodules with a carriage return")
             if mode == MODE_TREE:
                 self._walk(odb, host, oid, path + "/", depth + 1, seen)
 
@@ -157,6 +181,7 @@ class Quarantine:
         names = sorted(os.listdir(pack_dir), key=lambda n: (n.endswith(".idx"), n))
         for name in names:
             os.replace(os.path.join(pack_dir, name), os.path.join(target, name))
+            crash_point("pull:migrating")
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -166,6 +191,74 @@ class Quarantine:
 
     def __exit__(self, *exc):
         self.discard()
+
+
+def remove_stale(directory: str, prefix: str) -> None:
+    """Remove `<prefix><pid>-*` directories left by a process that was killed."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_MODES = {"100644", "100755", "120000", "160000"}
+
+
+def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries: int = 1_000_000) -> dict:
+    """Validate the shape of a `state` reply from the VM before anything uses it.
+
+    Branch names are checked separately (pull._valid_branches); here: types, oids, modes and
+    every overlay path (no absolute paths, '..', .git, control characters, limits).
+    """
+    def bad(what):
+        return UnsafeInput("the VM sent a malformed repository state: %s" % what)
+    if not isinstance(state, dict) or not isinstance(state.get("exists"), bool):
+        raise bad("not an object")
+    if not state["exists"]:
+        return state
+    if not isinstance(state.get("branches"), dict):
+        raise bad("branches")
+    for key in ("head", "branch"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            raise bad(key)
+    if state.get("head") is not None and not _is_oid(state["head"]):
+        raise bad("head")
+    overlay = state.get("overlay")
+    if not isinstance(overlay, dict) or set(overlay) != {"index", "files"}:
+        raise bad("overlay")
+    count = 0
+    for part in ("index", "files"):
+        if not isinstance(overlay[part], dict):
+            raise bad("overlay")
+        for path, entry in overlay[part].items():
+            count += 1
+            if count > max_entries:
+                raise UnsafeInput("the VM reports more than %d changed paths (slicer.limit.files)"
+                                  % max_entries)
+            try:
+                check_relpath(path, max_bytes=path_bytes, max_depth=path_depth)
+            except UnsafePath as exc:
+                raise UnsafeInput("the VM reports an unsafe path: %s" % exc) from None
+            if entry is not None and not (isinstance(entry, list) and len(entry) == 2
+                                          and entry[0] in _MODES and _is_oid(entry[1])):
+                raise bad("entry for %s" % display(path))
+    return state
 
 
 def parse_tree(data: bytes, oid_len: int = 20):

@@ -14,11 +14,13 @@ failure. Modes are only 0644/0755; setuid/setgid/sticky and group/other write ne
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from dataclasses import dataclass
 
-from .errors import UnsafeInput, WouldLoseWork
+from .errors import SlicerError, UnsafeInput, WouldLoseWork
+from .wire.framing import crash_point
 from .wire.overlay import MODE_EXEC, MODE_LINK, blob_oid
 from .wire.paths import UnsafePath, check_relpath, display
 
@@ -95,28 +97,53 @@ class SafeWriter:
             os.close(fd)
 
     # -- applying ------------------------------------------------------------------
-    def apply(self, changes) -> None:
-        """Apply all changes or none."""
+    def apply(self, changes, journal: str = None, before_commit=None, extra=None) -> None:
+        """Apply all changes or none.
+
+        With `journal` (a file path), the plan is recorded before anything visible happens, so a
+        process killed part-way can be rolled back by `rollback()`; the caller then ends the
+        operation with `finish(journal)`. `before_commit()` runs after every check and staging
+        succeeded and before the first rename (the pull moves its branch there).
+        """
         for change in changes:
             try:
                 check_relpath(change.path)
             except UnsafePath as exc:
                 raise UnsafeInput("refusing to write %s" % exc) from None
-        staged = []      # (change, parent fd, tmp name or None)
+        leaves = {c.path for c in changes if c.new is not None}
+        for change in changes:
+            parts = change.path.split("/")
+            for depth in range(1, len(parts)):
+                if "/".join(parts[:depth]) in leaves:
+                    raise UnsafeInput("refusing to write %s below the file or symlink %s"
+                                      % (display(change.path), display("/".join(parts[:depth]))))
+        plan = [(c, ".slicer-new-%s" % os.urandom(6).hex() if c.new is not None else None,
+                 ".slicer-old-%s" % os.urandom(6).hex() if c.expect is not None else None)
+                for c in changes]
+        if journal:
+            _write_journal(journal, {"root": self.root, "algo": self.algo, "committed": False,
+                                     "extra": extra or {},
+                                     "entries": [{"path": c.path, "tmp": t, "backup": b, "new": c.new}
+                                                 for c, t, b in plan]})
+        staged = []      # (change, parent fd, tmp name or None, backup name or None)
         created = []
         try:
-            for change in changes:           # phase 1: verify and stage
+            for change, tmp, backup in plan:           # phase 1: verify and stage
                 if self.current(change.path) != change.expect:
                     raise WouldLoseWork("%s changed on the host during the pull; nothing was written"
                                         % display(change.path))
                 fd = self._open_parent(change.path, change.new is not None, created)
-                tmp = None
-                if change.new is not None:
-                    tmp = self._stage(fd, change)
-                staged.append((change, fd, tmp))
-            self._commit(staged)
+                if fd is None:
+                    continue
+                staged.append((change, fd, tmp, backup))
+                if tmp:
+                    self._stage(fd, change, tmp)
+            crash_point("pull:staged")
+            if before_commit is not None:
+                before_commit()
+            self._commit(staged, keep_backups=bool(journal))
         except BaseException:
-            for change, fd, tmp in staged:
+            for change, fd, tmp, backup in staged:
                 if tmp:
                     _unlink(fd, tmp)
             for directory in reversed(created):
@@ -124,14 +151,14 @@ class SafeWriter:
                     os.rmdir(os.path.join(self.root, directory))
                 except OSError:
                     pass
+            if journal:
+                _remove_file(journal)
             raise
         finally:
-            for _, fd, _ in staged:
-                if fd is not None:
-                    os.close(fd)
+            for _, fd, _, _ in staged:
+                os.close(fd)
 
-    def _stage(self, fd: int, change: Change) -> str:
-        name = ".slicer-new-%s" % os.urandom(6).hex()
+    def _stage(self, fd: int, change: Change, name: str) -> str:
         if change.new[0] == MODE_LINK:
             os.symlink(change.target, name, dir_fd=fd)
             return name
@@ -148,19 +175,18 @@ class SafeWriter:
             os.close(out)
         return name
 
-    def _commit(self, staged) -> None:
-        done = []        # (fd, final name, backup name or None)
+    def _commit(self, staged, keep_backups: bool = False) -> None:
+        done = []        # (fd, final name, backup name or None, tmp or None)
         try:
-            for change, fd, tmp in staged:
+            for change, fd, tmp, backup in staged:
                 name = change.path.rsplit("/", 1)[-1]
-                backup = None
-                if change.expect is not None:
-                    backup = ".slicer-old-%s" % os.urandom(6).hex()
+                if backup:
                     os.rename(name, backup, src_dir_fd=fd, dst_dir_fd=fd)
                 done.append([fd, name, backup, None])
                 if tmp:
                     os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                     done[-1][3] = tmp
+                crash_point("pull:writing")
         except BaseException:
             for fd, name, backup, tmp in reversed(done):
                 if tmp:
@@ -168,9 +194,92 @@ class SafeWriter:
                 if backup:
                     os.rename(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
             raise
-        for fd, name, backup, tmp in done:
-            if backup:
-                _unlink(fd, backup)
+        if not keep_backups:
+            for fd, name, backup, tmp in done:
+                if backup:
+                    _unlink(fd, backup)
+
+    # -- crash recovery ----------------------------------------------------------------
+    def _names(self, entry):
+        try:
+            fd = self._open_parent(entry["path"], False, [])
+        except (SlicerError, OSError):
+            return None, None
+        return fd, entry["path"].rsplit("/", 1)[-1]
+
+    @staticmethod
+    def finish(journal: str) -> None:
+        """The operation is complete: mark the journal committed, drop backups, remove it."""
+        data = read_journal(journal)
+        if data is None:
+            return
+        data["committed"] = True
+        _write_journal(journal, data)
+        SafeWriter(data["root"], data["algo"]).cleanup(data)
+        _remove_file(journal)
+
+    def cleanup(self, data: dict) -> None:
+        for entry in data["entries"]:
+            fd, _ = self._names(entry)
+            if fd is None:
+                continue
+            for name in (entry["tmp"], entry["backup"]):
+                if name:
+                    _unlink(fd, name)
+            os.close(fd)
+
+    def rollback(self, data: dict) -> None:
+        """Undo a journaled apply that was killed part-way: every file back to its old state."""
+        for entry in reversed(data["entries"]):
+            fd, name = self._names(entry)
+            if fd is None:
+                continue
+            try:
+                backup, tmp = entry["backup"], entry["tmp"]
+                if backup and _exists(fd, backup):
+                    os.rename(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
+                elif not backup and tmp and not _exists(fd, tmp) and entry["new"] is not None \
+                        and self.current(entry["path"]) == entry["new"]:
+                    _unlink(fd, name)         # a new file that was moved in
+                if tmp:
+                    _unlink(fd, tmp)
+            finally:
+                os.close(fd)
+            parent = entry["path"].rsplit("/", 1)[0] if "/" in entry["path"] else ""
+            while parent:                      # directories made for new files, if now empty
+                try:
+                    os.rmdir(os.path.join(self.root, parent))
+                except OSError:
+                    break
+                parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+
+
+def read_journal(journal: str):
+    try:
+        with open(journal, "rb") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+def _write_journal(journal: str, data: dict) -> None:
+    from .links import write_atomic
+    write_atomic(journal, json.dumps(data).encode())
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _exists(fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _unlink(fd: int, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import __version__
 from .errors import AgentFailed, WouldLoseWork
 from .wire.framing import AGENT_NAME, PROTOCOL_VERSION, ProtocolError, RemoteError
+from .wire.paths import display
 
 
 class AgentSession:
@@ -13,17 +14,38 @@ class AgentSession:
         self.conn = channel.conn
         self.vm = vm
         self.info = {}
+        self._timer = None
+
+    def set_deadline(self, seconds: int) -> None:
+        """Cut the connection if the whole operation takes longer than `seconds`
+        (slicer.limit.seconds): a VM that stalls or trickles cannot hold the host forever."""
+        import threading
+
+        def expire():
+            self.conn.closed_reason = ("VM %s did not finish within slicer.limit.seconds (%d s); "
+                                       "the operation was stopped" % (self.vm, seconds))
+            stop = getattr(self.channel, "abort", None)
+            if stop is not None:
+                stop()
+            elif getattr(self.channel, "proc", None) is not None:
+                self.channel.proc.kill()
+        if seconds and seconds > 0:
+            self._timer = threading.Timer(seconds, expire)
+            self._timer.daemon = True
+            self._timer.start()
 
     # -- plumbing --------------------------------------------------------------
     def _fail(self, exc) -> AgentFailed:
         tail = self.channel.stderr_tail() if hasattr(self.channel, "stderr_tail") else ""
         if isinstance(exc, RemoteError):
             if exc.code == "vm-changed":
+        if self.conn.closed_reason:
+            return AgentFailed(self.conn.closed_reason)
                 return WouldLoseWork("VM %s: %s" % (self.vm, exc))
             return AgentFailed("VM %s: %s" % (self.vm, exc))
         message = "lost the agent in VM %s: %s" % (self.vm, exc)
         if tail:
-            message += " (agent said: %s)" % tail.splitlines()[-1][:300]
+            message += " (agent said: %s)" % display(tail.splitlines()[-1][:300])
         return AgentFailed(message)
 
     def request(self, message: dict) -> dict:
@@ -60,16 +82,25 @@ class AgentSession:
             message["base"] = base
         return self.request(message)
 
-    def close(self) -> None:
-        try:
-            self.conn.send({"op": "bye"})
-            self.conn.recv_reply()
-        except (ProtocolError, RemoteError, OSError):
-            pass
+    def close(self, polite: bool = True) -> None:
+        if polite:      # after a failure the stream may be mid-way: just hang up
+            try:
+                self.conn.send({"op": "bye"})
+                self.conn.recv_reply()
+            except (ProtocolError, RemoteError, OSError):
+                pass
+        elif getattr(self.channel, "proc", None) is not None:
+            try:
+                self.channel.proc.stdout.close()    # a writer still streaming gets EPIPE at once
+            except OSError:
+                pass
+        self._bar.close()
         self.channel.close()
 
     def __enter__(self):
+        if self._timer is not None:
+            self._timer.cancel()
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(polite=exc_type is None)

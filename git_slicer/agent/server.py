@@ -17,7 +17,7 @@ from .. import __version__
 from ..wire import overlay as overlay_mod
 from ..wire import tarstream
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
-                            error_reply)
+                            crash_point, error_reply)
 from ..wire.paths import UnsafePath, check_relpath
 
 CAPS = ["pack", "tar", "shallow", "thin"]
@@ -166,6 +166,7 @@ class Agent:
         request["_streaming"] = True
         if request.get("pack"):
             self._receive_pack(repo)
+        crash_point("agent:push-received")
         staging = tempfile.mkdtemp(prefix="slicer-incoming-", dir=os.path.join(repo.root, ".git"))
         try:
             members = {}
@@ -198,6 +199,7 @@ class Agent:
             present = {line.split()[0] for line in out.decode().splitlines() if line.endswith(" commit")}
         revs = "".join(w + "\n" for w in wants) + "".join("^" + h + "\n" for h in haves if h in present)
         self.conn.send({"ok": True, "streaming": True})
+        crash_point("agent:fetch")
         with tempfile.TemporaryFile() as errors:
             proc = subprocess.Popen(["git", "pack-objects", "--revs", "--thin", "--stdout", "-q"],
                                     cwd=repo.root, env=repo.env, stdin=subprocess.PIPE,
@@ -216,6 +218,7 @@ class Agent:
         algo = repo.algo()
         wanted = request.get("files", {})
         self.conn.send({"ok": True, "streaming": True})
+        crash_point("agent:files")
         self.conn.send_stream(tarstream.file_stream(repo.root, wanted, algo))
         return {"ok": True}
 
@@ -310,6 +313,7 @@ class Agent:
                     _remove(full)
                     continue
                 if path in stashed:
+            crash_point("agent:push-applying")
                     source = stashed[path]
                     _prepare_target(repo.root, path)
                     os.rename(source, full)

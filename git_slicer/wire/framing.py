@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+
+from .paths import display
 
 PROTOCOL_VERSION = 1
 AGENT_NAME = "git-slicer-agent"
@@ -35,6 +38,12 @@ class RemoteError(Exception):
         self.code = code
 
 
+def crash_point(phase: str) -> None:
+    """Test hook: die at once (no cleanup) when GIT_SLICER_TEST_CRASH_AT names this phase."""
+    if os.environ.get("GIT_SLICER_TEST_CRASH_AT") == phase:
+        os._exit(99)
+
+
 class StreamAborted(ProtocolError):
     """The sender abandoned a binary stream part-way (e.g. a file changed under it)."""
 
@@ -48,6 +57,7 @@ class Connection:
         self.max_json = max_json
         self.bytes_in = 0
         self.bytes_out = 0
+        self.closed_reason = ""     # why the host cut the connection (e.g. a deadline), for messages
 
     # -- low level -------------------------------------------------------
     def _read_exact(self, n: int) -> bytes:
@@ -58,6 +68,8 @@ class Connection:
             k = self._r.readinto(view[got:])
             if not k:
                 raise ProtocolError("connection closed by peer" if got == 0 and n else
+                if self.closed_reason:
+                    raise ProtocolError(self.closed_reason)
                                     "connection closed in the middle of a frame")
             got += k
         self.bytes_in += n
@@ -105,7 +117,8 @@ class Connection:
             err = message.get("error")
             if not isinstance(err, dict):
                 raise ProtocolError("reply is neither ok nor a well-formed error")
-            raise RemoteError(str(err.get("code", "error"))[:100], str(err.get("message", ""))[:2000])
+            raise RemoteError(display(str(err.get("code", "error"))[:100]),
+                              display(str(err.get("message", ""))[:2000]))
         return message
 
     # -- binary streams --------------------------------------------------
@@ -167,7 +180,7 @@ class Connection:
                     reason = str(json.loads(payload).get("message", ""))
                 except (ValueError, AttributeError):
                     reason = ""
-                raise StreamAborted("sender aborted the stream: %s" % reason[:500])
+                raise StreamAborted("sender aborted the stream: %s" % display(reason[:500]))
             else:
                 raise ProtocolError("unexpected %r frame inside a stream" % kind)
 

@@ -172,6 +172,7 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
     members: list = []
     seen: dict = {}
     leaves: set = set()     # paths of files and symlinks: nothing may be placed below them
+    parents: set = set()    # directories implied by earlier members: no file or symlink may take their name
     total = 0
     pax: dict = {}
     while True:
@@ -210,6 +211,8 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
                 raise UnsafeArchive("malformed pax size") from None
         path = raw_name.decode("utf-8", "surrogateescape")
         kind = {b"2": "symlink", b"5": "dir"}.get(typeflag, "file")
+        if size < 0 or (kind != "file" and size):
+            raise UnsafeArchive("bad size for member %s" % display(path))
         if kind == "dir":
             path = path.rstrip("/")
         try:
@@ -225,6 +228,9 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
         for depth in range(1, len(parts)):
             if "/".join(parts[:depth]) in leaves:
                 raise UnsafeArchive("member below a file or symlink: %s" % display(path))
+            parents.add("/".join(parts[:depth]))
+        if kind != "dir" and key in parents:
+            raise UnsafeArchive("file or symlink over an earlier member's directory: %s" % display(path))
         if len(members) >= limits.max_entries:
             raise UnsafeArchive("file stream has more than %d members" % limits.max_entries)
         mode = _parse_octal(header[100:108], "mode")
@@ -234,7 +240,6 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
             if not target or len(target) > limits.max_link_bytes or b"\0" in target:
                 raise UnsafeArchive("empty or oversized symlink target: %s" % display(path))
             member.target = target.decode("utf-8", "surrogateescape")
-            size = 0
             leaves.add(key)
         elif kind == "file":
             if size > limits.max_file_bytes:
@@ -254,10 +259,6 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
                     remaining -= len(piece)
             blocks.read(len(padding(size)))
             leaves.add(key)
-        else:
-            size = 0
-        if kind != "file" and size:
-            raise UnsafeArchive("non-file member with data: %s" % display(path))
         pax = {}
         members.append(member)
 

@@ -1,0 +1,110 @@
+"""Each protection layer on its own, against the same crafted inputs (no VM needed): the strict
+tar reader, path rules, the safe writer and the state checks. These fail if a layer is removed
+even where another layer would still stop the end-to-end attack."""
+
+import os
+
+import pytest
+
+from git_slicer.errors import UnsafeInput, WouldLoseWork
+from git_slicer.quarantine import check_state
+from git_slicer.safewrite import Change, SafeWriter
+from git_slicer.wire import tarstream
+from git_slicer.wire.paths import UnsafePath, check_relpath, collision_key
+from hostile_agent import build_tar, oid
+
+
+def read(tmp_path, members, **limits):
+    staging = tmp_path / "stage"
+    staging.mkdir(exist_ok=True)
+    return tarstream.read_members([build_tar(members)], str(staging), tarstream.Limits(**limits))
+
+
+@pytest.mark.parametrize("name", ["/etc/x", "../x", "a/../../x", ".git/config", ".GIT/x", "git~1/x", ".git./x",
+                                  ".g\u200cit/x", "a\nb", "\x1b[1m", "a//b", "./a", ""])
+def test_paths_refused(name):
+    with pytest.raises(UnsafePath):
+        check_relpath(name)
+
+
+def test_collisions():
+    assert collision_key("Foo.txt") == collision_key("foo.txt")
+    assert collision_key("caf\u00e9") == collision_key("cafe\u0301")
+
+
+@pytest.mark.parametrize("members,expect", [
+    ([dict(name="docs", type="2", link=".git"), dict(name="docs/hooks/x")], "below a file or symlink"),
+    ([dict(name="d/x"), dict(name="d", type="2", link="/etc")], "over an earlier member"),
+    ([dict(name="n", type="1", link=".git/config")], "hard link"),
+    ([dict(name="x", type="6")], "FIFO"),
+    ([dict(name="x"), dict(name="X")], "colliding"),
+    ([dict(name="l", type="2", link="t", size=10)], "bad size"),
+])
+def test_tar_reader_refuses(tmp_path, members, expect):
+    with pytest.raises(tarstream.UnsafeArchive, match=expect):
+        read(tmp_path, members)
+
+
+def test_tar_limits(tmp_path):
+    with pytest.raises(tarstream.UnsafeArchive, match="more than 2 members"):
+        read(tmp_path, [dict(name="a"), dict(name="b"), dict(name="c")], max_entries=2)
+    with pytest.raises(tarstream.UnsafeArchive, match="larger than 3 bytes"):
+        read(tmp_path, [dict(name="a", data="abcd")], max_file_bytes=3)
+    with pytest.raises(tarstream.UnsafeArchive, match="symlink target"):
+        read(tmp_path, [dict(name="a", type="2", link="x" * 20)], max_link_bytes=10)
+
+
+def test_modes_are_sanitised(tmp_path):
+    m = read(tmp_path, [dict(name="a", mode=0o6777), dict(name="b", mode=0o4666)])
+    assert [x.mode for x in m] == [0o755, 0o644]
+
+
+def _change(tmp_path, path, data=b"x", expect=None):
+    src = tmp_path / ("src-%d" % len(os.listdir(tmp_path)))
+    src.write_bytes(data)
+    return Change(path=path, expect=expect, new=["100644", oid(data)], source=str(src))
+
+
+def test_writer_never_follows_a_symlink_on_the_way(tmp_path):
+    root, outside = tmp_path / "wt", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(str(outside), root / "build")
+    with pytest.raises(WouldLoseWork, match="build is a symlink"):
+        SafeWriter(str(root)).apply([_change(tmp_path, "build/x")])
+    assert os.listdir(outside) == []
+
+
+def test_writer_refuses_dotgit_and_below_a_new_link(tmp_path):
+    root = tmp_path / "wt"
+    root.mkdir()
+    with pytest.raises(UnsafeInput):
+        SafeWriter(str(root)).apply([_change(tmp_path, ".git/hooks/pre-commit")])
+    link = Change(path="l", expect=None, new=["120000", oid(b"/etc")], target="/etc")
+    with pytest.raises(UnsafeInput, match="below the file or symlink"):
+        SafeWriter(str(root)).apply([link, _change(tmp_path, "l/x")])
+    assert os.listdir(root) == []
+
+
+def test_writer_is_all_or_nothing(tmp_path):
+    root = tmp_path / "wt"
+    root.mkdir()
+    (root / "a").write_bytes(b"old")
+    (root / "z").write_bytes(b"host edit")
+    changes = [_change(tmp_path, "a", b"new", expect=["100644", oid(b"old")]),
+               _change(tmp_path, "m/new", b"n"),
+               _change(tmp_path, "z", b"vm", expect=["100644", oid(b"base")])]
+    with pytest.raises(WouldLoseWork, match="z changed"):
+        SafeWriter(str(root)).apply(changes)
+    assert sorted(os.listdir(root)) == ["a", "z"] and (root / "a").read_bytes() == b"old"
+
+
+def test_state_check():
+    good = {"exists": True, "head": "a" * 40, "branch": "main", "branches": {"main": "a" * 40},
+            "overlay": {"index": {}, "files": {"ok.txt": ["100644", "b" * 40]}}}
+    assert check_state(good) is good
+    for files in ({"../x": None}, {"x": ["100644", "zz"]}, {"x": ["040000", "b" * 40]}):
+        with pytest.raises(UnsafeInput):
+            check_state({**good, "overlay": {"index": {}, "files": files}})
+    with pytest.raises(UnsafeInput, match="more than 1"):
+        check_state({**good, "overlay": {"index": {"a": None}, "files": {"b": None}}}, max_entries=1)

@@ -1,9 +1,9 @@
 """The background half of the hooks: push the worktree to its linked VMs, coalescing triggers.
 
-The hook (shell) creates `<git-path slicer>/autopush.pending` and starts
+The hook (shell) creates `<git-path slicer>/autopush.pending`; unless autopush.running names a
+live runner (which will see `pending` when it finishes), it starts
 `python -c '...autopush.main()' HOOK GITDIR` detached (the worktree kept off sys.path), with
-output appended to autopush.log.
-Here, before anything heavy is imported:
+output appended to autopush.log. Here, before anything heavy is imported:
 
     take autopush.lock (flock, non-blocking) - held: another runner will see `pending`; exit
     loop: write autopush.running (our pid), take `pending` and wait for the burst to settle
@@ -161,7 +161,7 @@ def run(hook: str, git_dir: str) -> int:
                     _settle(pending)
                     _push_all(slicer_dir, hook)
             finally:
-                _unlink(running)
+                _unlink(running)                 # first: from here on a new trigger starts a runner
                 _unlock(fd)
             if not os.path.exists(pending):      # a trigger that came while we were releasing
                 break

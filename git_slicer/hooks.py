@@ -115,6 +115,18 @@ def _without_block(data: bytes) -> bytes:
     return data[:match.start()] + data[match.end():]
 
 
+def _baked_python(block: bytes):
+    """The interpreter a block was installed with (None if it names none)."""
+    match = re.search(rb"^\s*__slicer_py=(.*)$", block, re.M)
+    if not match:
+        return None
+    try:
+        words = shlex.split(match.group(1).decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    return words[0] if len(words) == 1 else None
+
+
 def _shell_script(data: bytes) -> bool:
     """A script our POSIX-sh block can run inside: `#!` naming sh, bash, dash, ksh..."""
     if not data.startswith(b"#!") or b"\n" not in data:
@@ -144,12 +156,16 @@ def inspect(directory: str, hook: str, python: str = None) -> dict:
         info["state"] = "foreign"
     elif starts != 1 or ends != 1 or len(blocks) != 1:
         info["state"] = "damaged"
-    elif data.startswith(_HEADER):
-        info["state"] = "standalone"
-        info["current"] = data == render_hook(hook, python)
     else:
-        info["state"] = "spliced"
-        info["current"] = blocks[0].group(0) == render_block(hook, python)
+        baked = _baked_python(blocks[0].group(0))
+        info["python"] = baked
+        python = python or baked or sys.executable      # status: is the template current?
+        if data.startswith(_HEADER):
+            info["state"] = "standalone"
+            info["current"] = data == render_hook(hook, python)
+        else:
+            info["state"] = "spliced"
+            info["current"] = blocks[0].group(0) == render_block(hook, python)
     info["data"] = data
     return info
 
@@ -288,8 +304,10 @@ def status(worktree) -> dict:
     hooks = []
     for hook in HOOKS:
         info = inspect(directory, hook)
+        python = info.get("python")
         hooks.append({"hook": hook, "path": info["path"], "installed": info["state"] in ("standalone", "spliced"),
-                      "current": info["current"], "mode": _how(info), "state": info["state"]})
+                      "current": info["current"], "mode": _how(info), "state": info["state"], "python": python,
+                      "python_missing": bool(python) and not os.access(python, os.X_OK)})
     try:
         auto = Settings(worktree.root).get("slicer.autoPush")
     except SlicerError as exc:

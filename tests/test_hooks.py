@@ -369,6 +369,8 @@ def test_auto_push_off(launched):
 def test_hook_without_its_interpreter(launched, tmp_path):
     repo, vm = launched
     core.install(Worktree(str(repo.path)), python=str(tmp_path / "gone" / "python3"))
+    status = repo.slicer_json("hooks", "status")["hooks"]
+    assert all(h["current"] and h["python_missing"] for h in status)    # current for its interpreter
     repo.commit("git-slicer from PATH")                      # falls back to git-slicer on PATH
     assert_vm_matches(repo, vm)
     env = {**os.environ, "PATH": "/usr/bin:/bin"}

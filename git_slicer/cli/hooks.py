@@ -65,6 +65,8 @@ def status(path, as_json):
     for item in result["hooks"]:
         if item["installed"]:
             state = "installed (%s)%s" % (item["mode"], "" if item["current"] else ", outdated: run `git slicer hooks install`")
+            if item["python_missing"]:
+                state += ", its interpreter %s is gone (falls back to git-slicer on PATH)" % item["python"]
         else:
             state = {"absent": "not installed", "foreign": "not installed (another hook is there)",
                      "damaged": "damaged git-slicer block"}[item["state"]]

@@ -6,13 +6,13 @@ import json
 
 import click
 
-from ..repo import Worktree
-from ..target import resolve_path_arg
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 
 
-def worktree_at(path: str) -> Worktree:
+def worktree_at(path: str):
+    from ..repo import Worktree
+    from ..target import resolve_path_arg
     return Worktree(resolve_path_arg(path or "."))
 
 

@@ -2,8 +2,6 @@ import os
 
 import click
 
-from ..links import LinkStore
-from ..repo import Worktree
 from .common import emit, json_option, short, worktree_at
 
 
@@ -11,6 +9,8 @@ from .common import emit, json_option, short, worktree_at
 @json_option
 def command(as_json):
     """List the repository's worktrees and their linked VMs; `*` marks the current worktree."""
+    from ..links import LinkStore
+    from ..repo import Worktree
     here = worktree_at(".")
     rows = []
     for path, branch in here.worktrees():

@@ -1,7 +1,5 @@
 import click
 
-from ..pull import PullOptions, pull
-from ..wire.paths import display
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 
@@ -15,6 +13,8 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 @json_option
 def command(vm, path, force, no_files, no_merge, as_json):
     """Bring VM's commits (fast-forward only) and uncommitted files into the worktree at PATH."""
+    from ..pull import PullOptions, pull
+    from ..wire.paths import display
     result = pull(worktree_at(path), PullOptions(vm=vm, force=force, no_files=no_files, no_merge=no_merge))
     lines = []
     if result["fast_forward"]:

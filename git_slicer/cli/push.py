@@ -1,7 +1,5 @@
 import click
 
-from ..fanout import push_many
-from ..push import PushOptions, push
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 
@@ -20,6 +18,8 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 def command(vm, path, launch, force, depth, include_ignored, provider, all_linked, count, as_json):
     """Give VM a self-contained copy of the worktree at PATH: its branch, history, and every
     staged, unstaged and untracked change (minus .slicerignore)."""
+    from ..fanout import push_many
+    from ..push import PushOptions, push
     worktree = worktree_at(path)
     options = PushOptions(vm=vm, launch=launch, force=force, depth=depth,
                           include_ignored=include_ignored, provider=provider)

@@ -4,12 +4,6 @@ import sys
 
 import click
 
-from .. import review
-from ..config import Settings
-from ..errors import UsageError
-from ..links import LinkStore, check_vm_name
-from ..target import find_vm, provider_for
-from ..wire.paths import display
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -22,6 +16,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 @json_option
 def diff_command(vm, path, stat, as_json):
     """Show VM's commits and uncommitted changes as one diff, without pulling."""
+    from .. import review
     result = review.diff(worktree_at(path), vm, stat=stat, as_json=as_json)
     if as_json:
         emit(True, result)
@@ -35,6 +30,8 @@ def diff_command(vm, path, stat, as_json):
 @json_option
 def log_command(vm, path, as_json):
     """List VM's commits that the host branch does not have yet."""
+    from .. import review
+    from ..wire.paths import display
     result = review.log(worktree_at(path), vm)
     lines = ["%s %s" % (short(c["commit"])[:9], display(c["subject"])) for c in result["commits"]]
     emit(as_json, result, "\n".join(lines) if lines else "no new commits in VM %s" % result["vm"])
@@ -45,6 +42,10 @@ def log_command(vm, path, as_json):
 @click.argument("path", required=False, default=".")
 def shell_command(vm, path):
     """Open an interactive shell in VM, in the synced repository."""
+    from .. import review
+    from ..config import Settings
+    from ..links import LinkStore
+    from ..target import find_vm, provider_for
     worktree = worktree_at(path)
     store = LinkStore.of(worktree)
     from ..target import linked_vm
@@ -62,6 +63,9 @@ def shell_command(vm, path):
 @json_option
 def unlink_command(vm, path, as_json):
     """Forget the link between the worktree at PATH and VM (the VM itself is kept)."""
+    from .. import review
+    from ..errors import UsageError
+    from ..links import check_vm_name
     check_vm_name(vm)
     if not review.unlink(worktree_at(path), vm):
         raise UsageError("this worktree is not linked to VM %s" % vm)

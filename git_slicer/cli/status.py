@@ -1,7 +1,5 @@
 import click
 
-from ..status import status
-from ..wire.paths import display
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 
@@ -11,6 +9,8 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 @json_option
 def command(vm, path, as_json):
     """Show commits ahead/behind and dirty files on the host and in VM since the last sync."""
+    from ..status import status
+    from ..wire.paths import display
     result = status(worktree_at(path), vm)
     host, guest = result["host"], result["vm_side"]
     lines = ["VM %s, branch %s, last sync at %s%s" % (result["vm"], result["branch"], short(result["agreed_commit"]),

@@ -1,6 +1,5 @@
 import click
 
-from .. import worktrees
 from .common import emit, json_option, short, worktree_at
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -21,6 +20,7 @@ def command():
 @json_option
 def add(path, commitish, branch, vm, launch, provider, as_json):
     """Create a linked worktree at PATH (as `git worktree add`), then link and push it."""
+    from .. import worktrees
     result = worktrees.add(worktree_at("."), path, commitish, branch, vm, launch, provider)
     pushed = result["pushed"]
     text = "created worktree %s on %s" % (result["worktree"], result["branch"])
@@ -35,5 +35,6 @@ def add(path, commitish, branch, vm, launch, provider, as_json):
 @json_option
 def remove(path, force, as_json):
     """Remove the linked worktree at PATH; refuses while a linked VM has unpulled work."""
+    from .. import worktrees
     result = worktrees.remove(path, force)
     emit(as_json, result, "removed worktree %s" % result["worktree"])

@@ -161,7 +161,7 @@ class LocalProvider:
     def connect(self, vm: VM) -> ProcessChannel:
         record = self._record(vm.name)
         python = self._python(record.get("sandbox", "bwrap"))
-        argv, env, cwd = self._command(vm, [python, "-m", "git_slicer.agent", "--stdio"])
+        argv, env, cwd = self._command(vm, [python, "-S", "-m", "git_slicer.agent", "--stdio"])
         if cwd:
             argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", cwd] + argv
         return ProcessChannel(argv, env=env, description="the agent of VM %s" % vm.name)

@@ -63,9 +63,15 @@ def git(cwd, *args, check=True, input=None) -> str:
     return run(["git", *args], cwd=cwd, check=check, input=input).stdout.decode()
 
 
+# The installed console script (never `python -m` from inside a test repository, where a
+# `git_slicer/` folder pulled from a VM would shadow the package).
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "git-slicer")
+SLICER = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "git_slicer"]
+
+
 def slicer(cwd, *args, check=True, input=None, env=None):
     """Run `git-slicer ARGS` (the real entry point) in a subprocess."""
-    return run([sys.executable, "-m", "git_slicer", *args], cwd=cwd, check=check, input=input, env=env)
+    return run(SLICER + list(args), cwd=cwd, check=check, input=input, env=env)
 
 
 def slicer_json(cwd, *args):

@@ -14,6 +14,8 @@ class AgentSession:
         self.conn = channel.conn
         self.vm = vm
         self.info = {}
+        from . import report
+        self._bar = report.attach(self.conn, "VM %s" % vm)   # tqdm on a TTY for long transfers
         self._timer = None
 
     def set_deadline(self, seconds: int) -> None:
@@ -37,10 +39,10 @@ class AgentSession:
     # -- plumbing --------------------------------------------------------------
     def _fail(self, exc) -> AgentFailed:
         tail = self.channel.stderr_tail() if hasattr(self.channel, "stderr_tail") else ""
-        if isinstance(exc, RemoteError):
-            if exc.code == "vm-changed":
         if self.conn.closed_reason:
             return AgentFailed(self.conn.closed_reason)
+        if isinstance(exc, RemoteError):
+            if exc.code == "vm-changed":
                 return WouldLoseWork("VM %s: %s" % (self.vm, exc))
             return AgentFailed("VM %s: %s" % (self.vm, exc))
         message = "lost the agent in VM %s: %s" % (self.vm, exc)
@@ -96,10 +98,10 @@ class AgentSession:
                 pass
         self._bar.close()
         self.channel.close()
-
-    def __enter__(self):
         if self._timer is not None:
             self._timer.cancel()
+
+    def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *exc):

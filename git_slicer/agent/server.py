@@ -64,8 +64,10 @@ class Repo:
         return out.decode() or None
 
     def algo(self) -> str:
-        fmt = self.git(["rev-parse", "--show-object-format"], check=False).strip().decode()
-        return "sha256" if fmt == "sha256" else "sha1"
+        if getattr(self, "_algo", None) is None:      # asked several times per request
+            fmt = self.git(["rev-parse", "--show-object-format"], check=False).strip().decode()
+            self._algo = "sha256" if fmt == "sha256" else "sha1"
+        return self._algo
 
     def excludes(self):
         ignore = os.path.join(self.root, ".slicerignore")
@@ -222,6 +224,40 @@ class Agent:
         self.conn.send_stream(tarstream.file_stream(repo.root, wanted, algo))
         return {"ok": True}
 
+    def op_exec(self, request):
+        """Run `argv` in `cwd` (default: home; relative to home); stream its output as D frames
+        whose first byte is 1 (stdout) or 2 (stderr); reply with its exit code. No stdin."""
+        import selectors
+        argv = request.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise AgentError("bad-request", "exec needs a non-empty argv of strings")
+        home = os.path.expanduser("~")
+        cwd = os.path.join(home, os.path.expanduser(request.get("cwd") or "~"))
+        if not os.path.isdir(cwd):
+            raise AgentError("no-dir", "no directory %s in the VM" % cwd)
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise AgentError("not-found", "command not found in the VM: %s" % argv[0]) from None
+        except PermissionError:
+            raise AgentError("not-found", "permission denied in the VM: %s" % argv[0]) from None
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ, b"\x01")
+            selector.register(proc.stderr, selectors.EVENT_READ, b"\x02")
+            while selector.get_map():
+                for key, _ in selector.select():
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fileobj)
+                        continue
+                    self.conn.write_frame(b"D", key.data + data)
+                    self.conn.flush()
+        code = proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        return {"ok": True, "exit": code if code >= 0 else 128 - code}
+
     # -- push helpers --------------------------------------------------------
     def _configure(self, repo: Repo, request) -> None:
         for key, value in sorted(request.get("config", {}).items()):
@@ -279,6 +315,7 @@ class Agent:
                     stashed[path] = target
             repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
             repo.git(["reset", "-q", "--hard", commit])
+            crash_point("agent:push-applying")
             # Untracked files of the previous overlay that the new state does not have.
             stale = [p for p, e in old_overlay["files"].items()
                      if e is not None and p not in new_overlay["files"]]
@@ -313,7 +350,6 @@ class Agent:
                     _remove(full)
                     continue
                 if path in stashed:
-            crash_point("agent:push-applying")
                     source = stashed[path]
                     _prepare_target(repo.root, path)
                     os.rename(source, full)

@@ -57,6 +57,7 @@ class Connection:
         self.max_json = max_json
         self.bytes_in = 0
         self.bytes_out = 0
+        self.on_progress = None      # called with the size of each stream chunk
         self.closed_reason = ""     # why the host cut the connection (e.g. a deadline), for messages
 
     # -- low level -------------------------------------------------------
@@ -67,9 +68,9 @@ class Connection:
         while got < n:
             k = self._r.readinto(view[got:])
             if not k:
-                raise ProtocolError("connection closed by peer" if got == 0 and n else
                 if self.closed_reason:
                     raise ProtocolError(self.closed_reason)
+                raise ProtocolError("connection closed by peer" if got == 0 and n else
                                     "connection closed in the middle of a frame")
             got += k
         self.bytes_in += n
@@ -133,6 +134,8 @@ class Connection:
                     digest.update(part)
                     total += len(part)
                     self.write_frame(b"D", part)
+                    if self.on_progress is not None:
+                        self.on_progress(len(part))
         except StreamAborted as exc:
             self.write_frame(b"A", json.dumps({"message": str(exc)}).encode())
             self.flush()
@@ -165,6 +168,8 @@ class Connection:
                 if total > max_bytes:
                     raise ProtocolError("stream exceeds the limit of %d bytes" % max_bytes)
                 digest.update(payload)
+                if self.on_progress is not None:
+                    self.on_progress(len(payload))
                 yield payload
             elif kind == b"Z":
                 try:

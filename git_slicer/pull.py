@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from . import locks
 from .config import Settings
 from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
@@ -66,6 +67,14 @@ def limits_from(settings: Settings):
 def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
     store = LinkStore.of(worktree)
+    if store.get(options.vm) is None:
+        raise UsageError("this worktree is not linked to VM %s" % options.vm,
+                         hint="push to it first: git slicer push %s" % options.vm)
+    with locks.hold(worktree, options.vm, exclusive_worktree=True):
+        return _pull_locked(worktree, options, settings, store)
+
+
+def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> dict:
     link = store.get(options.vm)
     if link is None or not link.agreed_commit:
         raise UsageError("this worktree is not linked to VM %s" % options.vm,

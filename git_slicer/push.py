@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from . import report
+from . import locks, report
 from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
@@ -44,18 +44,25 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
     store = LinkStore.of(worktree)
-    recover_interrupted(worktree)
     launched = False
+    link = None
     if options.launch:
         provider = provider_for(settings, override=options.provider)
         vm = provider.launch(options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root})
         launched = True
-        link = None
+        name = vm.name
     else:
         name = linked_vm(store, options.vm)
-        link = store.get(name)
-        provider = provider_for(settings, name, link, options.provider)
-        vm = find_vm(provider, name)
+    with locks.hold(worktree, name):
+        recover_interrupted(worktree)
+        if not launched:
+            link = store.get(name)                # read under the lock: another push may have just saved it
+            provider = provider_for(settings, name, link, options.provider)
+            vm = find_vm(provider, name)
+        return _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, launched)
+
+
+def _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, launched) -> dict:
     if link is None:
         link = Link(vm=vm.name, provider=provider.name, address=vm.address,
                     guest_path=default_guest_path(settings, worktree, vm.name), branch=branch)

@@ -168,3 +168,27 @@ def test_round_trip_push_pull_push(launched):
         repo.slicer("push")
         assert repo.vm_status(vm) == repo.status()
         assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+
+
+def test_push_waits_for_a_running_pull_and_gives_up_clearly(launched):
+    """A pull holds the worktree exclusively; a push (e.g. from a hook) waits, then says why."""
+    import subprocess
+    import sys
+    repo, vm = launched
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\nfrom git_slicer.repo import Worktree\nfrom git_slicer import locks\n"
+                               "with locks.hold(Worktree(sys.argv[1]), sys.argv[2], exclusive_worktree=True):\n"
+                               "    print('held', flush=True); time.sleep(30)\n", str(repo.path), vm],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        repo.write("x.txt", "x\n")
+        env = dict(os.environ, GIT_SLICER_LOCK_WAIT="0.5")
+        proc = repo.slicer("push", env=env, check=False)
+        assert proc.returncode == 1 and b"another git-slicer operation" in proc.stderr
+        assert "x.txt" not in repo.vm_status(vm)
+    finally:
+        holder.kill()
+        holder.wait()
+    repo.slicer("push")                     # the kernel released the lock with the process
+    assert "x.txt" in repo.vm_status(vm)

@@ -82,15 +82,16 @@ def _bench(benchmark, path, baseline=None):
     """Time commits in `path`; with `baseline` (a repository without hooks), time one commit there
     before each round too, so a busy machine slows both alike: extra_info has both medians."""
     commit = _committer(path)
-    setup = None
     paired = []
+
+    def paired_baseline():
+        started = time.perf_counter()
+        base_commit()
+        paired.append(time.perf_counter() - started)
+
     if baseline is not None:
         base_commit = _committer(baseline)
-
-        def setup():
-            started = time.perf_counter()
-            base_commit()
-            paired.append(time.perf_counter() - started)
+    setup = paired_baseline if baseline is not None else None
 
     benchmark.group = "git commit"
     benchmark.pedantic(commit, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=2)

@@ -8,7 +8,6 @@ validated) and git itself then updates the refs the user asked for.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from .config import Settings

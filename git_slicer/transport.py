@@ -22,7 +22,6 @@ import os
 import shlex
 import socket
 import subprocess
-import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -189,12 +188,12 @@ class ProcessChannel:
         self.shipped = ship_agent
         self.timed_out = False
         self.handshake_timeout = handshake_timeout
-        self._stderr = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self._stderr, env=env, bufsize=0, start_new_session=own_group)
+                                         stderr=subprocess.PIPE, env=env, bufsize=0, start_new_session=own_group)
         except OSError as exc:
             raise AgentFailed("cannot start %s: %s" % (description, exc)) from None
+        self._stderr = StderrTail(self.proc.stderr)
         kwargs = {"max_json": max_json} if max_json else {}
         writer = _Buffered(self.proc.stdin)
         self.conn = Connection(self.proc.stdout, writer, **kwargs)
@@ -227,12 +226,7 @@ class ProcessChannel:
         self._kill()
 
     def stderr_tail(self, limit: int = 2000) -> str:
-        try:
-            self._stderr.seek(0)
-            text = self._stderr.read().decode("utf-8", "replace").strip()
-        except (OSError, ValueError):
-            return ""
-        return text[-limit:]
+        return self._stderr.text()[-limit:]
 
     def diagnose(self):
         """Why the agent did not answer, in one line (or None when unknown)."""
@@ -265,6 +259,46 @@ class ProcessChannel:
             self.proc.wait()
         self.proc.stdout.close()
         self._stderr.close()
+
+
+class StderrTail:
+    """Drains a child's stderr in a thread, keeping only the last CAP bytes: the VM decides how
+    much it writes, so neither memory nor the host's temp space may grow with it."""
+
+    CAP = 64 * 1024
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        fd = self._pipe.fileno()
+        while True:
+            try:
+                block = os.read(fd, 65536)
+            except OSError:
+                return
+            if not block:
+                return
+            with self._lock:
+                self._data += block
+                if len(self._data) > self.CAP:
+                    del self._data[:len(self._data) - self.CAP]
+
+    def text(self) -> str:
+        self._thread.join(0.2)          # let a process that just exited finish its last words
+        with self._lock:
+            return bytes(self._data).decode("utf-8", "replace").strip()
+
+    def close(self) -> None:
+        self._thread.join(1)
+        try:
+            self._pipe.close()
+        except OSError:
+            pass
 
 
 class SocketChannel:

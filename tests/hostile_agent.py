@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from git_slicer.agent.server import Agent, Repo
+from git_slicer.agent.server import Agent
 from git_slicer.wire import tarstream
 from git_slicer.wire.framing import HEADER, Connection
 

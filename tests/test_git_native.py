@@ -7,14 +7,13 @@ import os
 import pty
 import select
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Repo, git, run, slicer
+from conftest import Repo, git, run
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT_COMPLETION = "/usr/share/bash-completion/completions/git"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import Repo, git, run, slicer
+from conftest import Repo, run, slicer
 from git_slicer import autopush
 from git_slicer import hooks as core
 from git_slicer.repo import Worktree

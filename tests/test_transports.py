@@ -405,3 +405,14 @@ def test_ssh_failures_are_one_line(repo, guest, sshd):
     repo.git("config", "slicer.box.address", "ssh:%s@127.0.0.1:%d" % (sshd["user"], free_port()))
     proc = repo.slicer("push", "box", check=False)
     assert error_line(proc).startswith("error: VM box: ssh: connection refused by 127.0.0.1:")
+
+
+def test_agent_stderr_is_capped_and_drained(tmp_path):
+    """A VM that floods stderr neither blocks the agent nor grows host memory or temp space."""
+    from git_slicer.transport import ProcessChannel, StderrTail
+    script = "import sys\nfor _ in range(200):\n    sys.stderr.write('x' * 65536)\nsys.stderr.write('last words\\n')\n"
+    channel = ProcessChannel([sys.executable, "-c", script], description="flooding agent")
+    assert channel.proc.wait(30) == 0            # never blocked on a full stderr pipe
+    tail = channel.stderr_tail(100000)
+    assert tail.endswith("last words") and len(tail) <= StderrTail.CAP
+    channel.close()

@@ -40,6 +40,16 @@ KEYS = [
         "`auto` (bubblewrap if installed, else unsandboxed with a warning), `bwrap`, `none`."),
     Key("slicer.local.python", "str", "", "",
         "python3 used inside local sandboxes (default: /usr/bin/python3, else the host's)."),
+    Key("slicer.qemu.accel", "str", "auto", "GIT_SLICER_QEMU_ACCEL",
+        "qemu VMs: `auto` (KVM if a test guest really boots under it, else TCG), `kvm`, `tcg`."),
+    Key("slicer.qemu.cpus", "int", 2, "", "qemu VMs: virtual CPUs."),
+    Key("slicer.qemu.memory", "int", 1024 * _MB, "", "qemu VMs: memory (e.g. `1g`, `1536m`); the root fs lives in it."),
+    Key("slicer.qemu.diskSize", "int", 8192 * _MB, "", "qemu VMs: size of each VM's (sparse) disk for the repository."),
+    Key("slicer.qemu.imageDir", "path", "", "GIT_SLICER_IMAGE_CACHE",
+        "qemu guest image cache (default `$XDG_CACHE_HOME/git-slicer/images`)."),
+    Key("slicer.qemu.mirror", "str", "", "", "Debian mirror for the qemu image (default http://deb.debian.org/debian)."),
+    Key("slicer.qemu.binary", "str", "qemu-system-x86_64", "", "QEMU binary of the qemu provider."),
+    Key("slicer.qemu.bootTimeout", "int", 300, "", "Seconds a qemu VM may take to boot until its agent answers."),
     Key("slicer.sshCommand", "str", "ssh", "GIT_SLICER_SSH_COMMAND",
         "ssh command for `ssh:` addresses and the ssh provider (e.g. `ssh -F ~/.ssh/vms`)."),
     Key("slicer.connectTimeout", "int", 10, "", "Seconds to wait for a VM's transport to connect."),
@@ -71,7 +81,7 @@ PER_VM_KEYS = [
     Key("slicer.<vm>.tokenFile", "path", "", "", "File holding that token (instead of slicer.<vm>.token)."),
 ]
 _BY_NAME = {k.name.lower(): k for k in KEYS}
-RESERVED_VM_NAMES = {"limit", "local"}
+RESERVED_VM_NAMES = {"limit", "local", "qemu"}
 
 
 def _parse_bool(text: str, name: str) -> bool:

@@ -3,10 +3,12 @@
 #   bubblewrap      the local sandbox VM (the embedded default provider)
 #   openssh-server  a real sshd on 127.0.0.1 for the ssh transport tests
 #   rsync           a baseline in benchmarks/
+#   qemu-system-x86 the qemu provider's VMs (docs/qemu.md)
+#   debootstrap     building the qemu provider's guest image (as root)
 # Runs apt-get only for what is missing, and only as root (CI); otherwise it says what to install.
 set -euo pipefail
-packages=(bubblewrap openssh-server openssh-client rsync)
-commands=(bwrap sshd ssh rsync)
+packages=(bubblewrap openssh-server openssh-client rsync qemu-system-x86 debootstrap)
+commands=(bwrap sshd ssh rsync qemu-system-x86_64 debootstrap)
 missing=()
 for i in "${!packages[@]}"; do
   cmd=${commands[$i]}
@@ -16,7 +18,7 @@ done
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing: ${missing[*]}" >&2
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "note: not installed: ${missing[*]} (sudo apt-get install ${missing[*]}); related tests will skip" >&2
 fi

@@ -1,6 +1,7 @@
 import click
 
 from ..config import Settings
+from ..errors import UsageError
 from ..target import find_vm, provider_for
 from .common import emit, json_option
 
@@ -26,7 +27,8 @@ def launch(name, provider, as_json):
 def list_(provider, as_json):
     """List VMs."""
     vms = provider_for(Settings(), override=provider).list()
-    lines = ["%-20s %-8s %-8s %s" % (v.name, v.provider, v.state, v.created_at) for v in vms]
+    lines = [("%-20s %-8s %-8s %s %s" % (v.name, v.provider, v.state, v.created_at,
+                                          v.details.get("accel", "").upper())).rstrip() for v in vms]
     emit(as_json, [v.as_json() for v in vms], "\n".join(lines) if lines else "no VMs")
 
 
@@ -39,8 +41,71 @@ def rm(names, provider, as_json):
     settings = Settings()
     removed = []
     for name in names:
-        owner = provider_for(settings, name, override=provider)
+        owner = _owner(settings, name, provider)
         find_vm(owner, name)
         owner.remove(name)
         removed.append(name)
     emit(as_json, {"removed": removed}, "\n".join("removed VM %s" % n for n in removed))
+
+
+def _owner(settings, name, provider):
+    """The VM's provider: --provider, else the current worktree's link to it, else the config."""
+    from ..errors import NotARepository
+    from ..links import LinkStore
+    from .common import worktree_at
+    link = None
+    if not provider:
+        try:
+            link = LinkStore.of(worktree_at(".")).get(name)
+        except (NotARepository, UsageError):
+            link = None
+    return provider_for(settings, name, link, override=provider)
+
+
+def _lifecycle(provider, name, verb):
+    owner = _owner(Settings(), name, provider)
+    find_vm(owner, name)
+    action = getattr(owner, verb, None)
+    if action is None:
+        raise UsageError("provider %s cannot %s VMs" % (owner.name, verb))
+    return action(name)
+
+
+@command.command("stop")
+@click.argument("name")
+@click.option("--provider", help="Provider (default: the VM's).")
+@json_option
+def stop(name, provider, as_json):
+    """Stop a VM, keeping its disk (qemu provider)."""
+    vm = _lifecycle(provider, name, "stop")
+    emit(as_json, vm.as_json(), "stopped VM %s" % vm.name)
+
+
+@command.command("start")
+@click.argument("name")
+@click.option("--provider", help="Provider (default: the VM's).")
+@json_option
+def start(name, provider, as_json):
+    """Start a stopped VM again, with its disk (qemu provider)."""
+    vm = _lifecycle(provider, name, "start")
+    emit(as_json, vm.as_json(), "started VM %s (%s)" % (vm.name, vm.details.get("accel", "").upper() or vm.provider))
+
+
+@command.group("image")
+def image():
+    """The qemu provider's guest image."""
+
+
+@image.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if the cached image is current.")
+@json_option
+def image_build(force, as_json):
+    """Build (or find) the qemu guest image: Debian kernel + debootstrap root fs with python3 and git."""
+    from ..providers.qemu_image import build_image, find_image
+    settings = Settings()
+    found = None if force else find_image(settings)
+    img = found or build_image(settings, force=force)
+    info = {"image": img.id, "path": img.dir, "kernel": img.kernel_version,
+            "rootfs_bytes": img.info.get("rootfs_bytes"), "built": found is None}
+    emit(as_json, info, "%s image %s (kernel %s) in %s" % ("built" if found is None else "current",
+                                                          img.id, img.kernel_version, img.dir))

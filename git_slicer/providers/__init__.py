@@ -27,6 +27,9 @@ def get_provider(name: str, settings):
     if name == "local":
         from .local import LocalProvider
         return LocalProvider(settings)
+    if name == "qemu":
+        from .qemu import QemuProvider
+        return QemuProvider(settings)
     if name == "address":
         from .address import AddressProvider
         return AddressProvider(settings)
@@ -36,4 +39,4 @@ def get_provider(name: str, settings):
     if name == "slicer":
         from .slicer import SlicerProvider
         return SlicerProvider(settings)
-    raise UsageError("unknown provider %r (known: local, slicer, ssh, address)" % name)
+    raise UsageError("unknown provider %r (known: local, qemu, slicer, ssh, address)" % name)

@@ -4,6 +4,7 @@ it lacks since the last agreed state."""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -70,10 +71,14 @@ def _push_locked(worktree, settings, store, provider, vm, link, head, branch, op
     if include_ignored is None:
         include_ignored = settings.get("slicer.includeIgnored")
 
-    with open_session(provider, vm) as session:
-        session.conn.max_json = settings.get("slicer.limit.frameBytes")
-        session.set_deadline(settings.get("slicer.limit.seconds"))
-        result = _push(worktree, session, link, head, branch, options, include_ignored)
+    ignore = SlicerIgnore(worktree.root)
+    # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scanning = pool.submit(host_overlay, worktree, ignore)
+        with open_session(provider, vm) as session:
+            session.conn.max_json = settings.get("slicer.limit.frameBytes")
+            session.set_deadline(settings.get("slicer.limit.seconds"))
+            result = _push(worktree, session, link, head, branch, options, include_ignored, ignore, scanning)
     crash_point("push:before-link")
     link.branch = branch
     link.address = vm.address
@@ -86,10 +91,10 @@ def _push_locked(worktree, settings, store, provider, vm, link, head, branch, op
     return result
 
 
-def _push(worktree, session, link: Link, head: str, branch: str, options: PushOptions, include_ignored: bool):
-    ignore = SlicerIgnore(worktree.root)
+def _push(worktree, session, link: Link, head: str, branch: str, options: PushOptions, include_ignored: bool,
+          ignore: SlicerIgnore, scanning):
     vm_state = check_state(session.state(link.guest_path))
-    ours = host_overlay(worktree, ignore)
+    ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
     first = not vm_state["exists"]
 

@@ -3,16 +3,12 @@ import sys
 
 import click
 
-from ..config import Settings
-from ..errors import NotARepository
-from ..links import LinkStore, check_vm_name
-from ..target import find_vm, provider_for
-from .common import worktree_at
+from .common import vm_argument, worktree_at
 
 
 @click.command("exec", context_settings={"help_option_names": ["-h", "--help"],
                                          "ignore_unknown_options": True})
-@click.argument("vm")
+@vm_argument(required=True)
 @click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository.")
 @click.option("-C", "path", default=".", help="Host worktree whose link gives the repository path.")
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
@@ -21,6 +17,10 @@ def command(vm, cwd, path, argv):
 
     Usage: git slicer exec VM [--cwd DIR] -- CMD [ARGS...]
     """
+    from ..config import Settings
+    from ..errors import NotARepository
+    from ..links import LinkStore, check_vm_name
+    from ..target import find_vm, provider_for
     check_vm_name(vm)
     if argv and argv[0] == "--":
         argv = argv[1:]

@@ -1,8 +1,12 @@
 import click
 
-from .. import hooks as core
 from .. import report
 from .common import emit, json_option, short, worktree_at
+
+def _core():
+    from .. import hooks          # imported on use: `git slicer` start-up stays small
+    return hooks
+
 
 _CTX = {"help_option_names": ["-h", "--help"]}
 _ACTIONS = {"create": "installed", "overwrite": "replaced (--force)", "upgrade": "upgraded", "keep": "up to date",
@@ -25,14 +29,14 @@ def install(path, force, manual, as_json):
     """Install post-commit, post-merge and post-rewrite hooks (existing hooks keep running)."""
     worktree = worktree_at(path)
     if manual:
-        result = core.manual(worktree)
+        result = _core().manual(worktree)
         lines = ["Add these lines to each hook in %s, right after its #! line" % result["hooks_dir"],
                  "(or make the hook a POSIX sh script containing them):"]
         for item in result["hooks"]:
             lines += ["", "# %s" % item["path"], item["block"].rstrip("\n")]
         emit(as_json, result, "\n".join(lines))
         return
-    result = core.install(worktree, force=force)
+    result = _core().install(worktree, force=force)
     for warning in result["warnings"]:
         report.warn(warning)
     lines = ["hooks in %s:" % result["hooks_dir"]]
@@ -47,7 +51,7 @@ def install(path, force, manual, as_json):
 @json_option
 def uninstall(path, as_json):
     """Remove git-slicer's hooks, restoring whatever was there before byte-for-byte."""
-    result = core.uninstall(worktree_at(path))
+    result = _core().uninstall(worktree_at(path))
     lines = ["hooks in %s:" % result["hooks_dir"]]
     lines += ["  %-13s %s" % (item["hook"], _ACTIONS[item["action"]]) for item in result["hooks"]]
     emit(as_json, result, "\n".join(lines))
@@ -58,7 +62,7 @@ def uninstall(path, as_json):
 @json_option
 def status(path, as_json):
     """Show the installed hooks and the last automatic push to each linked VM."""
-    result = core.status(worktree_at(path))
+    result = _core().status(worktree_at(path))
     for warning in result["warnings"]:
         report.warn(warning)
     lines = ["hooks in %s:" % result["hooks_dir"]]

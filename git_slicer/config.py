@@ -25,7 +25,7 @@ class Key:
 _MB = 1024 * 1024
 KEYS = [
     Key("slicer.provider", "str", "local", "GIT_SLICER_PROVIDER",
-        "Where VMs come from: `local` (bubblewrap sandbox), `slicer` (Slicer REST API), `ssh` (any ssh host; no --launch)."),
+        "Where VMs come from: `local` (bubblewrap sandbox), `qemu` (a real microVM), `slicer` (Slicer REST API), `ssh` (any ssh host; no --launch)."),
     Key("slicer.vmDir", "path", "", "GIT_SLICER_VM_DIR",
         "Directory of local sandbox VMs (default `$XDG_DATA_HOME/git-slicer/vms`)."),
     Key("slicer.guestPath", "str", "", "",

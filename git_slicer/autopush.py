@@ -230,6 +230,7 @@ def main(argv=None) -> int:
         os.nice(10)
     except OSError:
         pass
+    os.environ["GIT_OPTIONAL_LOCKS"] = "0"       # never hold index.lock while the user runs git
     try:
         return run(hook, git_dir)
     except Exception as exc:  # the user's git command must never see us fail

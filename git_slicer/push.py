@@ -74,7 +74,7 @@ def _push_locked(worktree, settings, store, provider, vm, link, head, branch, op
     ignore = SlicerIgnore(worktree.root)
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        scanning = pool.submit(host_overlay, worktree, ignore)
+        scanning = pool.submit(host_overlay, worktree, ignore, True)
         with open_session(provider, vm) as session:
             session.conn.max_json = settings.get("slicer.limit.frameBytes")
             session.set_deadline(settings.get("slicer.limit.seconds"))

@@ -10,12 +10,16 @@ from .wire import overlay as overlay_mod
 from .wire.paths import display
 
 
-def host_overlay(worktree, ignore: SlicerIgnore = None) -> dict:
-    """The worktree's overlay (see wire/overlay.py) minus `.slicerignore`d paths."""
+def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = False) -> dict:
+    """The worktree's overlay (see wire/overlay.py) minus `.slicerignore`d paths.
+
+    `refresh_index=True` lets git save refreshed stat data in the index, as `git status` does
+    (push: much faster next time); pull and status leave the repository byte-for-byte alone.
+    Background runs set GIT_OPTIONAL_LOCKS=0, so they never hold index.lock against the user."""
     ignore = ignore or SlicerIgnore(worktree.root)
     for attempt in range(3):
         try:
-            raw = overlay_mod.scan(worktree.root, worktree.git, worktree.algo)
+            raw = overlay_mod.scan(worktree.root, worktree.git, worktree.algo, refresh_index=refresh_index)
             break
         except overlay_mod.UnmergedPaths as exc:
             raise SlicerError("the worktree has unmerged paths: %s" % ", ".join(map(display, exc.paths[:5])),

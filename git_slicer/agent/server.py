@@ -7,7 +7,6 @@ is trusted here (it started us); requests are still checked so a confused host f
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -131,7 +130,7 @@ class Agent:
             raise AgentError("version", "agent speaks protocol %d, host asked for %r"
                              % (PROTOCOL_VERSION, request.get("protocol")))
         return {"ok": True, "agent": AGENT_NAME, "protocol": PROTOCOL_VERSION, "version": __version__,
-                "caps": CAPS, "git": version, "python": platform.python_version(),
+                "caps": CAPS, "git": version, "python": "%d.%d.%d" % sys.version_info[:3],
                 "home": os.path.expanduser("~")}
 
     def op_bye(self, request):

@@ -107,13 +107,16 @@ def parse_status_v2(output: bytes):
             yield kind.decode(), "", [], os.fsdecode(raw[2:])
 
 
-def scan(root: str, run_git, algo: str = "sha1", extra_config=()) -> dict:
+def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index: bool = True) -> dict:
     """Compute the overlay of the worktree at `root`.
 
     `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
     (the agent passes core.excludesFile so `.slicerignore`d untracked trees are not listed).
+    With `refresh_index`, git may save refreshed stat data in the index as `git status` does;
+    without it every later scan re-reads files whose stat data went stale (a fresh copy or
+    checkout: every file). Callers that promise not to touch the repository pass False.
     """
-    args = ["--no-optional-locks"]      # never rewrite the index just by looking
+    args = [] if refresh_index else ["--no-optional-locks"]
     for item in extra_config:
         args += ["-c", item]
     args += ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames",

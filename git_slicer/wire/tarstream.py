@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 
 from .paths import UnsafePath, check_relpath, collision_key, display
 
@@ -26,24 +25,31 @@ class UnsafeArchive(ValueError):
     pass
 
 
-@dataclass
 class Limits:
-    max_entries: int = 1_000_000
-    max_file_bytes: int = 4 * 1024 ** 3
-    max_total_bytes: int = 16 * 1024 ** 3
-    max_path_bytes: int = 4096
-    max_depth: int = 64
-    max_link_bytes: int = 4096
+    """Caps on a file stream (plain class, not a dataclass: the agent's start-up is hot)."""
+
+    def __init__(self, max_entries: int = 1_000_000, max_file_bytes: int = 4 * 1024 ** 3,
+                 max_total_bytes: int = 16 * 1024 ** 3, max_path_bytes: int = 4096, max_depth: int = 64,
+                 max_link_bytes: int = 4096):
+        self.max_entries = max_entries
+        self.max_file_bytes = max_file_bytes
+        self.max_total_bytes = max_total_bytes
+        self.max_path_bytes = max_path_bytes
+        self.max_depth = max_depth
+        self.max_link_bytes = max_link_bytes
 
 
-@dataclass
 class Member:
-    path: str
-    kind: str            # "file" | "symlink" | "dir"
-    mode: int            # permission bits as sent (files: 0o644 or 0o755 after sanitising)
-    size: int = 0
-    target: str = ""     # symlink target (data; never dereferenced)
-    staged: str = ""     # full path of the staged contents (inside the staging directory)
+    """One accepted member: kind is "file" | "symlink" | "dir"; mode is 0o644 or 0o755; a
+    symlink's target is data, never dereferenced; `staged` is where a file's bytes were put."""
+
+    __slots__ = ("path", "kind", "mode", "size", "target", "staged")
+
+    def __init__(self, path: str, kind: str, mode: int, size: int = 0, target: str = "", staged: str = ""):
+        self.path, self.kind, self.mode, self.size, self.target, self.staged = path, kind, mode, size, target, staged
+
+    def __repr__(self) -> str:
+        return "Member(%r, %r, %o, size=%d)" % (self.path, self.kind, self.mode, self.size)
 
 
 # ---------------------------------------------------------------------------- writing

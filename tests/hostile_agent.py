@@ -131,7 +131,7 @@ class HostileAgent(Agent):
         self.conn.send({"ok": True, "streaming": True})
         if self.s.get("pack_stream") == "bad-digest":
             self.conn.write_frame(b"D", b"PACK\0\0\0\2\0\0\0\1")
-            self.conn.write_frame(b"Z", json.dumps({"bytes": 12, "sha256": "0" * 64}).encode())
+            self.conn.write_frame(b"Z", json.dumps({"bytes": 12, "crc32": 0}).encode())
             self.conn.flush()
             return {"ok": True}
         if self.s.get("pack_stream") == "endless":

@@ -35,7 +35,7 @@ def rounds(quick) -> int:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def bench_env():
+def bench_env(quick):
     """One temporary HOME for the whole run (VMs live under it); the workload cache stays."""
     home = tempfile.mkdtemp(prefix="slicer-bench-home-")
     cache = workloads.cache_dir()
@@ -43,7 +43,8 @@ def bench_env():
     os.environ.update({"HOME": home, "XDG_DATA_HOME": os.path.join(home, "data"),
                        "XDG_CONFIG_HOME": os.path.join(home, "config"), "GIT_SLICER_BENCH_CACHE": cache,
                        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-                       "GIT_SLICER_PROGRESS": "never", **workloads.ENV})
+                       "GIT_SLICER_PROGRESS": "never", "GIT_SLICER_BENCH_SHAPE": "quick" if quick else "5k",
+                       **workloads.ENV})
     for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         os.environ.pop(name, None)
     with open(os.path.join(home, ".gitconfig"), "w") as fh:

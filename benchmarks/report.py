@@ -20,7 +20,7 @@ TARGETS = {
     ("W5", "status"): (None, "(reference: scan vs git status)"),
     ("W6", "status"): (2.0, "<= 2x git status"),
     ("throughput", "raw"): (1 / 0.7, ">= 70% of a raw pipe copy"),
-    ("git commit", "no-hooks"): (1.05, "<= 1.05x git commit without hooks"),
+    ("git commit", "no_hooks"): (1.05, "<= 1.05x git commit without hooks"),
 }
 
 
@@ -32,7 +32,7 @@ def _target(group: str, baseline: str):
 
 
 def _is_ours(name: str) -> bool:
-    return "slicer" in name or "hooks-linked" in name or "hooks-unlinked" in name
+    return "slicer" in name or "hooks_linked" in name or "hooks_unlinked" in name
 
 
 def rows(data: dict):
@@ -41,7 +41,7 @@ def rows(data: dict):
         groups.setdefault(bench["group"] or bench["name"], []).append(bench)
     for group in sorted(groups):
         ours = [b for b in groups[group] if _is_ours(b["name"])]
-        bases = [b for b in groups[group] if not _is_ours(b["name"])]
+        bases = [b for b in groups[group] if not _is_ours(b["name"]) and "empty_hook" not in b["name"]]
         for mine in ours:
             for base in bases:
                 ratio = mine["stats"]["median"] / base["stats"]["median"]
@@ -56,7 +56,8 @@ def rows(data: dict):
 
 def _short(name: str) -> str:
     name = name.split("::")[-1]
-    for prefix in ("test_w1_", "test_w2_", "test_w3_", "test_w4_", "test_w5_", "test_w6_", "test_stream_", "test_"):
+    for prefix in ("test_w1_", "test_w2_", "test_w3_", "test_w4_", "test_w5_", "test_w6_", "test_stream_",
+                   "test_commit_", "test_"):
         if name.startswith(prefix):
             return name[len(prefix):]
     return name

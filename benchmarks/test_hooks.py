@@ -35,7 +35,8 @@ def env(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     for name in list(os.environ):
-        if name.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_SLICER_")):
+        if name.startswith(("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_SLICER_")) \
+                and not name.startswith("GIT_SLICER_BENCH_"):
             monkeypatch.delenv(name)
     values = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
               "XDG_DATA_HOME": str(home / ".local" / "share"), "GIT_CONFIG_NOSYSTEM": "1",
@@ -53,13 +54,16 @@ def _run(cwd, *args):
 
 
 def _repo(tmp_path, hooks: bool, linked: bool):
+    """A copy of the 5k-file workload (a repository of realistic size: commit time depends on
+    the index, and a hook's fixed cost only looks large next to a toy repository)."""
+    import workloads
     path = tmp_path / "repo"
-    path.mkdir(parents=True)
-    _run(path, "git", "init", "-q", "-b", "main")
-    for i in range(50):
-        (path / ("f%02d.txt" % i)).write_text("line %d\n" % i)
-    _run(path, "git", "add", "-A")
-    _run(path, "git", "commit", "-q", "-m", "initial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workloads.copy(workloads.build(os.environ.get("GIT_SLICER_BENCH_SHAPE", "5k")), str(path))
+    (path / "f00.txt").write_text("start\n")
+    _run(path, "git", "add", "f00.txt")
+    _run(path, "git", "commit", "-q", "-m", "bench file")
+    _run(path, "git", "status", "--porcelain")          # a refreshed index, as a user's would be
     if linked:
         _run(path, sys.executable, "-m", "git_slicer", "push", "--launch")
     if hooks:

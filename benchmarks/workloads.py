@@ -78,6 +78,7 @@ def build(shape_name: str) -> str:
     shutil.rmtree(target, ignore_errors=True)
     os.makedirs(target)
     _git(target, "init", "-q", "-b", "main")
+    _git(target, "config", "gc.auto", "0")      # no background gc racing the final `git gc`
     chosen = []
     for full, data, rel in source_files():
         if len(data) < shape.min_size:

@@ -154,11 +154,11 @@ class Agent:
                 ["git", "check-ref-format", "refs/heads/" + str(branch)], env=repo.env).returncode != 0:
             raise AgentError("bad-request", "invalid branch name %r or commit %r" % (branch, commit))
         expect = request.get("expect")
-        if expect is not None:
-            current = repo.state()
-            if current["head"] != expect.get("head") or current["overlay"] != expect.get("overlay"):
-                raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
-        old_overlay = repo.state()["overlay"] if repo.exists else overlay_mod.empty()
+        current = repo.state() if repo.exists else None       # one scan serves both uses below
+        if expect is not None and (current is None or current["head"] != expect.get("head")
+                                   or current["overlay"] != expect.get("overlay")):
+            raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
+        old_overlay = current["overlay"] if current else overlay_mod.empty()
         if not repo.exists:
             os.makedirs(repo.root, exist_ok=True)
             repo.git(["init", "-q"])

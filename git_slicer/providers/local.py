@@ -17,10 +17,10 @@ import sys
 
 from .. import report
 from ..config import vm_dir
-from ..errors import UsageError, VMNotFound
+from ..errors import UsageError
 from ..links import check_vm_name, now, write_atomic
 from ..transport import ProcessChannel
-from . import VM
+from . import VM, DirectoryVMs
 
 GUEST_HOME = "/home/agent"
 GUEST_LIB = "/opt/git-slicer"
@@ -28,7 +28,7 @@ _ETC = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.
         "alternatives", "localtime", "mime.types")
 
 
-class LocalProvider:
+class LocalProvider(DirectoryVMs):
     name = "local"
 
     def __init__(self, settings):
@@ -39,34 +39,10 @@ class LocalProvider:
             raise UsageError("slicer.local.sandbox must be auto, bwrap or none (got %r)" % self.mode)
 
     # -- VM records ----------------------------------------------------------
-    def _dir(self, name: str) -> str:
-        return os.path.join(self.root, check_vm_name(name))
-
-    def _record(self, name: str):
-        try:
-            with open(os.path.join(self._dir(name), "vm.json"), "rb") as fh:
-                return json.load(fh)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
     def _vm(self, record) -> VM:
         return VM(name=record["name"], provider=self.name, address="local:" + record["name"],
                   created_at=record.get("created_at", ""), state="ready",
                   details={"sandbox": record.get("sandbox", "bwrap")})
-
-    def get(self, name: str) -> VM:
-        record = self._record(name)
-        if record is None:
-            raise VMNotFound("no local VM named %s" % name, hint="see `git slicer vm list`")
-        return self._vm(record)
-
-    def list(self):
-        try:
-            names = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return []
-        records = [self._record(n) for n in names if not n.startswith(".")]
-        return [self._vm(r) for r in records if r]
 
     def launch(self, name: str = None, tags=None) -> VM:
         os.makedirs(self.root, exist_ok=True)

@@ -36,7 +36,7 @@ from ..config import vm_dir
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import check_vm_name, now, write_atomic
 from ..wire.framing import Connection, ProtocolError
-from . import VM
+from . import VM, DirectoryVMs
 from .qemu_image import build_image, find_image, image_root
 
 PORT_NAME = "org.git-slicer.agent"
@@ -216,7 +216,7 @@ def probe_kvm(binary: str, kernel: str, seconds: float = KVM_PROBE_SECONDS):
 
 
 # -- the provider ----------------------------------------------------------------------
-class QemuProvider:
+class QemuProvider(DirectoryVMs):
     name = "qemu"
 
     def __init__(self, settings):
@@ -228,18 +228,8 @@ class QemuProvider:
             raise UsageError("slicer.qemu.accel must be auto, kvm or tcg (got %r)" % self.accel)
 
     # -- records ---------------------------------------------------------------
-    def _dir(self, name: str) -> str:
-        return os.path.join(self.root, check_vm_name(name))
-
     def _file(self, name: str, leaf: str) -> str:
         return os.path.join(self._dir(name), leaf)
-
-    def _record(self, name: str):
-        try:
-            with open(self._file(name, "vm.json"), "rb") as fh:
-                return json.load(fh)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
 
     def _save(self, record) -> None:
         write_atomic(self._file(record["name"], "vm.json"), json.dumps(record, indent=1).encode())
@@ -262,20 +252,6 @@ class QemuProvider:
         return VM(name=record["name"], provider=self.name, address="qemu:" + record["name"],
                   created_at=record.get("created_at", ""), state="running" if running else "stopped",
                   details=details)
-
-    def get(self, name: str) -> VM:
-        record = self._record(name)
-        if record is None:
-            raise VMNotFound("no qemu VM named %s" % name, hint="see `git slicer vm list --provider qemu`")
-        return self._vm(record)
-
-    def list(self):
-        try:
-            names = sorted(os.listdir(self.root))
-        except FileNotFoundError:
-            return []
-        records = [self._record(n) for n in names if not n.startswith(".")]
-        return [self._vm(r) for r in records if r]
 
     # -- lifecycle ---------------------------------------------------------------
     def _check_binary(self) -> None:

@@ -75,15 +75,6 @@ def _record(slicer_dir: str, vm: str, entry: dict) -> None:
     write_atomic(os.path.join(slicer_dir, STATE), json.dumps(state, indent=1, sort_keys=True).encode())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def activity(slicer_dir: str) -> dict:
     """What the background runner is doing: running (pid), pending (a trigger not yet taken), idle."""
@@ -93,7 +84,8 @@ def activity(slicer_dir: str) -> dict:
             pid = int(fh.read().strip() or 0) or None
     except (OSError, ValueError):
         pass
-    if pid and _pid_alive(pid):
+    from .locks import pid_alive
+    if pid and pid_alive(pid):
         return {"state": "running", "pid": pid}
     if os.path.exists(os.path.join(slicer_dir, PENDING)):
         return {"state": "pending", "pid": None}

@@ -21,7 +21,6 @@ import shlex
 import stat
 import sys
 import sysconfig
-import tempfile
 
 from .errors import SlicerError
 
@@ -173,19 +172,8 @@ def inspect(directory: str, hook: str, python: str = None) -> dict:
 # -- writing -------------------------------------------------------------------------------
 def _write(path: str, data: bytes, mode: int) -> None:
     """Replace `path` atomically with `data`, keeping `mode` (permission bits)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".slicer-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, stat.S_IMODE(mode))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from .links import write_atomic
+    write_atomic(path, data, stat.S_IMODE(mode))
 
 
 def _mode(path: str) -> int:

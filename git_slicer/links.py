@@ -45,8 +45,9 @@ class Link:
     last_result: str = ""                         # "ok" | a one-line failure (for status/hooks)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `path` so readers see the old or the new contents, never a mix."""
+def write_atomic(path: str, data: bytes, mode: int = None) -> None:
+    """Write `path` so readers see the old or the new contents, never a mix (with `mode`: those
+    permission bits, e.g. a hook's executable bit)."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -55,6 +56,8 @@ def write_atomic(path: str, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         try:

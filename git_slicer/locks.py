@@ -50,3 +50,14 @@ def hold(worktree, vm: str, exclusive_worktree: bool = False, wait: float = None
     finally:
         for fd in reversed(fds):
             os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

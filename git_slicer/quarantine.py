@@ -195,6 +195,7 @@ class Quarantine:
 
 def remove_stale(directory: str, prefix: str) -> None:
     """Remove `<prefix><pid>-*` directories left by a process that was killed."""
+    from .locks import pid_alive
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -203,18 +204,9 @@ def remove_stale(directory: str, prefix: str) -> None:
         if not name.startswith(prefix):
             continue
         pid = name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _MODES = {"100644", "100755", "120000", "160000"}

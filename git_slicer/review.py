@@ -14,13 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .config import Settings
-from .errors import AgentFailed, UsageError
+from .errors import AgentFailed
 from .ignore import SlicerIgnore
 from .links import LinkStore
-from .scan import host_overlay
 from .pull import Puller, PullOptions, _valid_branches, limits_from
 from .safewrite import Change
-from .target import find_vm, linked_vm, open_session, provider_for
+from .scan import host_overlay
+from .target import linked, open_session
 from .wire import overlay as overlay_mod
 
 
@@ -39,13 +39,7 @@ class VMSnapshot:
 @contextmanager
 def snapshot(worktree, vm_name: str = None, settings: Settings = None):
     settings = settings or Settings(worktree.root)
-    store = LinkStore.of(worktree)
-    name = linked_vm(store, vm_name)
-    link = store.get(name)
-    if link is None or not link.agreed_commit:
-        raise UsageError("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
-    provider = provider_for(settings, name, link)
-    vm = find_vm(provider, name)
+    name, link, provider, vm = linked(worktree, settings, vm_name)
     pack_limits, file_limits = limits_from(settings)
     scratch = tempfile.mkdtemp(prefix="slicer-review-", dir=os.path.join(worktree.common_dir, "objects"))
     try:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from .config import Settings
 from .ignore import SlicerIgnore
-from .links import LinkStore
 from .scan import host_overlay
-from .target import find_vm, linked_vm, open_session, provider_for
+from .target import linked, open_session
 from .wire import overlay as overlay_mod
 
 
 def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
-    store = LinkStore.of(worktree)
-    name = linked_vm(store, vm_name)
-    link = store.get(name)
-    if link is None or not link.agreed_commit:
-        from .errors import UsageError
-        raise UsageError("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
-    provider = provider_for(settings, name, link)
-    vm = find_vm(provider, name)
+    name, link, provider, vm = linked(worktree, settings, vm_name)
     ignore = SlicerIgnore(worktree.root)
     head = worktree.rev("HEAD")
     ours = host_overlay(worktree, ignore)

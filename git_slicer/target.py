@@ -73,3 +73,14 @@ def resolve_path_arg(path: str) -> str:
     if prefix and not os.path.isabs(path):
         return os.path.join(prefix, path)
     return path
+
+
+def linked(worktree, settings: Settings, vm_name: str = None):
+    """(name, link, provider, vm) for a VM this worktree has pushed to; a clear error otherwise."""
+    store = LinkStore.of(worktree)
+    name = linked_vm(store, vm_name)
+    link = store.get(name)
+    if link is None or not link.agreed_commit:
+        raise UsageError("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
+    provider = provider_for(settings, name, link)
+    return name, link, provider, find_vm(provider, name)

@@ -128,3 +128,13 @@ def test_errors_are_one_line_without_traceback(tmp_path, repo):
         assert proc.returncode in (1, 2), args
         assert b"Traceback" not in proc.stderr
         assert proc.stderr.startswith(b"error: ") or proc.stderr.startswith(b"Usage"), (args, proc.stderr)
+
+
+def test_status_when_the_vm_lost_its_repository(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "rm -rf ~/project")
+    result = repo.slicer_json("status")
+    assert result["vm_side"]["exists"] is False and result["in_sync"] is False
+    assert "creates it again" in repo.slicer("status").stdout.decode()
+    repo.slicer("push")
+    assert repo.slicer_json("status")["in_sync"] is True

@@ -16,6 +16,10 @@ def command(vm, path, as_json):
     lines = ["VM %s, branch %s, last sync at %s%s" % (result["vm"], result["branch"], short(result["agreed_commit"]),
                                                       " (in sync)" if result["in_sync"] else "")]
     for label, side in (("host", host), ("vm", guest)):
+        if label == "vm" and not side["exists"]:
+            lines.append("vm   no repository at %s: `git slicer push %s` creates it again"
+                         % (display(result["guest_path"]), result["vm"]))
+            continue
         lines.append("%-4s %s  %s new commit(s), %d changed file(s) since sync" % (
             label, short(side["head"]), side["ahead"] if side["ahead"] is not None else "?",
             len(side["changed_since_sync"])))

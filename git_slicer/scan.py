@@ -14,12 +14,16 @@ def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = Fa
     """The worktree's overlay (see wire/overlay.py) minus `.slicerignore`d paths.
 
     `refresh_index=True` lets git save refreshed stat data in the index, as `git status` does
-    (push: much faster next time); pull and status leave the repository byte-for-byte alone.
+    (push: much faster next time), and saves our stat cache of dirty and untracked files' blob
+    ids; pull and status leave the repository byte-for-byte alone (they only read the cache).
     Background runs set GIT_OPTIONAL_LOCKS=0, so they never hold index.lock against the user."""
     ignore = ignore or SlicerIgnore(worktree.root)
+    cache_path = os.path.join(worktree.git_dir, "slicer", "statcache.json")
+    cache = overlay_mod.StatCache.load(cache_path)
     for attempt in range(3):
         try:
-            raw = overlay_mod.scan(worktree.root, worktree.git, worktree.algo, refresh_index=refresh_index)
+            raw = overlay_mod.scan(worktree.root, worktree.git, worktree.algo, refresh_index=refresh_index,
+                                   cache=cache)
             break
         except overlay_mod.UnmergedPaths as exc:
             raise SlicerError("the worktree has unmerged paths: %s" % ", ".join(map(display, exc.paths[:5])),
@@ -27,6 +31,11 @@ def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = Fa
         except overlay_mod.FileChanged:
             if attempt == 2:
                 raise SlicerError("files keep changing while they are scanned; try again") from None
+    if refresh_index and os.path.isdir(os.path.dirname(cache_path)):
+        try:
+            cache.dump(cache_path)
+        except OSError:
+            pass                          # only a cache: the next scan hashes again
     return overlay_mod.filtered(raw, ignore.keep)
 
 

@@ -296,3 +296,40 @@ def test_second_worktree_push_to_same_vm_path_is_refused_without_force(repo, tmp
     proc = slicer(clone, "push", vm, check=False)
     assert proc.returncode == 1
     assert b"did not push" in proc.stderr
+
+
+def test_stat_cache_never_serves_a_changed_file(launched):
+    """Unchanged dirty files are not re-hashed, but a rewrite with the same size and an old
+    mtime put back (ctime still moves) is seen and sent."""
+    repo, vm = launched
+    old = 1_700_000_000
+    path = repo.write("data.bin", b"A" * 4096)
+    os.utime(path, (old, old))
+    repo.slicer("push")
+    cache = (repo.path / ".git" / "slicer" / "statcache.json").read_text()
+    assert "data.bin" in cache
+    path.write_bytes(b"B" * 4096)
+    os.utime(path, (old, old))
+    repo.slicer("push")
+    assert repo.vm_sh(vm, "head -c 3 data.bin") == "BBB"
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_stat_cache_entries_are_trusted_only_when_stat_matches(tmp_path):
+    from git_slicer.wire.overlay import StatCache, hash_worktree_file
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    cache = StatCache()
+    first = hash_worktree_file(str(path), "sha1", cache, "f")
+    st = os.lstat(path)
+    assert StatCache(cache.used).get("f", st) == list(first)
+    path.write_bytes(b"y" * 100)                    # same size
+    os.utime(path, (1_700_000_000, 1_700_000_000))  # same mtime
+    assert StatCache(cache.used).get("f", os.lstat(path)) is None
+    fresh = tmp_path / "g"
+    fresh.write_bytes(b"z")                         # modified just now: racy, never trusted
+    StatCache.RACY_SECONDS = 2.0
+    c2 = StatCache()
+    hash_worktree_file(str(fresh), "sha1", c2, "g")
+    assert StatCache(c2.used).get("g", os.lstat(fresh)) is None

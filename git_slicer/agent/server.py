@@ -83,7 +83,13 @@ class Repo:
             oid, ref = line.split(" ", 1)
             branches[ref[len("refs/heads/"):]] = oid
         try:
-            overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes())
+            cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
+            cache = overlay_mod.StatCache.load(cache_path)
+            overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), cache=cache)
+            try:
+                cache.dump(cache_path)
+            except OSError:
+                pass
         except overlay_mod.UnmergedPaths as exc:
             raise AgentError("unmerged", "the VM repository has unmerged paths: " + ", ".join(exc.paths[:10]))
         return {"exists": True, "branch": branch, "head": self.rev("HEAD"), "branches": branches,
@@ -306,12 +312,21 @@ class Agent:
         stash = tempfile.mkdtemp(prefix="slicer-stash-", dir=git_dir)
         try:
             stashed = {}
-            for i, path in enumerate(reuse):
-                check_relpath(path)
-                if path in old_overlay["files"] and old_overlay["files"][path] == new_overlay["files"].get(path):
+            keep = [p for p in reuse if check_relpath(p) and p in old_overlay["files"]
+                    and old_overlay["files"][p] == new_overlay["files"].get(p)]
+            # `reset --hard` only touches tracked paths: set aside just those (moving a file
+            # changes its ctime, so untracked ones stay put and keep their stat-cache entries).
+            tracked = set()
+            if keep:
+                listed = repo.git(["ls-files", "-z", "--"] + keep) + \
+                    repo.git(["ls-tree", "-z", "--name-only", commit, "--"] + keep, check=False)
+                tracked = {os.fsdecode(p) for p in listed.split(b"\0") if p}
+            for i, path in enumerate(keep):
+                if path in tracked:
                     target = os.path.join(stash, "%08d" % i)
                     os.rename(os.path.join(repo.root, path), target)
                     stashed[path] = target
+            in_place = set(keep) - set(stashed)
             repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
             repo.git(["reset", "-q", "--hard", commit])
             crash_point("agent:push-applying")
@@ -352,6 +367,8 @@ class Agent:
                     source = stashed[path]
                     _prepare_target(repo.root, path)
                     os.rename(source, full)
+                    continue
+                if path in in_place:          # an untracked file the VM already has: untouched
                     continue
                 member = members.get(path)
                 if member is None:

@@ -69,9 +69,9 @@ def main(argv=None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
-    except click.exceptions.Abort:
-        sys.stderr.write("aborted\n")
-        code = 1
+    except click.exceptions.Abort:       # click's form of Ctrl-C
+        sys.stderr.write("interrupted\n")
+        code = 130
     except SlicerError as exc:
         sys.stderr.write("error: %s\n" % exc)
         if exc.hint:

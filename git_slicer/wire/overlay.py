@@ -52,15 +52,72 @@ def file_mode(st: os.stat_result) -> str:
     return MODE_EXEC if st.st_mode & 0o100 else MODE_FILE
 
 
-def hash_worktree_file(full_path: str, algo: str = "sha1"):
+class StatCache:
+    """Blob ids of files whose stat data has not changed since they were hashed, as git's index
+    keeps them: a push must not re-read a large untracked file that did not change. An entry is
+    trusted only if size, mtime, ctime, inode and mode all match and the file was not modified
+    within the last two seconds (a write in the same timestamp tick could go unseen: git's
+    "racy" rule). Kept as JSON by the caller (`load`/`dump`)."""
+
+    RACY_SECONDS = 2.0
+
+    def __init__(self, entries=None):
+        self.entries = entries if isinstance(entries, dict) else {}
+        self.used = {}
+
+    @staticmethod
+    def key(st) -> list:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode]
+
+    def get(self, path: str, st):
+        entry = self.entries.get(path)
+        if not entry or entry[:5] != self.key(st):
+            return None
+        import time
+        if time.time() - st.st_mtime_ns / 1e9 < self.RACY_SECONDS:
+            return None
+        return entry[5]
+
+    def put(self, path: str, st, result) -> None:
+        self.used[path] = self.key(st) + [list(result)]
+
+    @classmethod
+    def load(cls, path: str) -> "StatCache":
+        import json
+        try:
+            with open(path, "rb") as fh:
+                return cls(json.load(fh))
+        except (OSError, ValueError):
+            return cls()
+
+    def dump(self, path: str) -> None:
+        """Write only the entries used by the last scan (the cache never grows past the overlay)."""
+        import json
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "w") as fh:
+            json.dump(self.used, fh, separators=(",", ":"))
+        os.replace(tmp, path)
+
+
+def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = None, rel: str = None):
     """(mode, oid) of a file or symlink as git would store it, or None for anything else.
 
-    Never opens FIFOs, sockets or devices (so a scan cannot block on them).
+    Never opens FIFOs, sockets or devices (so a scan cannot block on them). With `cache` (and
+    `rel`, the path's cache key) an unchanged file is not read again.
     """
     try:
         st = os.lstat(full_path)
     except FileNotFoundError:
         return None
+    if cache is not None and rel is not None:
+        known = cache.get(rel, st)
+        if known is not None:
+            cache.put(rel, st, known)
+            return tuple(known)
+        result = hash_worktree_file(full_path, algo)
+        if result is not None:
+            cache.put(rel, st, result)
+        return result
     if stat.S_ISLNK(st.st_mode):
         return MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo)
     if not stat.S_ISREG(st.st_mode):
@@ -107,7 +164,8 @@ def parse_status_v2(output: bytes):
             yield kind.decode(), "", [], os.fsdecode(raw[2:])
 
 
-def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index: bool = True) -> dict:
+def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index: bool = True,
+         cache: StatCache = None) -> dict:
     """Compute the overlay of the worktree at `root`.
 
     `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
@@ -131,7 +189,7 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
         if kind == "?":
             if path.endswith("/"):          # a nested repository: not ours to copy
                 continue
-            entry = hash_worktree_file(os.path.join(root, path), algo)
+            entry = hash_worktree_file(os.path.join(root, path), algo, cache, path)
             if entry is not None:
                 overlay["files"][path] = list(entry)
             continue
@@ -144,7 +202,7 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
             if mode_wt == ZERO_MODE:
                 overlay["files"][path] = None
             else:
-                entry = hash_worktree_file(os.path.join(root, path), algo)
+                entry = hash_worktree_file(os.path.join(root, path), algo, cache, path)
                 overlay["files"][path] = list(entry) if entry else None
     if unmerged:
         raise UnmergedPaths(sorted(unmerged))

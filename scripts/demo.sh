@@ -4,7 +4,7 @@
 #   bash scripts/demo.sh [REPO]     (default: a small demo repository in a temp dir)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-bash "$here/scripts/install-system-deps.sh"
+bash "$here/scripts/install-system-deps.sh" --minimal
 python3 -m venv "$here/.venv"
 log=$(mktemp)
 "$here/.venv/bin/python" -m pip install -q "$here" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }

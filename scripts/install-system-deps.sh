@@ -6,9 +6,15 @@
 #   qemu-system-x86 the qemu provider's VMs (docs/qemu.md)
 #   debootstrap     building the qemu provider's guest image (as root)
 # Runs apt-get only for what is missing, and only as root (CI); otherwise it says what to install.
+#   bash scripts/install-system-deps.sh            everything (tests, benchmarks)
+#   bash scripts/install-system-deps.sh --minimal  only what using git-slicer locally needs (the demo)
 set -euo pipefail
 packages=(bubblewrap openssh-server openssh-client rsync qemu-system-x86 debootstrap)
 commands=(bwrap sshd ssh rsync qemu-system-x86_64 debootstrap)
+if [ "${1:-}" = "--minimal" ]; then
+  packages=(bubblewrap)
+  commands=(bwrap)
+fi
 missing=()
 for i in "${!packages[@]}"; do
   cmd=${commands[$i]}

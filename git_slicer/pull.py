@@ -34,9 +34,6 @@ from .wire import tarstream
 from .wire.framing import ProtocolError, RemoteError, crash_point
 from .wire.paths import display
 
-_ABSENT = None
-
-
 @dataclass
 class PullOptions:
     vm: str

@@ -98,10 +98,6 @@ class Quarantine:
     def git(self, args, input=None) -> bytes:
         return self.worktree.git(args, input=input, env=self.env)
 
-    def has_commit(self, oid: str) -> bool:
-        out = self.git(["cat-file", "-t", oid], input=None) if _is_oid(oid) else b""
-        return out.strip() == b"commit"
-
     def validate(self, tips) -> list:
         """Walk commits and trees new to the host; return the new commits."""
         import pygit2

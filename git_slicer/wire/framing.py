@@ -194,13 +194,6 @@ class Connection:
             else:
                 raise ProtocolError("unexpected %r frame inside a stream" % kind)
 
-    def recv_stream_into(self, fileobj, max_bytes: int) -> int:
-        total = 0
-        for chunk in self.recv_stream(max_bytes):
-            fileobj.write(chunk)
-            total += len(chunk)
-        return total
-
 
 def error_reply(code: str, message: str) -> dict:
     return {"ok": False, "error": {"code": code, "message": message}}

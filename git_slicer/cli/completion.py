@@ -36,7 +36,7 @@ complete -o default -F __git_slicer_direct git-slicer
 '''
 
 
-@click.command("completion", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("completion", short_help="Print a shell completion script.", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def command(shell):
     """Print a completion script: eval "$(git slicer completion bash)"."""

@@ -6,7 +6,7 @@ import click
 from .common import vm_argument, worktree_at
 
 
-@click.command("exec", context_settings={"help_option_names": ["-h", "--help"],
+@click.command("exec", short_help="Run a command in the VM's repository.", context_settings={"help_option_names": ["-h", "--help"],
                                          "ignore_unknown_options": True})
 @vm_argument(required=True)
 @click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository.")

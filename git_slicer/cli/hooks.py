@@ -15,7 +15,7 @@ _ACTIONS = {"create": "installed", "overwrite": "replaced (--force)", "upgrade":
             "damaged": "left alone: its git-slicer block is damaged, edit it by hand", "none": "not installed"}
 
 
-@click.group("hooks", context_settings=_CTX)
+@click.group("hooks", short_help="Push every new commit to linked VMs automatically.", context_settings=_CTX)
 def command():
     """Hooks that push every new commit to the worktree's linked VMs, in the background."""
 

@@ -5,7 +5,7 @@ import click
 from .common import emit, json_option, short, worktree_at
 
 
-@click.command("list", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("list", short_help="List worktrees and their linked VMs.", context_settings={"help_option_names": ["-h", "--help"]})
 @json_option
 def command(as_json):
     """List the repository's worktrees and their linked VMs; `*` marks the current worktree."""

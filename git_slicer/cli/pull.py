@@ -3,7 +3,7 @@ import click
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 
-@click.command("pull", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("pull", short_help="Bring the VM's commits and files home.", context_settings={"help_option_names": ["-h", "--help"]})
 @vm_argument(required=True)
 @click.argument("path", required=False, default=".")
 @click.option("-f", "--force", is_flag=True,

@@ -3,7 +3,7 @@ import click
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 
-@click.command("push", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("push", short_help="Copy the worktree into a VM, or send what changed.", context_settings={"help_option_names": ["-h", "--help"]})
 @vm_argument()
 @click.argument("path", required=False, default=".")
 @click.option("--launch", is_flag=True, help="Start a fresh VM first (VM, if given, names it).")

@@ -9,7 +9,7 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@click.command("diff", context_settings=CONTEXT)
+@click.command("diff", short_help="Show the VM's work as a diff, without pulling.", context_settings=CONTEXT)
 @vm_argument()
 @click.argument("path", required=False, default=".")
 @click.option("--stat", is_flag=True, help="Show a diffstat instead of the patch.")
@@ -57,7 +57,7 @@ def shell_command(vm, path):
     raise SystemExit(provider.exec(machine, review.SHELL_COMMAND, where, interactive=sys.stdin.isatty()))
 
 
-@click.command("unlink", context_settings=CONTEXT)
+@click.command("unlink", short_help="Forget a worktree's link to a VM.", context_settings=CONTEXT)
 @vm_argument(required=True)
 @click.argument("path", required=False, default=".")
 @json_option

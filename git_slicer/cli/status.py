@@ -3,7 +3,7 @@ import click
 from .common import emit, json_option, short, vm_argument, worktree_at
 
 
-@click.command("status", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("status", short_help="Show what changed on each side since the last sync.", context_settings={"help_option_names": ["-h", "--help"]})
 @vm_argument()
 @click.argument("path", required=False, default=".")
 @json_option

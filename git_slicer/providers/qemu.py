@@ -36,6 +36,7 @@ from ..config import vm_dir
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import check_vm_name, now, write_atomic
 from ..wire.framing import Connection, ProtocolError
+from ..transport import SocketChannel
 from . import VM, DirectoryVMs
 from .qemu_image import build_image, find_image, image_root
 
@@ -68,8 +69,9 @@ class _Prefixed:
         return self.raw.readinto(buf)
 
 
-class SerialChannel:
-    """The agent behind a QEMU chardev unix socket wired to a virtio-serial port in the guest."""
+class SerialChannel(SocketChannel):
+    """The agent behind a QEMU chardev unix socket wired to a virtio-serial port in the guest.
+    Its own connect and sync handshake; once connected it is a socket channel like any other."""
 
     def __init__(self, path: str, description: str, timeout: float, alive=None,
                  handshake_timeout: float = 30):
@@ -126,22 +128,6 @@ class SerialChannel:
             if match:
                 return buf[match.end():]
             buf = buf[-(len(nonce) + 32):]
-
-    def handshake_done(self) -> None:
-        self.sock.settimeout(None)
-
-    def abort(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def diagnose(self):
-        return None
-
-    def close(self, timeout: float = 10) -> None:
-        self.abort()
-        self.sock.close()
 
 
 # -- QMP -----------------------------------------------------------------------------

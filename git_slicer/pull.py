@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 
-from . import locks
+from . import locks, report
 from .config import Settings
 from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
@@ -135,7 +134,6 @@ class Puller:
         if vm_tip is None:
             raise AgentFailed("VM %s no longer has branch %s" % (self.link.vm, self.link.branch))
         if vm_state["branch"] != self.link.branch:
-            from . import report
             report.warn("the VM is on branch %s, not %s: its uncommitted files are not pulled"
                         % (display(str(vm_state["branch"])), self.link.branch))
         vm_view = overlay_mod.filtered(vm_state["overlay"], self.ignore.keep)
@@ -191,6 +189,8 @@ class Puller:
                     raise UnsafeInput("the VM's pack lacks objects it announced (%s)" % still[0][:12])
                 crash_point("pull:validated")
                 q.migrate()
+                report.info("imported %d byte(s) of objects from VM %s through quarantine"
+                            % (self.session.conn.bytes_in, self.link.vm))
         crash_point("pull:objects-in")
         self._imported = branches
         return branches
@@ -245,10 +245,11 @@ class Puller:
         has the blob, otherwise from the VM's worktree (checked against its blob id)."""
         needed = [c for c in changes if c.new is not None]
         have = set(_present(self.wt, sorted({c.new[1] for c in needed})))
+        odb = self.wt.pygit.odb if have else None        # read in-process: no `git cat-file` per file
         from_vm = {}
         for change in needed:
             if change.new[1] in have:
-                data = self.wt.git(["cat-file", "blob", change.new[1]])
+                data = odb.read(change.new[1])[1]
                 if change.new[0] == overlay_mod.MODE_LINK:
                     change.target = os.fsdecode(data)
                 else:
@@ -366,7 +367,6 @@ def _set_index(worktree, entries: dict, some_oid: str) -> None:
 def recover_interrupted(worktree) -> None:
     """Roll back a pull that was killed while writing (see Puller._write), and drop the
     staging and quarantine directories of killed processes."""
-    from . import report
     remove_stale(worktree.git_dir, "slicer-pull-")
     remove_stale(os.path.join(worktree.common_dir, "objects"), "incoming-slicer-")
     journal = journal_path(worktree)
@@ -440,13 +440,12 @@ def _present(worktree, oids) -> list:
 
 def _valid_branches(worktree, branches: dict) -> dict:
     """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning."""
-    from . import report
     valid = {}
+    from pygit2 import reference_is_valid_name     # git's check-ref-format rules, without a process per name
     for name, oid in sorted(branches.items()):
         ok = isinstance(name, str) and isinstance(oid, str) and len(oid) in (40, 64) and \
             all(c in "0123456789abcdef" for c in oid) and "\n" not in name and \
-            subprocess.run(["git", "check-ref-format", "refs/heads/" + name], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL).returncode == 0
+            reference_is_valid_name("refs/heads/" + name)
         if ok:
             valid[name] = oid
         else:

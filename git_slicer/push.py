@@ -4,9 +4,9 @@ it lacks since the last agreed state."""
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import locks, report
@@ -14,12 +14,12 @@ from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .links import Link, LinkStore, now
+from .pull import recover_interrupted
+from .quarantine import check_state
 from .scan import host_overlay, ignored_files
 from .target import default_guest_path, find_vm, linked_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
 from .wire import tarstream
-from .pull import recover_interrupted
-from .quarantine import check_state
 from .wire.framing import ProtocolError, StreamAborted, crash_point
 from .wire.paths import display
 
@@ -114,9 +114,9 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     reuse = sorted(p for p, e in ours["files"].items()
                    if e is not None and vm_state["overlay"]["files"].get(p) == e)
     send = {p: e for p, e in ours["files"].items() if e is not None and p not in reuse}
-    shallow = []
+    shallow, within = [], []
     if first and options.depth:
-        shallow = _shallow_boundary(worktree, head, options.depth)
+        within, shallow = _shallow_history(worktree, head, options.depth)
 
     request = {"op": "push", "path": link.guest_path, "branch": branch, "commit": head,
                "overlay": ours, "reuse": reuse, "extra": extra, "pack": need_pack,
@@ -127,7 +127,7 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
     try:
         if need_pack:
-            sent["pack_bytes"] = _send_pack(worktree, session, head, haves, index_blobs, shallow, options.depth)
+            sent["pack_bytes"] = _send_pack(worktree, session, head, haves, index_blobs, within)
             crash_point("push:pack-sent")
         if request["tar"]:
             before = session.conn.bytes_out
@@ -140,6 +140,8 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
         session.reply()  # the agent stopped reading: its error explains why
         raise
     reply = session.reply()
+    report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"
+                % (sent["pack_bytes"], sent["files"], sent["file_bytes"], len(reuse)))
     after = overlay_mod.filtered(reply["overlay"], ignore.keep)
     link.guest_path = reply.get("path") or link.guest_path
     link.agreed_overlay = ours
@@ -157,8 +159,7 @@ def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str 
     changed = overlay_mod.changed_paths(link.agreed_overlay, vm_view)
     moved = vm_state["head"] != link.agreed_commit
     if ours is not None:    # what the VM already has of this very push (an interrupted one) is not its work
-        changed = [p for p in changed if overlay_mod.changed_paths(
-            overlay_mod.filtered(vm_view, lambda q: q == p), overlay_mod.filtered(ours, lambda q: q == p))]
+        changed = [p for p in changed if _entries(vm_view, p) != _entries(ours, p)]
         moved = moved and vm_state["head"] != head
     if changed or moved:
         what = []
@@ -171,6 +172,11 @@ def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str 
                             details={"vm_head": vm_state["head"], "changed": changed})
 
 
+def _entries(overlay: dict, path: str):
+    """A path's (index, worktree) entries in an overlay; "absent" where it has none."""
+    return overlay["index"].get(path, "absent"), overlay["files"].get(path, "absent")
+
+
 def _host_has(worktree, oids) -> list:
     if not oids:
         return []
@@ -179,8 +185,9 @@ def _host_has(worktree, oids) -> list:
     return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" commit")]
 
 
-def _within_depth(worktree, head: str, depth: int):
-    """(commits at most `depth` generations from head, parent map) for a shallow push."""
+def _shallow_history(worktree, head: str, depth: int):
+    """(commits at most `depth` generations from head, the boundary commits among them) for a
+    `--depth` push; the VM records the boundary in .git/shallow."""
     out = worktree.git(["rev-list", "--parents", head]).decode().split("\n")
     parents = {line.split()[0]: line.split()[1:] for line in out if line}
     distance = {head: 1}
@@ -194,19 +201,15 @@ def _within_depth(worktree, head: str, depth: int):
                         distance[parent] = distance[oid] + 1
                         nxt.append(parent)
         frontier = nxt
-    return set(distance), parents
+    boundary = [c for c in distance if any(p not in distance for p in parents.get(c, []))]
+    return sorted(distance), sorted(boundary)
 
 
-def _shallow_boundary(worktree, head: str, depth: int) -> list:
-    """Commits at the edge of a `--depth` history: the VM records them in .git/shallow."""
-    within, parents = _within_depth(worktree, head, depth)
-    return sorted(c for c in within if any(p not in within for p in parents.get(c, [])))
-
-
-def _send_pack(worktree, session, head, haves, blobs, shallow, depth) -> int:
+def _send_pack(worktree, session, head, haves, blobs, commits) -> int:
+    """Stream a pack: `head ^haves` (thin) plus staged blobs, or for a shallow push exactly the
+    objects of `commits`."""
     with tempfile.TemporaryFile() as errors:
-        if shallow:
-            commits = sorted(_within_depth(worktree, head, depth)[0])
+        if commits:
             listing = worktree.git(["rev-list", "--objects", "--no-walk", "--stdin"],
                                    input="".join(c + "\n" for c in commits).encode())
             args, stdin = ["pack-objects", "--stdout", "-q"], listing + "".join(b + "\n" for b in blobs).encode()

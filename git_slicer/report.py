@@ -43,7 +43,7 @@ def progress(total=None, desc: str = "", unit: str = "B", setting: str = None):
         return _NoBar()
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
-                mininterval=0.2, delay=1.0)
+                mininterval=0.2, delay=0 if setting == "always" else 1.0)
 
 
 class _NoBar:

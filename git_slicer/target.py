@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 
+from . import report
 from .config import Settings
 from .errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
@@ -42,10 +44,11 @@ def default_guest_path(settings: Settings, worktree, vm: str) -> str:
 def open_session(provider, vm) -> AgentSession:
     """One long-lived connection for the operation; a failed handshake becomes one line that
     says why (refused, no agent, wrong version, auth failed, timeout, no python3/git)."""
+    started = time.monotonic()
     channel = provider.connect(vm)
     session = AgentSession(channel, vm.name)
     try:
-        session.hello()
+        info = session.hello()
     except SlicerError as exc:
         diagnose = getattr(channel, "diagnose", None)
         reason = diagnose() if diagnose else None
@@ -56,6 +59,9 @@ def open_session(provider, vm) -> AgentSession:
     done = getattr(channel, "handshake_done", None)
     if done:
         done()
+    report.info("VM %s (%s, %s): agent %s, %s, python %s, answered in %.0f ms" % (
+        vm.name, provider.name, vm.address or "-", info.get("version"), info.get("git"), info.get("python"),
+        (time.monotonic() - started) * 1000))
     return session
 
 

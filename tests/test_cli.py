@@ -138,3 +138,30 @@ def test_status_when_the_vm_lost_its_repository(launched):
     assert "creates it again" in repo.slicer("status").stdout.decode()
     repo.slicer("push")
     assert repo.slicer_json("status")["in_sync"] is True
+
+
+def test_quiet_verbose_and_forced_progress(launched):
+    repo, vm = launched
+    repo.write("data.bin", os.urandom(1 << 20))
+    quiet = repo.slicer("push", "-q")
+    assert quiet.stdout == b"" and quiet.stderr == b""
+    repo.write("data.bin", os.urandom(1 << 20))
+    verbose = repo.slicer("push", "-v").stderr.decode()
+    assert "VM %s (local" % vm in verbose and "answered in" in verbose and "sent a" in verbose
+    repo.write("data.bin", os.urandom(1 << 20))
+    repo.git("config", "slicer.progress", "always")     # forced although stderr is a pipe here
+    forced = repo.slicer("push").stderr.decode()
+    assert "VM %s:" % vm in forced and "B" in forced
+    repo.git("config", "slicer.progress", "never")
+    repo.write("data.bin", os.urandom(1 << 20))
+    assert repo.slicer("push").stderr == b""
+
+
+def test_guest_path_settings(repo):
+    repo.git("config", "slicer.guestPath", "~/work/elsewhere")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.slicer_json("list")[0]["guest_path"].endswith("/work/elsewhere")
+    assert repo.vm_status(vm) == repo.status()
+    other = repo.slicer_json("vm", "launch")["name"]
+    repo.git("config", "slicer.%s.guestPath" % other, "~/per-vm")   # per-VM beats the global one
+    assert repo.slicer_json("push", other)["guest_path"].endswith("/per-vm")

@@ -76,7 +76,6 @@ class Repo:
         if not self.exists:
             return {"exists": False, "branch": None, "head": None, "branches": {},
                     "overlay": overlay_mod.empty(), "object_format": None}
-        branch = self.git(["symbolic-ref", "-q", "--short", "HEAD"], check=False).strip().decode() or None
         branches = {}
         for line in self.git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"]
                              ).decode("utf-8", "surrogateescape").splitlines():
@@ -85,14 +84,16 @@ class Repo:
         try:
             cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
             cache = overlay_mod.StatCache.load(cache_path)
-            overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), cache=cache)
+            where = {"head": None, "branch": None}      # HEAD and its branch, from the same `git status`
+            overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), cache=cache,
+                                       branch=where)
             try:
                 cache.dump(cache_path)
             except OSError:
                 pass
         except overlay_mod.UnmergedPaths as exc:
             raise AgentError("unmerged", "the VM repository has unmerged paths: " + ", ".join(exc.paths[:10]))
-        return {"exists": True, "branch": branch, "head": self.rev("HEAD"), "branches": branches,
+        return {"exists": True, "branch": where["branch"], "head": where["head"], "branches": branches,
                 "overlay": overlay, "object_format": self.algo(),
                 "shallow": os.path.exists(os.path.join(self.root, ".git", "shallow"))}
 

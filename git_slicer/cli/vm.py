@@ -1,9 +1,13 @@
 import click
 
-from ..config import Settings
-from ..errors import UsageError
-from ..target import find_vm, provider_for
 from .common import emit, json_option
+
+
+def _core():
+    """The core pieces the VM commands use, imported on use: `git slicer` start-up stays small."""
+    from ..config import Settings
+    from ..target import find_vm, provider_for
+    return Settings, find_vm, provider_for
 
 
 @click.group("vm", context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +21,7 @@ def command():
 @json_option
 def launch(name, provider, as_json):
     """Start a new VM (named NAME, or vm-N)."""
+    Settings, _, provider_for = _core()
     vm = provider_for(Settings(), override=provider).launch(name)
     emit(as_json, vm.as_json(), "launched VM %s (%s)" % (vm.name, vm.provider))
 
@@ -26,6 +31,7 @@ def launch(name, provider, as_json):
 @json_option
 def list_(provider, as_json):
     """List VMs."""
+    Settings, _, provider_for = _core()
     vms = provider_for(Settings(), override=provider).list()
     lines = [("%-20s %-8s %-8s %s %s" % (v.name, v.provider, v.state, v.created_at,
                                           v.details.get("accel", "").upper())).rstrip() for v in vms]
@@ -38,6 +44,7 @@ def list_(provider, as_json):
 @json_option
 def rm(names, provider, as_json):
     """Stop and delete VMs and their disks."""
+    Settings, find_vm, _ = _core()
     settings = Settings()
     removed = []
     for name in names:
@@ -50,9 +57,10 @@ def rm(names, provider, as_json):
 
 def _owner(settings, name, provider):
     """The VM's provider: --provider, else the current worktree's link to it, else the config."""
-    from ..errors import NotARepository
+    from ..errors import NotARepository, UsageError
     from ..links import LinkStore
     from .common import worktree_at
+    _, _, provider_for = _core()
     link = None
     if not provider:
         try:
@@ -63,6 +71,8 @@ def _owner(settings, name, provider):
 
 
 def _lifecycle(provider, name, verb):
+    from ..errors import UsageError
+    Settings, find_vm, _ = _core()
     owner = _owner(Settings(), name, provider)
     find_vm(owner, name)
     action = getattr(owner, verb, None)
@@ -102,7 +112,7 @@ def image():
 def image_build(force, as_json):
     """Build (or find) the qemu guest image: Debian kernel + debootstrap root fs with python3 and git."""
     from ..providers.qemu_image import build_image, find_image
-    settings = Settings()
+    settings = _core()[0]()
     found = None if force else find_image(settings)
     img = found or build_image(settings, force=force)
     info = {"image": img.id, "path": img.dir, "kernel": img.kernel_version,

@@ -91,7 +91,10 @@ class StatCache:
             return cls()
 
     def dump(self, path: str) -> None:
-        """Write only the entries used by the last scan (the cache never grows past the overlay)."""
+        """Write only the entries used by the last scan (the cache never grows past the overlay);
+        nothing at all when they are what was loaded."""
+        if self.used == self.entries:
+            return
         import json
         tmp = "%s.%d.tmp" % (path, os.getpid())
         with open(tmp, "w") as fh:
@@ -162,10 +165,13 @@ def parse_status_v2(output: bytes):
             yield "u", parts[1].decode(), [], os.fsdecode(parts[10])
         elif kind in (b"?", b"!"):
             yield kind.decode(), "", [], os.fsdecode(raw[2:])
+        elif kind == b"#":                          # with --branch: "# branch.oid X", "# branch.head Y"
+            key, _, value = raw[2:].partition(b" ")
+            yield "#", key.decode("ascii", "replace"), [], os.fsdecode(value)
 
 
 def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index: bool = True,
-         cache: StatCache = None) -> dict:
+         cache: StatCache = None, branch: dict = None) -> dict:
     """Compute the overlay of the worktree at `root`.
 
     `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
@@ -173,16 +179,24 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
     With `refresh_index`, git may save refreshed stat data in the index as `git status` does;
     without it every later scan re-reads files whose stat data went stale (a fresh copy or
     checkout: every file). Callers that promise not to touch the repository pass False.
+    With `branch` (a dict), it is filled from the same `git status` call: "head" (HEAD's commit or
+    None) and "branch" (its branch name or None when detached).
     """
     args = [] if refresh_index else ["--no-optional-locks"]
     for item in extra_config:
         args += ["-c", item]
     args += ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames",
-             "--ignore-submodules=dirty"]
+             "--ignore-submodules=dirty"] + (["--branch"] if branch is not None else [])
     output = run_git(args)
     overlay = empty()
     unmerged = []
     for kind, xy, fields, path in parse_status_v2(output):
+        if kind == "#":
+            if branch is not None and xy == "branch.oid":
+                branch["head"] = None if path == "(initial)" else path
+            elif branch is not None and xy == "branch.head":
+                branch["branch"] = None if path == "(detached)" else path
+            continue
         if kind == "u":
             unmerged.append(path)
             continue

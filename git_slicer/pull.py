@@ -27,7 +27,7 @@ from .repo import run_git
 from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
 from .safewrite import Change, SafeWriter, read_journal
 from .scan import host_overlay
-from .target import find_vm, open_session, provider_for
+from .target import find_vm, linked_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
 from .wire import tarstream
 from .wire.framing import ProtocolError, RemoteError, crash_point
@@ -35,7 +35,7 @@ from .wire.paths import display
 
 @dataclass
 class PullOptions:
-    vm: str
+    vm: str = None                  # None: the worktree's only linked VM
     force: bool = False
     no_files: bool = False
     no_merge: bool = False
@@ -63,6 +63,7 @@ def limits_from(settings: Settings):
 def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
     store = LinkStore.of(worktree)
+    options.vm = linked_vm(store, options.vm)
     if store.get(options.vm) is None:
         raise UsageError("this worktree is not linked to VM %s" % options.vm,
                          hint="push to it first: git slicer push %s" % options.vm)

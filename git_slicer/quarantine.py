@@ -230,11 +230,14 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
     overlay = state.get("overlay")
     if not isinstance(overlay, dict) or set(overlay) != {"index", "files"}:
         raise bad("overlay")
+    parts = [overlay["index"], overlay["files"]]
+    if "since_base" in state:             # the VM's committed changes since the agreed commit
+        parts.append(state["since_base"])
     count = 0
-    for part in ("index", "files"):
-        if not isinstance(overlay[part], dict):
+    for part in parts:
+        if not isinstance(part, dict):
             raise bad("overlay")
-        for path, entry in overlay[part].items():
+        for path, entry in part.items():
             count += 1
             if count > max_entries:
                 raise UnsafeInput("the VM reports more than %d changed paths (slicer.limit.files)"

@@ -150,6 +150,9 @@ class Agent:
         if repo.exists and _is_oid(base) and reply["head"] and repo.rev(base):
             counts = repo.git(["rev-list", "--left-right", "--count", "%s...%s" % (base, reply["head"])]).split()
             reply["behind"], reply["ahead"] = int(counts[0]), int(counts[1])
+            # What the VM's commits changed since `base`: lets the host tell the VM's own changes
+            # from files it pushed itself, even when the host lacks the VM's new commits.
+            reply["since_base"] = overlay_mod.tree_changes(repo.git, base, reply["head"])
         return reply
 
     def op_push(self, request):

@@ -6,33 +6,54 @@ import click
 from .common import vm_argument, worktree_at
 
 
-@click.command("exec", short_help="Run a command in the VM's repository.", context_settings={"help_option_names": ["-h", "--help"],
-                                         "ignore_unknown_options": True})
-@vm_argument(required=True)
-@click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository.")
-@click.option("-C", "path", default=".", help="Host worktree whose link gives the repository path.")
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED, required=True)
-def command(vm, cwd, path, argv):
-    """Run CMD in the VM, in the synced repository; stdout, stderr and the exit code pass through.
+class _DashDashCommand(click.Command):
+    """Keeps what follows the first `--` for the command to run: click would drop the `--` and
+    could not tell `exec -- CMD` (the linked VM) from `exec VM CMD`."""
 
-    Usage: git slicer exec VM [--cwd DIR] -- CMD [ARGS...]
+    def parse_args(self, ctx, args):
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["exec_argv"] = list(args[at + 1:])
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+@click.command("exec", cls=_DashDashCommand, short_help="Run a command in the VM's repository.",
+               context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
+@vm_argument()
+@click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository "
+                                   "(to the VM's home for a VM this worktree is not linked to).")
+@click.option("-C", "path", default=".", help="Host worktree whose link gives the repository path.")
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def command(ctx, vm, cwd, path, argv):
+    """Run CMD in the VM (default: the worktree's linked VM), in the synced repository; stdout,
+    stderr and the exit code pass through (127: no such command).
+
+    Usage: git slicer exec [VM] [--cwd DIR] -- CMD [ARGS...]
     """
     from ..config import Settings
-    from ..errors import NotARepository
-    from ..links import LinkStore, check_vm_name
-    from ..target import find_vm, provider_for
-    check_vm_name(vm)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    from ..errors import NotARepository, UsageError
+    from ..links import LinkStore
+    from ..target import find_vm, linked_vm, provider_for
+    argv = list(argv) + ctx.meta.get("exec_argv", [])
+    if not argv:
+        raise UsageError("no command given", hint="git slicer exec [VM] -- CMD [ARGS...]")
     settings = Settings()
-    link = None
+    store = None
     try:
-        link = LinkStore.of(worktree_at(path)).get(vm)
+        store = LinkStore.of(worktree_at(path))
     except NotARepository:
-        pass
+        if not vm:
+            raise
+    vm = linked_vm(store, vm)
+    link = store.get(vm) if store is not None else None
+    if link is None and not cwd:
+        raise UsageError("VM %s holds no repository of this worktree; give --cwd DIR (relative to the "
+                         "VM's home) to run there anyway" % vm, hint="git slicer exec %s --cwd . -- CMD" % vm)
     provider = provider_for(settings, vm, link)
     machine = find_vm(provider, vm)
     base = link.guest_path if link and link.guest_path.startswith("/") else ""
     where = os.path.join(base, cwd) if cwd and base else (cwd or base)
-    code = provider.exec(machine, list(argv), where, interactive=sys.stdin.isatty())
+    code = provider.exec(machine, argv, where, interactive=sys.stdin.isatty())
     raise SystemExit(code)

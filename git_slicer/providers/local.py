@@ -108,7 +108,7 @@ class LocalProvider(DirectoryVMs):
                "PYTHONPATH": GUEST_LIB if sandbox == "bwrap" else os.path.dirname(package)}
         if os.environ.get("TERM"):
             env["TERM"] = os.environ["TERM"]
-        cwd = cwd or guest_home
+        cwd = os.path.join(guest_home, cwd) if cwd else guest_home      # relative: to the VM's home
         if sandbox == "none":
             report.warn_once("local VMs run UNSANDBOXED: bubblewrap (bwrap) is not installed "
                              "(apt-get install bubblewrap)")
@@ -143,8 +143,6 @@ class LocalProvider(DirectoryVMs):
         return ProcessChannel(argv, env=env, description="the agent of VM %s" % vm.name)
 
     def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:
-        full, env, host_cwd = self._command(vm, argv, cwd, interactive)
-        try:
-            return subprocess.call(full, env=env, cwd=host_cwd)
-        except FileNotFoundError:
-            raise UsageError("command not found: %s" % argv[0]) from None
+        # Through `sh`, so a missing command exits 127 and a non-executable one 126, as in a shell.
+        full, env, host_cwd = self._command(vm, ["sh", "-c", 'exec "$@"', "sh"] + list(argv), cwd, interactive)
+        return subprocess.call(full, env=env, cwd=host_cwd)

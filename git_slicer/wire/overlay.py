@@ -230,6 +230,21 @@ def filtered(overlay: dict, keep) -> dict:
             "files": {p: e for p, e in overlay["files"].items() if keep(p)}}
 
 
+def tree_changes(run_git, a: str, b: str) -> dict:
+    """{path: [mode, oid] or None (deleted)} for every file that differs between commits a and b."""
+    if a == b:
+        return {}
+    out = run_git(["diff-tree", "-r", "-z", "--no-renames", a, b])
+    fields = out.split(b"\0")
+    changes = {}
+    for meta, raw in zip(fields[0::2], fields[1::2]):
+        if not meta.startswith(b":"):
+            continue
+        _, new_mode, _, new_oid, _ = meta[1:].decode().split(" ")
+        changes[os.fsdecode(raw)] = None if new_mode == ZERO_MODE else [new_mode, new_oid]
+    return changes
+
+
 def changed_paths(a: dict, b: dict) -> list:
     """Paths whose index or worktree entry differs between two overlays."""
     paths = set()

@@ -21,8 +21,8 @@ def test_help_version_and_usage_errors(tmp_path):
     assert slicer(tmp_path, "--version").stdout.decode().startswith("git-slicer ")
     proc = slicer(tmp_path, "push", "--no-such-flag", check=False)
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr
-    proc = slicer(tmp_path, "pull", check=False)                   # VM is required
-    assert proc.returncode == 2
+    proc = slicer(tmp_path, "exec", check=False)                   # CMD is required
+    assert proc.returncode == 2 and b"no command given" in proc.stderr
 
 
 def test_git_finds_the_extension(repo):

@@ -39,9 +39,9 @@ def test_launch_list_exec_rm(repo, api):
     assert named["name"] == "reviewer" and named["hostname"] == "agents-2"
     listed = {v["name"]: v for v in repo.slicer_json("vm", "list")}
     assert set(listed) == {"agents-1", "reviewer"} and listed["reviewer"]["tags"]["name"] == "reviewer"
-    proc = repo.slicer("exec", "reviewer", "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
+    proc = repo.slicer("exec", "reviewer", "--cwd", ".", "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, b"out\n", b"err\n")
-    proc = repo.slicer("exec", "agents-1", "--", "cat", input=b"\x00binary\xff")
+    proc = repo.slicer("exec", "agents-1", "--cwd", ".", "--", "cat", input=b"\x00binary\xff")
     assert proc.stdout == b"\x00binary\xff"
     assert repo.slicer_json("vm", "rm", "reviewer") == {"removed": ["reviewer"]}
     assert [v["name"] for v in repo.slicer_json("vm", "list")] == ["agents-1"]

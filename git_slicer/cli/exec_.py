@@ -48,11 +48,11 @@ def command(ctx, vm, cwd, path, argv):
             raise
     vm = linked_vm(store, vm)
     link = store.get(vm) if store is not None else None
+    provider = provider_for(settings, vm, link)
+    machine = find_vm(provider, vm)
     if link is None and not cwd:
         raise UsageError("VM %s holds no repository of this worktree; give --cwd DIR (relative to the "
                          "VM's home) to run there anyway" % vm, hint="git slicer exec %s --cwd . -- CMD" % vm)
-    provider = provider_for(settings, vm, link)
-    machine = find_vm(provider, vm)
     base = link.guest_path if link and link.guest_path.startswith("/") else ""
     where = os.path.join(base, cwd) if cwd and base else (cwd or base)
     code = provider.exec(machine, argv, where, interactive=sys.stdin.isatty())

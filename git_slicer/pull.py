@@ -26,7 +26,9 @@ from .links import LinkStore, now
 from .repo import run_git
 from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
 from .safewrite import Change, SafeWriter, read_journal
+from .checkout_form import checkout_form
 from .scan import host_overlay
+from .sparse import SparseCheckout
 from .target import find_vm, linked_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
 from .wire import tarstream
@@ -199,21 +201,34 @@ class Puller:
     # -- commits and files -----------------------------------------------------------
     def _merge(self, head: str, target: str, vm: State, result: dict) -> None:
         base = State(self.link.agreed_commit, self.link.agreed_overlay)
-        ours = State(head, host_overlay(self.wt, self.ignore))
         trees = _Trees(self.wt)
-        paths = set()
-        for state in (base, vm, ours):
-            paths.update(state.overlay["index"], state.overlay["files"])
-        for a, b in ((base.commit, vm.commit), (base.commit, head), (head, target)):
+        writer = SafeWriter(self.wt.root, self.wt.algo)
+        vm_paths = set(trees.diff(base.commit, vm.commit))
+        for state in (base, vm):
+            vm_paths.update(state.overlay["index"], state.overlay["files"])
+        # The bytes of every path the VM changed, read BEFORE `git status` judges the host's files:
+        # the writer later checks each file still has exactly these bytes, so an edit made while
+        # the pull runs is never overwritten, and a file git calls clean (its bytes may differ
+        # from its blob: eol, filters) is compared with itself, not with its blob.
+        before = {p: writer.current(p) for p in sorted(vm_paths)
+                  if trees.file(vm, p) != trees.file(base, p) or trees.index(vm, p) != trees.index(base, p)}
+        ours = State(head, host_overlay(self.wt, self.ignore))
+        paths = set(vm_paths)
+        paths.update(ours.overlay["index"], ours.overlay["files"])
+        for a, b in ((base.commit, head), (head, target)):
             paths.update(trees.diff(a, b))
+        sparse = SparseCheckout.of(self.wt)
 
-        index_updates, index_old, changes, conflicts = {}, {}, [], []
+        index_updates, index_old, changes, conflicts, skip_worktree = {}, {}, [], [], []
+        committed = {}          # path -> blob for files whose new bytes are a blob (checkout form applies)
         for path in sorted(paths):
             ib, iv, ih = trees.index(base, path), trees.index(vm, path), trees.index(ours, path)
             wb, wv, wh = trees.file(base, path), trees.file(vm, path), trees.file(ours, path)
             vm_index_changed, vm_file_changed = iv != ib, wv != wb
             clash = (vm_file_changed and wh != wb and wh != wv) or (vm_index_changed and ih != ib and ih != iv)
-            if clash:
+            from_blob = path not in vm.overlay["files"]
+            outside = sparse is not None and from_blob and sparse.outside(path)
+            if clash and not outside:
                 conflicts.append(path)
                 if not self.options.force:
                     continue
@@ -222,9 +237,16 @@ class Puller:
             if it != ih:
                 index_updates[path] = it
                 index_old[path] = ih
+            if outside:                 # not in the sparse cone: the index moves, the worktree does not
+                if it is not None:
+                    skip_worktree.append(path)
+                continue
             if wt != wh and not (wt and wt[0] == overlay_mod.MODE_GITLINK) \
                     and not (wh and wh[0] == overlay_mod.MODE_GITLINK):
-                changes.append(Change(path=path, expect=wh, new=wt))
+                expect = before[path] if path in before else writer.current(path)
+                changes.append(Change(path=path, expect=expect, new=wt))
+                if from_blob and wt is not None and wt[0] != overlay_mod.MODE_LINK:
+                    committed[path] = wt
         result["conflicts"] = conflicts
         if conflicts and not self.options.force:
             raise WouldLoseWork("the VM and the host both changed: %s; nothing was written"
@@ -235,11 +257,23 @@ class Puller:
         staging = tempfile.mkdtemp(prefix="slicer-pull-%d-" % os.getpid(), dir=self.wt.git_dir)
         try:
             self._stage_contents(changes, vm, staging)
+            self._to_checkout_form(changes, committed, target, staging)
             if self.options.force:
                 result["backup"] = self._backup(head, conflicts, ours, target)
-            self._write(head, target, changes, index_updates, result, index_old)
+            self._write(head, target, changes, index_updates, result, index_old, skip_worktree)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _to_checkout_form(self, changes, committed: dict, target: str, staging: str) -> None:
+        """Committed files are written as `git checkout` would write them here (line endings),
+        never through a filter driver (checkout_form.py)."""
+        converted = checkout_form(self.wt, target, committed, staging)
+        for change in changes:
+            source = converted.get(change.path)
+            if source is not None:
+                change.source = source
+                entry = overlay_mod.hash_worktree_file(source, self.wt.algo)
+                change.written = [change.new[0], entry[1]]
 
     def _stage_contents(self, changes, vm: State, staging: str) -> None:
         """Put the new contents of every change in `staging`: from the object store when the host
@@ -309,7 +343,8 @@ class Puller:
             return {"ref": ref, "untracked_saved_as_blobs": untracked}
         return {"ref": ref} if target != head else None
 
-    def _write(self, head: str, target: str, changes, index_updates: dict, result: dict, index_old=None) -> None:
+    def _write(self, head: str, target: str, changes, index_updates: dict, result: dict, index_old=None,
+               skip_worktree=()) -> None:
         """Move the branch (compare-and-swap), the files and the index together, under a journal:
         if the process dies part-way, the next pull or push rolls all three back."""
         ref = "refs/heads/" + self.branch
@@ -329,10 +364,11 @@ class Puller:
         writer = SafeWriter(self.wt.root, self.wt.algo)
         try:
             writer.apply(changes, journal=journal, before_commit=move_ref,
-                         extra={"ref": ref, "old": head, "new": target, "index": index_old or {}})
+                         extra={"ref": ref, "old": head, "new": target, "index": index_old or {},
+                                "skip": sorted(skip_worktree)})
             crash_point("pull:files-written")
             if index_updates:
-                _set_index(self.wt, index_updates, head)
+                _set_index(self.wt, index_updates, head, skip_worktree)
             crash_point("pull:index-written")
         except BaseException:
             data = read_journal(journal)
@@ -353,7 +389,9 @@ def journal_path(worktree) -> str:
     return os.path.join(worktree.git_path("slicer"), "pull-journal.json")
 
 
-def _set_index(worktree, entries: dict, some_oid: str) -> None:
+def _set_index(worktree, entries: dict, some_oid: str, skip_worktree=()) -> None:
+    """Set index entries ({path: [mode, oid] or None}); `skip_worktree` paths (outside the sparse
+    cone) keep their skip-worktree bit, which a replaced entry would lose."""
     zero = "0" * len(some_oid)
     lines = b"".join(os.fsencode("%s %s\t%s" % ((e[0], e[1], p) if e else ("0", zero, p))) + b"\0"
                      for p, e in sorted(entries.items()))
@@ -363,6 +401,10 @@ def _set_index(worktree, entries: dict, some_oid: str) -> None:
     with tempfile.TemporaryDirectory(prefix="slicer-empty-") as empty:
         run_git(["update-index", "-z", "--index-info"], cwd=empty, input=lines,
                 env={**worktree.env, "GIT_WORK_TREE": empty})
+        if skip_worktree:
+            run_git(["update-index", "-z", "--skip-worktree", "--stdin"], cwd=empty, check=False,
+                    input=b"".join(os.fsencode(p) + b"\0" for p in skip_worktree),
+                    env={**worktree.env, "GIT_WORK_TREE": empty})
 
 
 def recover_interrupted(worktree) -> None:
@@ -384,7 +426,7 @@ def recover_interrupted(worktree) -> None:
             worktree.git(["update-ref", "-m", "slicer: roll back an interrupted pull", extra["ref"],
                           extra["old"], extra["new"]], check=False)
         if extra.get("index"):
-            _set_index(worktree, extra["index"], extra.get("old") or "0" * 40)
+            _set_index(worktree, extra["index"], extra.get("old") or "0" * 40, extra.get("skip", ()))
         report.warn("rolled back an interrupted pull; the worktree is as it was before it")
     os.unlink(journal)
 

@@ -27,13 +27,20 @@ from .wire.paths import UnsafePath, check_relpath, display
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
+DIRECTORY = ["040000", ""]       # what current() reports for a directory
+
+
 @dataclass
 class Change:
     path: str
-    expect: object          # [mode, oid] the host file must have now, or None for "absent"
+    expect: object          # what the host path must be right now: [mode, oid] of its bytes, DIRECTORY
+                            # (it becomes a file: everything below it must be deleted by the same
+                            # apply), or None for "absent"
     new: object             # [mode, oid] to write, or None to delete
     source: str = ""        # staged file with the new contents (regular files)
     target: str = ""        # symlink target (symlinks)
+    written: object = None  # [mode, oid] of the bytes `source` holds when they are not `new`'s blob
+                            # (a blob converted to the host's checkout form: eol, ident, encoding)
 
 
 class SafeWriter:
@@ -42,38 +49,48 @@ class SafeWriter:
         self.algo = algo
 
     # -- lookups through dir fds --------------------------------------------------
-    def _open_parent(self, path: str, create: bool, created: list):
-        """fd of the directory holding `path`, walking without following symlinks."""
+    def _open_parent(self, path: str, create: bool, created: list, removed=frozenset()):
+        """fd of the directory holding `path`, walking without following symlinks.
+
+        With `removed` (paths this apply deletes), a file or symlink on the way that is in it ends
+        the walk early: (fd of the deepest directory reached, the components still to create once
+        it is gone). Without a stop the second item is empty."""
         fd = os.open(self.root, _DIR_FLAGS)
         parts = path.split("/")[:-1]
         walked = []
         try:
-            for part in parts:
+            for i, part in enumerate(parts):
                 walked.append(part)
                 try:
                     nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         os.close(fd)
-                        return None
+                        return None, []
                     os.mkdir(part, 0o755, dir_fd=fd)
                     created.append("/".join(walked))
                     nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        if "/".join(walked) in removed:          # a file the same apply replaces by a directory
+                            return fd, parts[i:]
                         raise WouldLoseWork("cannot write %s: %s is a symlink or a file on the host"
                                             % (display(path), display("/".join(walked)))) from None
                     raise
                 os.close(fd)
                 fd = nxt
-            return fd
+            return fd, []
         except BaseException:
             os.close(fd)
             raise
 
     def current(self, path: str):
-        """[mode, oid] of the host file at `path` now, None if absent. Symlinks are not followed."""
-        fd = self._open_parent(path, False, [])
+        """[mode, oid] of the host file at `path` now, DIRECTORY for a directory, None if absent
+        (also below a file or symlink). Symlinks are never followed."""
+        try:
+            fd, _ = self._open_parent(path, False, [])
+        except WouldLoseWork:
+            return None
         if fd is None:
             return None
         name = path.rsplit("/", 1)[-1]
@@ -86,7 +103,7 @@ class SafeWriter:
                 target = os.readlink(name, dir_fd=fd)
                 return [MODE_LINK, blob_oid(os.fsencode(target), self.algo)]
             if stat.S_ISDIR(st.st_mode):
-                return ["040000", ""]
+                return list(DIRECTORY)
             if not stat.S_ISREG(st.st_mode):
                 return ["special", ""]
             file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
@@ -96,6 +113,23 @@ class SafeWriter:
         finally:
             os.close(fd)
 
+    def _files_below(self, path: str) -> list:
+        """Every non-directory below the directory `path` (relative paths), without following links."""
+        found = []
+        fd, _ = self._open_parent(path + "/x", False, [])
+        if fd is None:
+            return found
+        try:
+            for entry in os.scandir(fd):
+                rel = path + "/" + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    found.extend(self._files_below(rel))
+                else:
+                    found.append(rel)
+        finally:
+            os.close(fd)
+        return found
+
     # -- applying ------------------------------------------------------------------
     def apply(self, changes, journal: str = None, before_commit=None, extra=None) -> None:
         """Apply all changes or none.
@@ -104,48 +138,75 @@ class SafeWriter:
         process killed part-way can be rolled back by `rollback()`; the caller then ends the
         operation with `finish(journal)`. `before_commit()` runs after every check and staging
         succeeded and before the first rename (the pull moves its branch there).
+
+        A file may become a directory and a directory a file in one apply (as in `git checkout`):
+        deletions are applied first, a replaced directory must hold nothing but files this
+        apply deletes, and files below a replaced file are staged higher up until it is gone.
         """
         for change in changes:
             try:
                 check_relpath(change.path)
             except UnsafePath as exc:
                 raise UnsafeInput("refusing to write %s" % exc) from None
+        changes = [c for c in changes if not (c.new is None and c.expect == DIRECTORY)]
         leaves = {c.path for c in changes if c.new is not None}
         for change in changes:
+            if change.new is None:       # deleting what a new file replaces: the directory it was
+                continue
             parts = change.path.split("/")
             for depth in range(1, len(parts)):
                 if "/".join(parts[:depth]) in leaves:
                     raise UnsafeInput("refusing to write %s below the file or symlink %s"
                                       % (display(change.path), display("/".join(parts[:depth]))))
+        # Deletions first: a file must be gone before a directory takes its name, and a
+        # directory must be emptied before a file takes its name.
+        changes = sorted(changes, key=lambda c: (c.new is not None, c.path))
+        removed = {c.path for c in changes if c.new is None and c.expect is not None}
         plan = [(c, ".slicer-new-%s" % os.urandom(6).hex() if c.new is not None else None,
                  ".slicer-old-%s" % os.urandom(6).hex() if c.expect is not None else None)
                 for c in changes]
+        entries = [{"path": c.path, "tmp": t, "backup": b, "new": c.written or c.new, "stage": None,
+                    "dir": c.expect == DIRECTORY, "mkdirs": []} for c, t, b in plan]
         if journal:
             _write_journal(journal, {"root": self.root, "algo": self.algo, "committed": False,
-                                     "extra": extra or {},
-                                     "entries": [{"path": c.path, "tmp": t, "backup": b, "new": c.new}
-                                                 for c, t, b in plan]})
-        staged = []      # (change, parent fd, tmp name or None, backup name or None)
+                                     "extra": extra or {}, "entries": entries})
+        record = (lambda: _write_journal(journal, {"root": self.root, "algo": self.algo, "committed": False,
+                                                   "extra": extra or {}, "entries": entries})) if journal else None
+        if record:
+            record()
+        staged = []      # [change, entry, parent fd (None until created), staging fd]
         created = []
         try:
-            for change, tmp, backup in plan:           # phase 1: verify and stage
+            for (change, tmp, backup), entry in zip(plan, entries):     # phase 1: verify and stage
                 if self.current(change.path) != change.expect:
                     raise WouldLoseWork("%s changed on the host during the pull; nothing was written"
                                         % display(change.path))
-                fd = self._open_parent(change.path, change.new is not None, created)
+                if change.expect == DIRECTORY:
+                    kept = [p for p in self._files_below(change.path) if p not in removed]
+                    if kept:
+                        raise WouldLoseWork("cannot replace the directory %s: the host has %s in it"
+                                            % (display(change.path), display(kept[0])))
+                fd, pending = self._open_parent(change.path, change.new is not None, created, removed)
                 if fd is None:
                     continue
-                staged.append((change, fd, tmp, backup))
+                if pending:       # below a file this apply deletes: stage higher up, move in later
+                    parents = change.path.split("/")[:-1]
+                    entry["stage"] = "/".join(parents[:len(parents) - len(pending)])
+                    if record:
+                        record()
+                    staged.append([change, entry, None, fd])
+                else:
+                    staged.append([change, entry, fd, fd])
                 if tmp:
                     self._stage(fd, change, tmp)
             crash_point("pull:staged")
             if before_commit is not None:
                 before_commit()
-            self._commit(staged, keep_backups=bool(journal))
+            self._commit(staged, record)
         except BaseException:
-            for change, fd, tmp, backup in staged:
-                if tmp:
-                    _unlink(fd, tmp)
+            for change, entry, fd, stage_fd in staged:
+                if entry["tmp"]:
+                    _unlink(stage_fd, entry["tmp"])
             for directory in reversed(created):
                 try:
                     os.rmdir(os.path.join(self.root, directory))
@@ -155,8 +216,10 @@ class SafeWriter:
                 _remove_file(journal)
             raise
         finally:
-            for _, fd, _, _ in staged:
-                os.close(fd)
+            for _, _, fd, stage_fd in staged:
+                os.close(stage_fd)
+                if fd is not None and fd != stage_fd:
+                    os.close(fd)
 
     def _stage(self, fd: int, change: Change, name: str) -> str:
         if change.new[0] == MODE_LINK:
@@ -175,37 +238,74 @@ class SafeWriter:
             os.close(out)
         return name
 
-    def _commit(self, staged, keep_backups: bool = False) -> None:
-        done = []        # (fd, final name, backup name or None, tmp or None)
+    def _commit(self, staged, record=None) -> None:
+        done = []
         try:
-            for change, fd, tmp, backup in staged:
+            for item in staged:
+                change, entry, fd, stage_fd = item
                 name = change.path.rsplit("/", 1)[-1]
-                if backup:
-                    os.rename(name, backup, src_dir_fd=fd, dst_dir_fd=fd)
-                done.append([fd, name, backup, None])
-                if tmp:
-                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-                    done[-1][3] = tmp
+                if fd is None:          # its parent was a file deleted above: make the directories now
+                    fd = item[2] = self._make_parent(change.path, entry, record)
+                if entry["backup"]:
+                    os.rename(name, entry["backup"], src_dir_fd=fd, dst_dir_fd=fd)
+                done.append(item)
+                if entry["tmp"]:
+                    os.rename(entry["tmp"], name, src_dir_fd=stage_fd, dst_dir_fd=fd)
+                    entry["moved"] = True
                 crash_point("pull:writing")
         except BaseException:
-            for fd, name, backup, tmp in reversed(done):
-                if tmp:
+            for change, entry, fd, stage_fd in reversed(done):
+                name = change.path.rsplit("/", 1)[-1]
+                if entry.get("moved"):
                     _unlink(fd, name)
-                if backup:
-                    os.rename(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
+                if entry["backup"]:
+                    os.rename(entry["backup"], name, src_dir_fd=fd, dst_dir_fd=fd)
+                for directory in reversed(entry["mkdirs"]):
+                    try:
+                        os.rmdir(os.path.join(self.root, directory))
+                    except OSError:
+                        pass
             raise
-        if not keep_backups:
-            for fd, name, backup, tmp in done:
-                if backup:
-                    _unlink(fd, backup)
+        if record is None:
+            self.cleanup({"entries": [item[1] for item in staged]})
+
+    def _make_parent(self, path: str, entry: dict, record=None) -> int:
+        """Create the directories of `path` that a deleted file stood in the way of (journaled
+        before each is made, so a rollback removes them)."""
+        parts = path.split("/")[:-1]
+        fd = os.open(self.root, _DIR_FLAGS)
+        for i, part in enumerate(parts):
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                entry["mkdirs"].append("/".join(parts[:i + 1]))
+                if record:
+                    record()
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            fd = nxt
+        return fd
 
     # -- crash recovery ----------------------------------------------------------------
     def _names(self, entry):
         try:
-            fd = self._open_parent(entry["path"], False, [])
+            fd, _ = self._open_parent(entry["path"], False, [])
         except (SlicerError, OSError):
             return None, None
         return fd, entry["path"].rsplit("/", 1)[-1]
+
+    def _stage_fd(self, entry):
+        if entry.get("stage") is None:
+            return self._names(entry)[0]
+        try:
+            fd, _ = self._open_parent(entry["stage"] + "/x" if entry["stage"] else "x", False, [])
+        except (SlicerError, OSError):
+            return None
+        return fd
 
     @staticmethod
     def finish(journal: str) -> None:
@@ -219,32 +319,64 @@ class SafeWriter:
         _remove_file(journal)
 
     def cleanup(self, data: dict) -> None:
+        """Drop the backups (and leftover staged files) of a completed apply, and the directories
+        its deletions left empty (as git does)."""
+        emptied = set()
         for entry in data["entries"]:
-            fd, _ = self._names(entry)
-            if fd is None:
-                continue
-            for name in (entry["tmp"], entry["backup"]):
-                if name:
-                    _unlink(fd, name)
-            os.close(fd)
+            fd, name = self._names(entry)
+            if entry.get("dir") and fd is not None and entry["backup"]:
+                _remove_tree(fd, entry["backup"])
+            elif fd is not None and entry["backup"]:
+                _unlink(fd, entry["backup"])
+            if fd is not None:
+                os.close(fd)
+            stage_fd = self._stage_fd(entry)
+            if stage_fd is not None:
+                if entry["tmp"]:
+                    _unlink(stage_fd, entry["tmp"])
+                os.close(stage_fd)
+            if entry["new"] is None and "/" in entry["path"]:
+                emptied.add(entry["path"].rsplit("/", 1)[0])
+        for parent in sorted(emptied, key=lambda p: -p.count("/")):
+            while parent:
+                fd, name = self._names({"path": parent})
+                if fd is None:
+                    break
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                except OSError:
+                    break
+                finally:
+                    os.close(fd)
+                parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
 
     def rollback(self, data: dict) -> None:
         """Undo a journaled apply that was killed part-way: every file back to its old state."""
         for entry in reversed(data["entries"]):
             fd, name = self._names(entry)
-            if fd is None:
-                continue
+            stage_fd = self._stage_fd(entry)
             try:
                 backup, tmp = entry["backup"], entry["tmp"]
-                if backup and _exists(fd, backup):
-                    os.rename(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
-                elif not backup and tmp and not _exists(fd, tmp) and entry["new"] is not None \
+                staged_still = bool(tmp) and stage_fd is not None and _exists(stage_fd, tmp)
+                if fd is not None and not staged_still and tmp and entry["new"] is not None \
                         and self.current(entry["path"]) == entry["new"]:
-                    _unlink(fd, name)         # a new file that was moved in
-                if tmp:
-                    _unlink(fd, tmp)
+                    _unlink(fd, name)         # the new file that was moved in
+                if fd is not None and backup and _exists(fd, backup):
+                    if entry.get("dir") and _exists(fd, name):
+                        _unlink(fd, name)
+                    os.rename(backup, name, src_dir_fd=fd, dst_dir_fd=fd)
+                if staged_still:
+                    _unlink(stage_fd, tmp)
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
+                if stage_fd is not None and stage_fd != fd:
+                    os.close(stage_fd)
+            for directory in reversed(entry.get("mkdirs") or []):
+                try:
+                    os.rmdir(os.path.join(self.root, directory))
+                except OSError:
+                    pass
             parent = entry["path"].rsplit("/", 1)[0] if "/" in entry["path"] else ""
             while parent:                      # directories made for new files, if now empty
                 try:
@@ -288,3 +420,20 @@ def _unlink(fd: int, name: str) -> None:
     except FileNotFoundError:
         pass
 
+
+
+def _remove_tree(fd: int, name: str) -> None:
+    """Remove the directory `name` in `fd` and everything in it, never following a symlink."""
+    try:
+        sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        return
+    try:
+        for entry in os.scandir(sub):
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree(sub, entry.name)
+            else:
+                _unlink(sub, entry.name)
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=fd)

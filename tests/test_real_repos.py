@@ -1,0 +1,195 @@
+"""Pull works where `git checkout` works: line-ending conversion (eol attributes and
+core.autocrlf), filter drivers and Git LFS pointers, sparse-checkout, and commits that turn a
+file into a directory or back. Real repositories with real attributes and config, real agents
+in real local sandboxes; whether the host changed a file is decided as `git status` decides it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import Repo
+
+
+def crlf_repo(tmp_path, attributes="*.txt eol=crlf\n", config=()) -> Repo:
+    path = tmp_path / "crlf"
+    path.mkdir()
+    repo = Repo(path)
+    repo.git("init", "-q", "-b", "main")
+    for key, value in config:
+        repo.git("config", key, value)
+    repo.write(".gitattributes", attributes)
+    repo.write("notes.txt", "one\ntwo\n")
+    repo.write("other.txt", "x\n")
+    repo.write("plain.md", "plain\n")
+    repo.commit("initial")
+    for name in ("notes.txt", "other.txt", "plain.md"):       # the checkout form, as a clone has it
+        os.unlink(path / name)
+    repo.git("checkout", "--", ".")
+    return repo
+
+
+def test_eol_crlf_files_pull_both_edited_and_committed(tmp_path):
+    repo = crlf_repo(tmp_path)
+    assert (repo.path / "notes.txt").read_bytes() == b"one\r\ntwo\r\n"
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "printf 'one\\r\\nTWO\\r\\n' > notes.txt && printf 'y\\r\\n' > other.txt && "
+                   "git commit -qm 'vm: other' other.txt")
+    result = repo.slicer_json("pull", vm)
+    assert result["fast_forward"] is True
+    assert (repo.path / "notes.txt").read_bytes() == b"one\r\nTWO\r\n"
+    assert (repo.path / "other.txt").read_bytes() == b"y\r\n"          # as checkout writes it
+    assert repo.status() == " M notes.txt\n" == repo.vm_status(vm)
+    # A real conflict is still one; --force takes the VM's side after a backup.
+    repo.vm_sh(vm, "printf 'vm\\r\\n' > other.txt")
+    repo.write("other.txt", b"host\r\n")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"other.txt" in proc.stderr
+    forced = repo.slicer_json("pull", vm, "--force")
+    assert forced["conflicts"] == ["other.txt"]
+    assert (repo.path / "other.txt").read_bytes() == b"vm\r\n"
+
+
+def test_autocrlf_host_pulls_without_false_conflicts(tmp_path):
+    repo = crlf_repo(tmp_path, attributes="*.bin -text\n", config=[("core.autocrlf", "true")])
+    assert (repo.path / "plain.md").read_bytes() == b"plain\r\n"
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "echo agent >> plain.md && git commit -qam 'vm: plain' && echo wip >> notes.txt")
+    repo.slicer("pull", vm)
+    assert (repo.path / "plain.md").read_bytes() == b"plain\r\nagent\r\n"
+    assert repo.status() == " M notes.txt\n"
+    assert repo.git("diff", "--stat").strip().startswith("notes.txt | 1 +")
+
+
+LFS_CLEAN = """#!/bin/sh
+# A stand-in for git-lfs: content becomes a pointer (a pointer passes through), content is kept
+# in a store; every run is logged.
+echo "clean $1" >> "{log}"
+tmp=$(mktemp); cat > "$tmp"
+if head -c 40 "$tmp" | grep -q '^version https://git-lfs'; then cat "$tmp"; else
+  oid=$(sha256sum "$tmp" | cut -d' ' -f1); cp "$tmp" "{store}/$oid"
+  printf 'version https://git-lfs.github.com/spec/v1\\noid sha256:%s\\nsize %s\\n' "$oid" "$(wc -c < "$tmp" | tr -d ' ')"
+fi
+rm -f "$tmp"
+"""
+LFS_SMUDGE = """#!/bin/sh
+echo "smudge $1" >> "{log}"
+tmp=$(mktemp); cat > "$tmp"
+oid=$(sed -n 's/^oid sha256://p' "$tmp")
+if [ -n "$oid" ] && [ -f "{store}/$oid" ]; then cat "{store}/$oid"; else cat "$tmp"; fi
+rm -f "$tmp"
+"""
+
+
+def lfs_repo(tmp_path) -> tuple:
+    """A repository whose *.bin files go through an LFS-like filter defined in the host's config."""
+    store, log = tmp_path / "lfs-store", tmp_path / "lfs.log"
+    store.mkdir()
+    scripts = {}
+    for name, text in (("clean", LFS_CLEAN), ("smudge", LFS_SMUDGE)):
+        scripts[name] = tmp_path / ("lfs-" + name)
+        scripts[name].write_text(text.format(log=log, store=store))
+        scripts[name].chmod(0o755)
+    path = tmp_path / "lfs"
+    path.mkdir()
+    repo = Repo(path)
+    repo.git("init", "-q", "-b", "main")
+    repo.git("config", "filter.lfs.clean", "%s %%f" % scripts["clean"])
+    repo.git("config", "filter.lfs.smudge", "%s %%f" % scripts["smudge"])
+    repo.git("config", "filter.lfs.required", "true")
+    repo.write(".gitattributes", "*.bin filter=lfs -text\n")
+    repo.write("model.bin", b"\x00weights\x01" * 100)
+    repo.write("code.py", "x = 1\n")
+    repo.commit("initial")
+    assert repo.git("cat-file", "-p", "HEAD:model.bin").startswith("version https://git-lfs")
+    return repo, log
+
+
+def test_lfs_pointers_pull_without_running_a_driver(tmp_path):
+    repo, log = lfs_repo(tmp_path)
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    # The VM has no LFS: it sees the pointer file; the agent edits it and the code.
+    pointer = repo.vm_sh(vm, "cat model.bin")
+    assert pointer.startswith("version https://git-lfs")
+    new_pointer = pointer.replace("size", "x-agent 1\nsize")
+    repo.vm_sh(vm, "printf '%%s' '%s' > model.bin && echo 'x = 2' > code.py && git commit -qam 'vm: new pointer' && "
+               "echo 'y = 3' >> code.py" % new_pointer)
+    log.write_text("")
+    result = repo.slicer_json("pull", vm)
+    # Nothing is written through the driver. (`git status`, which the pull runs as the user's
+    # would, may run the host's own clean filter on the host's own model.bin.)
+    assert "smudge" not in log.read_text() and set(log.read_text().split()) <= {"clean", "model.bin"}
+    assert result["fast_forward"] is True
+    assert (repo.path / "model.bin").read_text() == new_pointer   # arrives as a pointer file
+    assert (repo.path / "code.py").read_text() == "x = 2\ny = 3\n"
+    assert repo.status() == " M code.py\n"                     # git (with the driver) agrees: clean
+
+
+def test_vm_added_attribute_cannot_make_the_host_run_its_driver(tmp_path):
+    """The host defines an LFS-like driver; the VM names it for files the host never had it on."""
+    repo, log = lfs_repo(tmp_path)
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "printf '*.bin filter=lfs -text\\n*.py filter=lfs eol=crlf\\n' > .gitattributes && "
+                   "echo 'x = 5' > code.py && echo data > new.py && git add -A && git commit -qm 'vm: attrs' && "
+                   "echo 'z = 1' > wip.py")
+    log.write_text("")
+    repo.slicer("pull", vm)
+    assert ".py" not in log.read_text() and "smudge" not in log.read_text()
+    assert (repo.path / "code.py").read_bytes() == b"x = 5\r\n"      # the eol attribute applies
+    assert (repo.path / "wip.py").read_text() == "z = 1\n"
+
+
+def test_sparse_checkout_paths_outside_the_cone_are_not_written(repo):
+    repo.write("docs/guide.md", "guide\n")
+    repo.write("docs/deep/x.md", "x\n")
+    repo.commit("docs")
+    repo.git("sparse-checkout", "set", "src")
+    assert not (repo.path / "docs").exists()
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_sh(vm, "cat docs/guide.md") == "guide\n"            # the VM has everything
+    repo.vm_sh(vm, "echo more >> docs/guide.md && mkdir -p docs/new && echo n > docs/new/n.md && "
+                   "echo top > top.txt && echo 'VALUE = 2' > src/lib.py && git add -A && git commit -qm 'vm: all over'")
+    result = repo.slicer_json("pull", vm)
+    assert result["conflicts"] == [] and result["fast_forward"] is True
+    assert not (repo.path / "docs").exists()
+    assert (repo.path / "src" / "lib.py").read_text() == "VALUE = 2\n"
+    assert (repo.path / "top.txt").read_text() == "top\n"
+    assert repo.status() == ""
+    tags = dict(line.split(" ", 1)[::-1] for line in repo.git("ls-files", "-t").splitlines())
+    assert tags["docs/guide.md"] == tags["docs/new/n.md"] == "S" and tags["src/lib.py"] == "H"
+    assert repo.git("show", "HEAD:docs/guide.md") == "guide\nmore\n"
+
+
+def test_file_and_directory_swap_places_in_a_vm_commit(repo):
+    repo.write("tool", "a file\n")
+    repo.write("pkg/mod.py", "m\n")
+    repo.write("pkg/sub/deep.py", "d\n")
+    repo.commit("shapes")
+    vm = repo.launched_vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "git rm -q tool && mkdir -p tool && echo main > tool/main.py && "
+                   "git rm -rq pkg && echo 'now a file' > pkg && git add -A && git commit -qm 'vm: swap'")
+    repo.slicer("pull", vm)
+    assert (repo.path / "tool" / "main.py").read_text() == "main\n"
+    assert (repo.path / "pkg").read_text() == "now a file\n"
+    assert repo.status() == ""
+    # And back again, with an uncommitted swap on top.
+    repo.vm_sh(vm, "git rm -rq tool && echo back > tool && git rm -q pkg && mkdir pkg && echo again > pkg/mod.py && "
+                   "git add -A && git commit -qm 'vm: swap back' && rm pkg/mod.py && rmdir pkg && echo wip > pkg")
+    repo.slicer("pull", vm)
+    assert (repo.path / "tool").read_text() == "back\n"
+    assert (repo.path / "pkg").read_text() == "wip\n"
+    assert repo.status() == repo.vm_status(vm)
+
+
+def test_directory_holding_host_files_is_not_replaced(repo):
+    repo.write("pkg/mod.py", "m\n")
+    repo.commit("pkg")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "git rm -rq pkg && echo file > pkg && git add -A && git commit -qm 'vm: pkg is a file'")
+    repo.write("pkg/mine.txt", "host work\n")
+    before = repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer", ".git/objects"))
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"pkg/mine.txt" in proc.stderr, proc.stderr
+    assert repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer", ".git/objects")) == before

@@ -24,6 +24,7 @@ from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLose
 from .ignore import SlicerIgnore
 from .links import LinkStore, now
 from .repo import run_git
+from .objects import ObjectReader, TreeReader
 from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
 from .safewrite import Change, SafeWriter, read_journal
 from .checkout_form import checkout_form
@@ -200,8 +201,14 @@ class Puller:
 
     # -- commits and files -----------------------------------------------------------
     def _merge(self, head: str, target: str, vm: State, result: dict) -> None:
-        base = State(self.link.agreed_commit, self.link.agreed_overlay)
         trees = _Trees(self.wt)
+        try:
+            self._merge_with(trees, head, target, vm, result)
+        finally:
+            trees.close()
+
+    def _merge_with(self, trees, head: str, target: str, vm: State, result: dict) -> None:
+        base = State(self.link.agreed_commit, self.link.agreed_overlay)
         writer = SafeWriter(self.wt.root, self.wt.algo)
         vm_paths = set(trees.diff(base.commit, vm.commit))
         for state in (base, vm):
@@ -280,19 +287,19 @@ class Puller:
         has the blob, otherwise from the VM's worktree (checked against its blob id)."""
         needed = [c for c in changes if c.new is not None]
         have = set(_present(self.wt, sorted({c.new[1] for c in needed})))
-        odb = self.wt.pygit.odb if have else None        # read in-process: no `git cat-file` per file
         from_vm = {}
-        for change in needed:
-            if change.new[1] in have:
-                data = odb.read(change.new[1])[1]
-                if change.new[0] == overlay_mod.MODE_LINK:
-                    change.target = os.fsdecode(data)
+        with ObjectReader(self.wt) as odb:                # one `git cat-file` for all files
+            for change in needed:
+                if change.new[1] in have:
+                    data = odb.read(change.new[1])[1]
+                    if change.new[0] == overlay_mod.MODE_LINK:
+                        change.target = os.fsdecode(data)
+                    else:
+                        change.source = os.path.join(staging, change.new[1] + ".blob")
+                        with open(change.source, "wb") as fh:
+                            fh.write(data)
                 else:
-                    change.source = os.path.join(staging, change.new[1] + ".blob")
-                    with open(change.source, "wb") as fh:
-                        fh.write(data)
-            else:
-                from_vm[change.path] = change
+                    from_vm[change.path] = change
         if not from_vm:
             return
         files_dir = os.path.join(staging, "files")
@@ -432,24 +439,20 @@ def recover_interrupted(worktree) -> None:
 
 
 class _Trees:
-    """Cached lookups of paths in commits (pygit2), and of a state's index and file entries."""
+    """Cached lookups of paths in commits (one `git cat-file`), and of a state's index and file entries."""
 
     def __init__(self, worktree):
         self.wt = worktree
-        self.repo = worktree.pygit
+        self.reader = TreeReader(worktree)
         self._cache = {}
+
+    def close(self) -> None:
+        self.reader.close()
 
     def entry(self, commit: str, path: str):
         key = (commit, path)
         if key not in self._cache:
-            try:
-                item = self.repo[commit].tree[path] if commit else None
-            except KeyError:
-                item = None
-            if item is None or item.filemode == 0o040000:
-                self._cache[key] = None
-            else:
-                self._cache[key] = ["%06o" % item.filemode, str(item.id)]
+            self._cache[key] = self.reader.entry(commit, path) if commit else None
         return self._cache[key]
 
     def index(self, state: State, path: str):

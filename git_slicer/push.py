@@ -97,6 +97,10 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
     first = not vm_state["exists"]
+    if not first and vm_state.get("object_format") not in (None, worktree.algo):
+        raise SlicerError("VM %s has a %s repository at %s, this one uses %s objects"
+                          % (link.vm, display(str(vm_state["object_format"])), display(str(vm_state["path"])),
+                             worktree.algo), hint="push to another VM, or set slicer.%s.guestPath" % link.vm)
 
     if not first and not options.force:
         _refuse_if_vm_has_work(link, vm_state, vm_view, head, ours)
@@ -119,6 +123,7 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
         within, shallow = _shallow_history(worktree, head, options.depth)
 
     request = {"op": "push", "path": link.guest_path, "branch": branch, "commit": head,
+               "object_format": worktree.algo,
                "overlay": ours, "reuse": reuse, "extra": extra, "pack": need_pack,
                "tar": bool(send or extra), "shallow": shallow,
                "expect": {"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,

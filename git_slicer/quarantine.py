@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .errors import UnsafeInput
+from .objects import ObjectReader, parse_tree
 from .wire.framing import crash_point
 from .wire.paths import UnsafePath, check_relpath, display
 
@@ -100,27 +101,24 @@ class Quarantine:
 
     def validate(self, tips) -> list:
         """Walk commits and trees new to the host; return the new commits."""
-        import pygit2
         tips = [t for t in tips if _is_oid(t)]
         if not tips:
             return []
         out = self.git(["rev-list", "--stdin", "--not", "--all"],
                        input="".join(t + "\n" for t in tips).encode())
         commits = out.decode().split()
-        odb = pygit2.Odb(self.dir)
-        odb.add_disk_alternate(self.objects)
-        host = pygit2.Odb(self.objects)
         seen = set()
         memo = {}
-        for commit in commits:
-            kind, data = odb.read(commit)
-            if kind != pygit2.GIT_OBJECT_COMMIT:
-                raise UnsafeInput("object %s from the VM is not a commit" % commit[:12])
-            tree = data.split(b"\n", 1)[0]
-            if not tree.startswith(b"tree "):
-                raise UnsafeInput("malformed commit %s from the VM" % commit[:12])
-            self._walk(odb, host, tree[5:].decode(), "", 0, seen)
-            self._count_paths(odb, tree[5:].decode(), memo)
+        with ObjectReader(self.worktree, self.env) as odb, ObjectReader(self.worktree) as host:
+            for commit in commits:
+                kind, data = odb.read(commit) or (None, b"")
+                if kind != "commit":
+                    raise UnsafeInput("object %s from the VM is not a commit" % commit[:12])
+                tree = data.split(b"\n", 1)[0]
+                if not tree.startswith(b"tree "):
+                    raise UnsafeInput("malformed commit %s from the VM" % commit[:12])
+                self._walk(odb, host, tree[5:].decode(), "", 0, seen)
+                self._count_paths(odb, tree[5:].decode(), memo)
         return commits
 
     def _count_paths(self, odb, tree: str, memo: dict) -> int:
@@ -129,7 +127,7 @@ class Quarantine:
         if tree in memo:
             return memo[tree]
         total = 0
-        _, data = odb.read(tree)
+        _, data = odb.read(tree) or (None, b"")
         for mode, _, oid in parse_tree(data, 32 if self.worktree.algo == "sha256" else 20):
             total += 1 + (self._count_paths(odb, oid, memo) if mode == MODE_TREE else 0)
             if total > self.limits.objects:
@@ -147,9 +145,8 @@ class Quarantine:
         if depth > self.limits.tree_depth:
             raise UnsafeInput("tree from the VM nested deeper than slicer.limit.treeDepth (%d): %s"
                               % (self.limits.tree_depth, display(prefix[:200])))
-        import pygit2
-        kind, data = odb.read(tree)
-        if kind != pygit2.GIT_OBJECT_TREE:
+        kind, data = odb.read(tree) or (None, b"")
+        if kind != "tree":
             raise UnsafeInput("object %s from the VM is not a tree" % tree[:12])
         for mode, name, oid in parse_tree(data, 32 if self.worktree.algo == "sha256" else 20):
             path = prefix + name
@@ -162,7 +159,10 @@ class Quarantine:
             if name.lower() == ".gitmodules" and mode == MODE_LINK:
                 raise UnsafeInput("commit from the VM has .gitmodules as a symlink")
             if name.lower() == ".gitmodules" and mode != MODE_TREE:
-                _, blob = odb.read(oid)
+                found = odb.read(oid)
+                if found is None:
+                    raise UnsafeInput("commit from the VM lacks its .gitmodules blob")
+                blob = found[1]
                 if b"\r" in blob:      # CVE-2025-48384: a path ending in \r checks out elsewhere
                     raise UnsafeInput("commit from the VM has a .gitmodules with a carriage return")
             if mode == MODE_TREE:
@@ -252,24 +252,6 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
     return state
 
 
-def parse_tree(data: bytes, oid_len: int = 20):
-    """Yield (mode, name, hex oid) from a raw tree object."""
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos)
-        nul = data.find(b"\0", space)
-        if space < 0 or nul < 0 or nul + 1 + oid_len > len(data):
-            raise UnsafeInput("malformed tree object from the VM")
-        try:
-            mode = int(data[pos:space], 8)
-        except ValueError:
-            raise UnsafeInput("malformed tree entry mode from the VM") from None
-        name = data[space + 1:nul].decode("utf-8", "surrogateescape")
-        oid = data[nul + 1:nul + 1 + oid_len].hex()
-        if "/" in name or not name:
-            raise UnsafeInput("tree entry from the VM has an empty name or contains '/'")
-        yield mode, name, oid
-        pos = nul + 1 + oid_len
 
 
 def _is_oid(value) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .config import Settings
 from .ignore import SlicerIgnore
+from .objects import TreeReader
 from .quarantine import check_state
 from .scan import host_overlay
 from .target import linked, open_session
@@ -59,12 +60,8 @@ class _Side:
         if path in self.commits:
             return self.commits[path]
         if self._tree is None:
-            self._tree = self.wt.pygit[self.base].tree if self.base else False
-        try:
-            item = self._tree[path] if self._tree else None
-        except KeyError:
-            return None
-        return None if item is None or item.filemode == 0o040000 else ["%06o" % item.filemode, str(item.id)]
+            self._tree = TreeReader(self.wt) if self.base else False     # git, not pygit2: SHA-256 too
+        return self._tree.entry(self.base, path) if self._tree else None
 
     def entries(self, path: str):
         index = self.overlay["index"][path] if path in self.overlay["index"] else self._committed(path)

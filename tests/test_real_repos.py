@@ -193,3 +193,46 @@ def test_directory_holding_host_files_is_not_replaced(repo):
     proc = repo.slicer("pull", vm, check=False)
     assert proc.returncode == 1 and b"pkg/mine.txt" in proc.stderr, proc.stderr
     assert repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer", ".git/objects")) == before
+
+
+def sha256_repo(tmp_path, name="sha256") -> Repo:
+    path = tmp_path / name
+    path.mkdir()
+    repo = Repo(path)
+    repo.git("init", "-q", "-b", "main", "--object-format=sha256")
+    repo.write("README.md", "# sha256\n")
+    repo.write("src/app.py", "print(1)\n")
+    repo.commit("initial")
+    return repo
+
+
+def test_sha256_repository_pushes_and_pulls_end_to_end(tmp_path):
+    repo = sha256_repo(tmp_path)
+    repo.write("wip.txt", "host wip\n")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_git(vm, "rev-parse", "--show-object-format").strip() == "sha256"
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status()
+    repo.vm_sh(vm, "echo 'print(2)' > src/app.py && mkdir lib && echo x > lib/x.py && git add -A && "
+                   "git commit -qm 'vm: work' && echo more >> README.md && echo new > new.txt")
+    status = repo.slicer_json("status", vm)
+    assert "src/app.py" in status["vm_side"]["changed_since_sync"]
+    assert "+more" in repo.slicer("diff", vm).stdout.decode()
+    result = repo.slicer_json("pull", vm)
+    assert result["fast_forward"] is True and len(result["to"]) == 64
+    assert (repo.path / "lib" / "x.py").read_text() == "x\n"
+    assert repo.status() == repo.vm_status(vm)
+    repo.commit("host: take it all")
+    assert repo.slicer_json("push", vm)["up_to_date"] is False
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+
+
+def test_vm_repository_with_another_object_format_is_refused(tmp_path, repo):
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    guest = repo.slicer_json("status", vm)["guest_path"]
+    other = sha256_repo(tmp_path)
+    other.git("config", "slicer.%s.guestPath" % vm, guest)
+    proc = other.slicer("push", vm, "--force", check=False)
+    assert proc.returncode == 1 and b"sha1" in proc.stderr and b"sha256" in proc.stderr, proc.stderr
+    assert b"Traceback" not in proc.stderr and b"internal error" not in proc.stderr
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")

@@ -169,9 +169,16 @@ class Agent:
                                    or current["overlay"] != expect.get("overlay")):
             raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
         old_overlay = current["overlay"] if current else overlay_mod.empty()
+        object_format = request.get("object_format") or "sha1"
+        if object_format not in ("sha1", "sha256"):
+            raise AgentError("bad-request", "unknown object format %r" % object_format)
         if not repo.exists:
             os.makedirs(repo.root, exist_ok=True)
-            repo.git(["init", "-q"])
+            # The host's object format: a pack of sha256 objects does not index into a sha1 repository.
+            repo.git(["init", "-q", "--object-format=" + object_format])
+        elif repo.algo() != object_format:
+            raise AgentError("object-format", "the VM repository at %s uses %s objects, the host's uses %s"
+                             % (repo.root, repo.algo(), object_format))
         self._configure(repo, request)
         self.conn.send({"ok": True, "ready": True})
         request["_streaming"] = True

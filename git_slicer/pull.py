@@ -26,7 +26,7 @@ from .links import LinkStore, now
 from .repo import run_git
 from .objects import ObjectReader, TreeReader
 from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
-from .safewrite import Change, SafeWriter, read_journal
+from .safewrite import DIRECTORY, Change, SafeWriter, read_journal
 from .checkout_form import checkout_form
 from .scan import host_overlay
 from .sparse import SparseCheckout
@@ -144,7 +144,7 @@ class Puller:
         imported = self._import(vm_tip, branches, vm_view)
 
         head = self.wt.rev("HEAD")
-        result = {"imported": imported, "from": head, "to": head, "fast_forward": False,
+        result = {"imported": imported, "from": head, "to": head, "fast_forward": False, "reset": False,
                   "files": {"written": [], "deleted": []}, "conflicts": [], "backup": None}
         target = head
         if vm_tip != head and not self.options.no_merge:
@@ -154,6 +154,7 @@ class Puller:
                 result["note"] = "the host branch is ahead of the VM's"
             elif self.options.force:
                 target = vm_tip
+                result["reset"] = True          # diverged: --force resets the branch, it is no fast-forward
             else:
                 raise WouldLoseWork(
                     "not a fast-forward: %s on the host and in VM %s have diverged; the VM's commits are in "
@@ -265,8 +266,8 @@ class Puller:
         try:
             self._stage_contents(changes, vm, staging)
             self._to_checkout_form(changes, committed, target, staging)
-            if self.options.force:
-                result["backup"] = self._backup(head, conflicts, ours, target)
+            if self.options.force and (conflicts or result.get("reset")):
+                result["backup"] = self._backup(head, target, changes, bool(result.get("reset")))
             self._write(head, target, changes, index_updates, result, index_old, skip_worktree)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -333,22 +334,44 @@ class Puller:
                 raise UnsafeInput("file %s from VM %s does not match its announced contents"
                                   % (display(path), self.link.vm))
 
-    def _backup(self, head: str, conflicts, ours: State, target: str):
-        """Before --force overwrites anything, keep the host's side under refs/slicer/backup/."""
+    def _backup(self, head: str, target: str, changes, reset: bool) -> dict:
+        """Before --force replaces anything, keep the host's side in ONE ref: a stash-like commit
+        whose tree is the worktree's tracked files, parent 1 the old branch tip, parent 2 the
+        index, parent 3 the untracked files the pull replaces or deletes."""
+        wt = self.wt
+        stash = wt.git(["stash", "create", "slicer pull --force"]).strip().decode()
+        if stash:
+            tree, index = stash + "^{tree}", wt.git(["rev-parse", stash + "^2"]).strip().decode()
+        else:               # nothing uncommitted: the index and the tracked files are the old tip
+            tree = head + "^{tree}"
+            index = wt.git(["commit-tree", "-p", head, "-m", "index", tree]).strip().decode()
+        parents = ["-p", head, "-p", index]
+        held = [c.path for c in changes if c.expect is not None and c.expect != DIRECTORY]
+        tracked = set()
+        if held:
+            tracked = {os.fsdecode(p) for p in wt.git(["ls-files", "-z", "--"] + held).split(b"\0") if p}
+        untracked = [p for p in held if p not in tracked]
+        if untracked:
+            with tempfile.TemporaryDirectory(prefix="slicer-backup-", dir=wt.git_dir) as scratch:
+                env = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
+                wt.git(["update-index", "--add", "-z", "--stdin"], env=env,
+                       input=b"".join(os.fsencode(p) + b"\0" for p in untracked))
+                files = wt.git(["write-tree"], env=env).strip().decode()
+            parents += ["-p", wt.git(["commit-tree", "-m", "untracked files", files]).strip().decode()]
+        message = "slicer pull --force from VM %s: the host's %s before the pull" % (self.link.vm, self.branch)
+        commit = wt.git(["commit-tree"] + parents + ["-m", message, tree]).strip().decode()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        ref = "refs/slicer/backup/%s/%s" % (self.branch, stamp)
-        if target != head:
-            self.wt.git(["update-ref", "-m", "slicer pull --force: old tip", ref, head])
-        if conflicts:
-            saved = self.wt.git(["stash", "create", "slicer pull --force backup"]).strip().decode()
-            untracked = [p for p in conflicts if ours.overlay["files"].get(p) and not self.wt.git(
-                ["ls-files", "--", p]).strip()]
-            for path in untracked:
-                self.wt.git(["hash-object", "-w", "--no-filters", "--", path])
-            if saved:
-                self.wt.git(["update-ref", "-m", "slicer pull --force: host changes", ref + "-worktree", saved])
-            return {"ref": ref, "untracked_saved_as_blobs": untracked}
-        return {"ref": ref} if target != head else None
+        for attempt in range(1, 100):
+            ref = "refs/slicer/backup/%s/%s%s" % (self.branch, stamp, "" if attempt == 1 else "-%d" % attempt)
+            # Create-only: two forced pulls in one second get two refs, never one overwritten.
+            wt.git(["update-ref", "-m", "slicer pull --force", ref, commit, ""], check=False)
+            if wt.rev(ref) == commit:
+                break
+        restore = "git reset -q --hard %s && git reset -q --soft %s^1 && git read-tree %s^2" % (ref, ref, ref)
+        if untracked:
+            restore += " && git restore -q --overlay --source=%s^3 --worktree -- :/" % ref
+        return {"ref": ref, "commit": commit, "old_tip": head, "reset": reset,
+                "untracked": untracked, "restore": restore}
 
     def _write(self, head: str, target: str, changes, index_updates: dict, result: dict, index_old=None,
                skip_worktree=()) -> None:
@@ -387,7 +410,7 @@ class Puller:
             raise
         SafeWriter.finish(journal)
         result["to"] = target
-        result["fast_forward"] = bool(moved)
+        result["fast_forward"] = bool(moved) and not result.get("reset")
         result["files"] = {"written": [c.path for c in changes if c.new is not None],
                            "deleted": [c.path for c in changes if c.new is None]}
 

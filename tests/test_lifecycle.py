@@ -51,3 +51,49 @@ def test_status_measures_each_side_against_the_agreed_state(launched):
     result = repo.slicer_json("status")
     assert result["host"]["changed_since_sync"] == ["README.md", "host-new.txt"]
     assert result["vm_side"]["changed_since_sync"] == ["src/lib.py", "v.txt"]
+
+
+# -- pull --force backups -------------------------------------------------------------------
+def _host_state(repo):
+    """Everything a forced pull may replace: branch tip, index, and every worktree byte."""
+    return (repo.git("rev-parse", "HEAD"), repo.git("ls-files", "-s"), repo.status(),
+            repo.fingerprint(skip=(".git",)))
+
+
+def test_forced_pull_backup_restores_every_replaced_host_byte(launched):
+    import re
+    import subprocess
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'vm side' && "
+                   "echo 'vm readme' > README.md && echo 'vm notes' > notes.txt")
+    repo.write("host.txt", "host\n")
+    repo.commit("host side")                                 # diverged: the pull resets
+    repo.write("src/app.py", "staged\n")
+    repo.git("add", "src/app.py")
+    repo.write("src/app.py", "unstaged on top\n")
+    repo.write("README.md", "host readme\n")
+    repo.write("notes.txt", "host notes, never committed\n")
+    before = _host_state(repo)
+    out = repo.slicer("pull", "--force").stdout.decode()
+    assert "fast-forwarded" not in out and re.search(r"^reset main \w+\.\.\w+ to VM %s" % vm, out, re.M)
+    assert (repo.path / "notes.txt").read_text() == "vm notes\n"
+    ref = re.search(r"host state saved under (\S+)", out).group(1)
+    assert repo.git("for-each-ref", "--format=%(refname)", "refs/slicer/backup/").split() == [ref]
+    restore = re.search(r"restore with: (.+)$", out, re.M).group(1)
+    subprocess.run(restore, shell=True, cwd=repo.path, check=True)
+    assert _host_state(repo) == before
+
+
+def test_forced_pull_names_its_one_backup_ref_in_json(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'vm side'")
+    repo.write("host.txt", "host\n")
+    host_tip = repo.commit("host side")
+    repo.write("untracked.txt", "only here\n")
+    result = repo.slicer_json("pull", "--force")
+    assert result["reset"] is True and result["fast_forward"] is False
+    backup = result["backup"]
+    assert repo.git("for-each-ref", "--format=%(refname)", "refs/slicer/backup/").split() == [backup["ref"]]
+    assert repo.git("rev-parse", backup["ref"] + "^1").strip() == host_tip == backup["old_tip"]
+    assert backup["restore"].startswith("git reset -q --hard %s " % backup["ref"])
+    assert (repo.path / "untracked.txt").read_text() == "only here\n"      # not the VM's: untouched

@@ -46,7 +46,7 @@ def test_pull_refuses_non_fast_forward_and_force_saves_the_host_tip(launched):
     assert repo.git("rev-parse", "refs/slicer/%s/main" % vm).strip() == vm_head   # imported anyway
     result = repo.slicer_json("pull", vm, "--force")
     assert repo.git("rev-parse", "HEAD").strip() == vm_head
-    assert repo.git("rev-parse", result["backup"]["ref"]).strip() == host_tip
+    assert repo.git("rev-parse", result["backup"]["ref"] + "^1").strip() == host_tip
 
 
 def test_pull_with_conflicting_host_edit_writes_nothing(launched):

@@ -18,7 +18,10 @@ def command(vm, path, force, no_files, no_merge, as_json):
     from ..wire.paths import display
     result = pull(worktree_at(path), PullOptions(vm=vm, force=force, no_files=no_files, no_merge=no_merge))
     lines = []
-    if result["fast_forward"]:
+    if result.get("reset"):
+        lines.append("reset %s %s..%s to VM %s's branch (the branches had diverged)" % (
+            result["branch"], short(result["from"]), short(result["to"]), result["vm"]))
+    elif result["fast_forward"]:
         lines.append("fast-forwarded %s %s..%s from VM %s" % (result["branch"], short(result["from"]),
                                                               short(result["to"]), result["vm"]))
     else:
@@ -32,4 +35,5 @@ def command(vm, path, force, no_files, no_merge, as_json):
         lines.append("note: %s" % result["note"])
     if result.get("backup"):
         lines.append("host state saved under %s" % result["backup"]["ref"])
+        lines.append("restore with: %s" % result["backup"]["restore"])
     emit(as_json, result, "\n".join(lines))

@@ -34,3 +34,7 @@ class WouldLoseWork(SlicerError):
 
 class UnsafeInput(SlicerError):
     """Something the VM sent failed validation; nothing was written."""
+
+
+class StaleLink(SlicerError):
+    """A link whose VM is gone, or whose name now belongs to another VM: nothing is sent."""

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from .errors import UsageError
+from .errors import SlicerError, UsageError
 
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -43,6 +43,9 @@ class Link:
     pulled_at: str = ""
     created_at: str = field(default_factory=now)
     last_result: str = ""                         # "ok" | a one-line failure (for status/hooks)
+    vm_id: str = ""                               # the VM's identity (made at launch): a VM that
+                                                  # later takes the same name is not this one
+    launched: bool = False                        # this worktree launched the VM (`push --launch`)
 
 
 def write_atomic(path: str, data: bytes, mode: int = None) -> None:
@@ -104,3 +107,20 @@ class LinkStore:
             return []
         links = [self.get(n) for n in names]
         return [link for link in links if link is not None]
+
+
+def repository_links(worktree):
+    """[(worktree, link)] for every link in every worktree of `worktree`'s repository (links
+    live per worktree, so a VM may be linked from several)."""
+    from .repo import Worktree
+    found = []
+    for path, _ in worktree.worktrees():
+        if not os.path.isdir(path):
+            continue
+        same = os.path.realpath(path) == os.path.realpath(worktree.root)
+        try:
+            other = worktree if same else Worktree(path)
+        except SlicerError:
+            continue
+        found += [(other, link) for link in LinkStore.of(other).all()]
+    return found

@@ -85,9 +85,10 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> d
     recover_interrupted(worktree)
     crash_point("pull:recovered")
     provider = provider_for(settings, options.vm, link)
-    vm = find_vm(provider, options.vm)
+    vm = find_vm(provider, options.vm, link)
     pack_limits, file_limits = limits_from(settings)
-    with open_session(provider, vm) as session:
+    with open_session(provider, vm, link.vm_id) as session:
+        link.vm_id = session.vm_id or link.vm_id
         session.conn.max_json = settings.get("slicer.limit.frameBytes")
         session.set_deadline(settings.get("slicer.limit.seconds"))
         result = Puller(worktree, session, link, branch, options, pack_limits, file_limits).run()

@@ -13,7 +13,7 @@ from . import locks, report
 from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
-from .links import Link, LinkStore, now
+from .links import Link, LinkStore, now, repository_links
 from .pull import recover_interrupted
 from .quarantine import check_state
 from .scan import host_overlay, ignored_files
@@ -45,28 +45,55 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
     store = LinkStore.of(worktree)
-    launched = False
-    link = None
     if options.launch:
-        provider = provider_for(settings, override=options.provider)
-        vm = provider.launch(options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root})
-        launched = True
-        name = vm.name
-    else:
-        name = linked_vm(store, options.vm)
+        return _launch_and_push(worktree, settings, store, head, branch, options)
+    name = linked_vm(store, options.vm)
     with locks.hold(worktree, name):
         recover_interrupted(worktree)
-        if not launched:
-            link = store.get(name)                # read under the lock: another push may have just saved it
-            provider = provider_for(settings, name, link, options.provider)
-            vm = find_vm(provider, name)
-        return _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, launched)
+        link = store.get(name)                # read under the lock: another push may have just saved it
+        provider = provider_for(settings, name, link, options.provider)
+        vm = find_vm(provider, name, link)
+        return _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, False)
+
+
+def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
+    """Launch a VM and push to it; if anything fails before the link is saved, the new VM is
+    removed again (no orphan VMs). A name this worktree already links is never reused."""
+    taken = {link.vm for _, link in repository_links(worktree)}
+    link = store.get(options.vm) if options.vm else None
+    if link is not None:
+        raise UsageError("this worktree is already linked to a VM named %s (provider %s); VM names are "
+                         "one namespace, so a new VM needs another name" % (options.vm, link.provider),
+                         hint="git slicer push --launch OTHER-NAME, or `git slicer vm rm %s` first" % options.vm)
+    provider = provider_for(settings, override=options.provider)
+    vm = provider.launch(options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root},
+                         avoid=taken)
+    if store.get(vm.name) is not None:           # a provider that names VMs itself chose a linked name
+        _discard(provider, vm)
+        raise UsageError("the new VM is called %s, a name this worktree already links" % vm.name)
+    try:
+        with locks.hold(worktree, vm.name):
+            recover_interrupted(worktree)
+            return _push_locked(worktree, settings, store, provider, vm, None, head, branch, options, True)
+    except BaseException:
+        if store.get(vm.name) is None:           # not linked: nobody would ever find this VM again
+            _discard(provider, vm)
+        raise
+
+
+def _discard(provider, vm) -> None:
+    try:
+        provider.remove(vm.name)
+        report.warn("removed new VM %s again" % vm.name)
+    except (SlicerError, OSError) as exc:
+        report.warn("the push into new VM %s failed and removing it failed too: %s" % (vm.name, exc))
 
 
 def _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, launched) -> dict:
     if link is None:
         link = Link(vm=vm.name, provider=provider.name, address=vm.address,
-                    guest_path=default_guest_path(settings, worktree, vm.name), branch=branch)
+                    guest_path=default_guest_path(settings, worktree, vm.name), branch=branch,
+                    launched=launched)
     include_ignored = options.include_ignored
     if include_ignored is None:
         include_ignored = settings.get("slicer.includeIgnored")
@@ -75,7 +102,8 @@ def _push_locked(worktree, settings, store, provider, vm, link, head, branch, op
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
     with ThreadPoolExecutor(max_workers=1) as pool:
         scanning = pool.submit(host_overlay, worktree, ignore, True)
-        with open_session(provider, vm) as session:
+        with open_session(provider, vm, link.vm_id) as session:
+            link.vm_id = session.vm_id or link.vm_id
             session.conn.max_json = settings.get("slicer.limit.frameBytes")
             session.set_deadline(settings.get("slicer.limit.seconds"))
             result = _push(worktree, session, link, head, branch, options, include_ignored, ignore, scanning)

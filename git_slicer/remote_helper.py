@@ -38,14 +38,15 @@ class Helper:
         self.link = Link(vm=self.vm, guest_path=path or (link.guest_path if link else
                          default_guest_path(self.settings, self.worktree, self.vm)),
                          provider=link.provider if link else "", branch=link.branch if link else "",
-                         agreed_commit=link.agreed_commit if link else "")
+                         agreed_commit=link.agreed_commit if link else "", vm_id=link.vm_id if link else "")
         self.provider = provider_for(self.settings, self.vm, link)
         self.session = None
         self.branches = {}
 
     def connect(self):
         if self.session is None:
-            self.session = open_session(self.provider, find_vm(self.provider, self.vm))
+            self.session = open_session(self.provider, find_vm(self.provider, self.vm, self.link),
+                                        self.link.vm_id)
         return self.session
 
     def write(self, text: str) -> None:

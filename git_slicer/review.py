@@ -43,7 +43,7 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
     pack_limits, file_limits = limits_from(settings)
     scratch = tempfile.mkdtemp(prefix="slicer-review-", dir=os.path.join(worktree.common_dir, "objects"))
     try:
-        with open_session(provider, vm) as session:
+        with open_session(provider, vm, link.vm_id) as session:
             puller = Puller(worktree, session, link, worktree.branch() or link.branch,
                             PullOptions(vm=name, no_merge=True), pack_limits, file_limits)
             state = session.state(link.guest_path)

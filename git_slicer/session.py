@@ -14,6 +14,7 @@ class AgentSession:
         self.conn = channel.conn
         self.vm = vm
         self.info = {}
+        self.vm_id = ""          # the identity the VM confirmed at hello (see target.open_session)
         from . import report
         self._bar = report.attach(self.conn, "VM %s" % vm)   # tqdm on a TTY for long transfers
         self._timer = None
@@ -64,9 +65,13 @@ class AgentSession:
             raise self._fail(exc) from None
 
     # -- requests ------------------------------------------------------------
-    def hello(self) -> dict:
+    def hello(self, vm_id: str = None) -> dict:
+        """`vm_id`: the identity the VM should keep if it has none yet (it answers with its own)."""
+        message = {"op": "hello", "protocol": PROTOCOL_VERSION, "client": "git-slicer/" + __version__}
+        if vm_id:
+            message["vm_id"] = vm_id
         try:
-            self.conn.send({"op": "hello", "protocol": PROTOCOL_VERSION, "client": "git-slicer/" + __version__})
+            self.conn.send(message)
             reply = self.conn.recv_reply()
         except RemoteError as exc:
             raise AgentFailed("VM %s: incompatible agent: %s" % (self.vm, exc)) from None

@@ -22,7 +22,7 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     ignore = SlicerIgnore(worktree.root)
     head = worktree.rev("HEAD")
     ours = host_overlay(worktree, ignore)
-    with open_session(provider, vm) as session:
+    with open_session(provider, vm, link.vm_id) as session:
         theirs = check_state(session.state(link.guest_path, base=link.agreed_commit))
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep)
     base = link.agreed_commit

@@ -7,9 +7,9 @@ import time
 
 from . import report
 from .config import Settings
-from .errors import AgentFailed, SlicerError, UsageError, VMNotFound
+from .errors import AgentFailed, SlicerError, StaleLink, UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
-from .providers import get_provider
+from .providers import get_provider, new_vm_id
 from .session import AgentSession
 
 
@@ -41,14 +41,34 @@ def default_guest_path(settings: Settings, worktree, vm: str) -> str:
     return configured or "~/" + worktree.name
 
 
-def open_session(provider, vm) -> AgentSession:
+def stale(name: str, why: str) -> StaleLink:
+    return StaleLink("this worktree's link to VM %s is stale: %s; nothing was sent" % (name, why),
+                     hint="`git slicer unlink %s` forgets it (work not pulled from the old VM is gone with "
+                          "it), then `git slicer push %s` starts over" % (name, name))
+
+
+def check_identity(vm, link_id: str) -> None:
+    """The provider's record of `vm` must carry the id the link remembers (when both have one)."""
+    if link_id and vm.id and vm.id != link_id:
+        raise stale(vm.name, "the VM now called %s (%s) is not the one it was linked to" % (vm.name, vm.provider))
+
+
+def open_session(provider, vm, link_id: str = "") -> AgentSession:
     """One long-lived connection for the operation; a failed handshake becomes one line that
-    says why (refused, no agent, wrong version, auth failed, timeout, no python3/git)."""
+    says why (refused, no agent, wrong version, auth failed, timeout, no python3/git).
+
+    `link_id` is the VM id the caller's link remembers ("" for a new link): the record and the
+    agent (which keeps the id in the VM) must both answer with it. `session.vm_id` is the id the
+    VM confirmed, for the link to keep."""
+    check_identity(vm, link_id)
     started = time.monotonic()
     channel = provider.connect(vm)
     session = AgentSession(channel, vm.name)
+    # The VM may take an id it lacks only when the provider's record vouches for it, or when no
+    # link expects one yet: a replaced VM must not adopt the old VM's identity.
+    offer = vm.id or ("" if link_id else new_vm_id())
     try:
-        info = session.hello()
+        info = session.hello(vm_id=offer)
     except SlicerError as exc:
         diagnose = getattr(channel, "diagnose", None)
         reason = diagnose() if diagnose else None
@@ -56,6 +76,13 @@ def open_session(provider, vm) -> AgentSession:
         if reason:
             raise AgentFailed("VM %s: %s" % (vm.name, reason), hint=exc.hint) from None
         raise
+    expected = link_id or vm.id
+    answered = info.get("vm_id") if "vm_id" in info else expected     # an agent too old to keep ids
+    if expected and answered != expected:
+        session.close(polite=False)
+        raise stale(vm.name, "the VM answering as %s is not the one it was linked to (it reports %s)"
+                    % (vm.name, "no identity" if not answered else "another identity"))
+    session.vm_id = answered if isinstance(answered, str) else ""
     done = getattr(channel, "handshake_done", None)
     if done:
         done()
@@ -65,12 +92,18 @@ def open_session(provider, vm) -> AgentSession:
     return session
 
 
-def find_vm(provider, name: str):
+def find_vm(provider, name: str, link: Link = None):
+    """The VM called `name`; with the `link` that names it, also the VM that link means."""
     try:
-        return provider.get(name)
+        vm = provider.get(name)
     except VMNotFound:
+        if link is not None and link.agreed_commit:
+            raise stale(name, "VM %s no longer exists (provider %s)" % (name, provider.name)) from None
         raise VMNotFound("VM %s does not exist (provider %s)" % (name, provider.name),
                          hint="see `git slicer vm list`, or push with --launch") from None
+    if link is not None:
+        check_identity(vm, link.vm_id)
+    return vm
 
 
 def resolve_path_arg(path: str) -> str:
@@ -89,4 +122,4 @@ def linked(worktree, settings: Settings, vm_name: str = None):
     if link is None or not link.agreed_commit:
         raise UsageError("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
     provider = provider_for(settings, name, link)
-    return name, link, provider, find_vm(provider, name)
+    return name, link, provider, find_vm(provider, name, link)

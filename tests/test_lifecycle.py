@@ -97,3 +97,61 @@ def test_forced_pull_names_its_one_backup_ref_in_json(launched):
     assert repo.git("rev-parse", backup["ref"] + "^1").strip() == host_tip == backup["old_tip"]
     assert backup["restore"].startswith("git reset -q --hard %s " % backup["ref"])
     assert (repo.path / "untracked.txt").read_text() == "only here\n"      # not the VM's: untouched
+
+
+# -- identity -------------------------------------------------------------------------------
+def _vm_root(home):
+    return home / ".local" / "share" / "git-slicer" / "vms"
+
+
+def test_a_link_whose_vm_was_replaced_is_stale_and_nothing_reaches_the_new_vm(launched, hermetic_seal, tmp_path):
+    import shutil
+    from conftest import Repo
+    repo, vm = launched
+    shutil.rmtree(_vm_root(hermetic_seal) / vm)              # the VM vanished behind our back
+    other = Repo(tmp_path / "other")
+    other.path.mkdir()
+    other.git("init", "-q", "-b", "main")
+    other.write("theirs.txt", "someone else's project\n")
+    other.commit("theirs")
+    assert other.slicer_json("push", "--launch")["vm"] == vm          # the name is free again
+    repo.write("secret-plan.txt", "for my VM only\n")
+    for args in (("push",), ("pull",), ("status",), ("exec", "--", "true")):
+        proc = repo.slicer(*args, check=False)
+        assert proc.returncode == 1, args
+        assert b"link to VM %s is stale" % vm.encode() in proc.stderr and b"git slicer unlink" in proc.stderr
+    listing = other.vm_sh(vm, "ls -a ~").split()
+    assert "project" not in listing and "other" in listing
+
+
+def test_a_vm_that_answers_with_another_identity_is_refused(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo someone-else > ~/.git-slicer/vm-id")
+    repo.write("new.txt", "n\n")
+    proc = repo.slicer("push", check=False)
+    assert proc.returncode == 1 and b"stale" in proc.stderr and b"another identity" in proc.stderr
+    repo.vm_sh(vm, "rm ~/.git-slicer/vm-id")      # the provider's record still vouches: taken again
+    repo.slicer("push")
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_launch_never_replaces_a_link_and_names_are_shared_across_providers(launched, hermetic_seal):
+    repo, vm = launched
+    link_file = repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)
+    before = link_file.read_bytes()
+    proc = repo.slicer("push", "--launch", vm, "--provider", "qemu", check=False)
+    assert proc.returncode == 2 and b"already linked to a VM named %s" % vm.encode() in proc.stderr
+    assert link_file.read_bytes() == before
+    (_vm_root(hermetic_seal) / ".qemu" / "vm-2").mkdir(parents=True)   # a qemu VM holds vm-2
+    assert repo.slicer_json("vm", "launch")["name"] == "vm-3"
+    proc = repo.slicer("vm", "launch", "vm-2", check=False)
+    assert proc.returncode == 2 and b"shared by the local and qemu providers" in proc.stderr
+
+
+def test_a_failed_push_launch_leaves_no_vm_behind(repo):
+    repo.git("config", "slicer.local.python", "/nonexistent/python3")
+    proc = repo.slicer("push", "--launch", check=False)
+    assert proc.returncode == 1 and b"removed new VM" in proc.stderr
+    repo.git("config", "--unset", "slicer.local.python")
+    assert repo.slicer_json("vm", "list") == []
+    assert repo.slicer_json("list")[0]["vm"] is None

@@ -138,7 +138,7 @@ class Agent:
                              % (PROTOCOL_VERSION, request.get("protocol")))
         return {"ok": True, "agent": AGENT_NAME, "protocol": PROTOCOL_VERSION, "version": __version__,
                 "caps": CAPS, "git": version, "python": "%d.%d.%d" % sys.version_info[:3],
-                "home": os.path.expanduser("~")}
+                "home": os.path.expanduser("~"), "vm_id": _vm_identity(request.get("vm_id"))}
 
     def op_bye(self, request):
         return {"ok": True}
@@ -392,6 +392,36 @@ class Agent:
             repo.git(["update-index", "-q", "--refresh"], check=False)
         finally:
             shutil.rmtree(stash, ignore_errors=True)
+
+
+def _vm_identity(offered):
+    """The id this VM keeps in its home (`~/.git-slicer/vm-id`), taking `offered` if it has none:
+    the host compares it with the id its link remembers, so a VM that replaced another under the
+    same name or address is never mistaken for it."""
+    path = os.path.join(os.path.expanduser("~"), ".git-slicer", "vm-id")
+
+    def stored():
+        try:
+            with open(path, encoding="ascii") as fh:
+                return fh.read().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+    if stored() is not None or not (isinstance(offered, str) and 0 < len(offered) <= 64 and offered.isalnum()):
+        return stored()
+    tmp = "%s.%d" % (path, os.getpid())
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(offered + "\n")
+        os.link(tmp, path)              # create-only: of two racing first sessions, one id wins
+    except OSError:
+        pass
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    return stored()
 
 
 def _is_oid(value) -> bool:

@@ -49,7 +49,7 @@ def command(ctx, vm, cwd, path, argv):
     vm = linked_vm(store, vm)
     link = store.get(vm) if store is not None else None
     provider = provider_for(settings, vm, link)
-    machine = find_vm(provider, vm)
+    machine = find_vm(provider, vm, link)
     if link is None and not cwd:
         raise UsageError("VM %s holds no repository of this worktree; give --cwd DIR (relative to the "
                          "VM's home) to run there anyway" % vm, hint="git slicer exec %s --cwd . -- CMD" % vm)

@@ -52,7 +52,7 @@ def shell_command(vm, path):
     name = linked_vm(store, vm)
     link = store.get(name)
     provider = provider_for(Settings(worktree.root), name, link)
-    machine = find_vm(provider, name)
+    machine = find_vm(provider, name, link)
     where = link.guest_path if link and link.guest_path.startswith("/") else ""
     raise SystemExit(provider.exec(machine, review.SHELL_COMMAND, where, interactive=sys.stdin.isatty()))
 

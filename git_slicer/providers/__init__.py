@@ -17,10 +17,23 @@ class VM:
     created_at: str = ""
     state: str = "running"
     details: dict = field(default_factory=dict)
+    id: str = ""                # made at launch, kept in the provider's record ("" if it keeps none)
 
     def as_json(self) -> dict:
         return {"name": self.name, "provider": self.provider, "address": self.address,
-                "created_at": self.created_at, "state": self.state, **self.details}
+                "created_at": self.created_at, "state": self.state, "id": self.id, **self.details}
+
+
+def new_vm_id() -> str:
+    """A VM's identity: links name it, so a VM that later takes the same name is not mistaken for it."""
+    import uuid
+    return uuid.uuid4().hex
+
+
+def record_roots(vm_root: str) -> dict:
+    """Where each VM-record provider keeps `<name>/vm.json`: one namespace of names across them."""
+    import os
+    return {"local": vm_root, "qemu": os.path.join(vm_root, ".qemu")}
 
 
 class DirectoryVMs:
@@ -29,6 +42,42 @@ class DirectoryVMs:
 
     root = ""
     name = ""
+
+    def claim(self, name: str = None, avoid=()) -> str:
+        """Atomically take `name` (or the first free vm-N not in `avoid`) for a new VM: mkdir of
+        `<root>/<name>`, then no other record provider may hold the name. Each claimant makes its
+        own directory before looking at the others', so two racing claims never both win."""
+        import os
+        from ..errors import UsageError
+        from ..links import check_vm_name
+        os.makedirs(self.root, exist_ok=True)
+        others = [root for provider, root in record_roots(self._vm_root()).items() if provider != self.name]
+        number = 0
+        while True:
+            if name:
+                candidate = check_vm_name(name)
+            else:
+                number += 1
+                candidate = "vm-%d" % number
+                if candidate in avoid:
+                    continue
+            try:
+                os.mkdir(self._dir(candidate))
+            except FileExistsError:
+                if name:
+                    raise UsageError("a VM named %s already exists (%s)" % (name, self.name)) from None
+                continue
+            holder = next((r for r in others if os.path.isdir(os.path.join(r, candidate))), None)
+            if holder is None:
+                return candidate
+            os.rmdir(self._dir(candidate))
+            if name:
+                raise UsageError("a VM named %s already exists (%s); VM names are shared by the local "
+                                 "and qemu providers" % (name, "qemu" if holder.endswith(".qemu") else "local"))
+
+    def _vm_root(self) -> str:
+        from ..config import vm_dir
+        return vm_dir(self.settings)
 
     def _dir(self, vm_name: str) -> str:
         import os

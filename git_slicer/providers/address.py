@@ -62,7 +62,7 @@ class AddressProvider:
                 for name, address in sorted(self.settings.vms_with_address().items())
                 if (self.settings.vm(name, "provider") or self.name) == self.name]
 
-    def launch(self, name: str = None, tags=None) -> VM:
+    def launch(self, name: str = None, tags=None, avoid=()) -> VM:
         raise UsageError("the %s provider cannot launch VMs" % self.name,
                          hint="register one with `git config slicer.NAME.address ADDR`, "
                               "or launch with --provider local|slicer")
@@ -109,6 +109,6 @@ class SSHProvider(AddressProvider):
                 for name, address in sorted(self.settings.vms_with_address().items())
                 if address.startswith("ssh:") and (self.settings.vm(name, "provider") or self.name) == self.name]
 
-    def launch(self, name: str = None, tags=None) -> VM:
+    def launch(self, name: str = None, tags=None, avoid=()) -> VM:
         raise UsageError("the ssh provider cannot launch VMs (push --launch is not offered for ssh hosts)",
                          hint="push to a host by name: `git slicer push HOST`, with slicer.provider=ssh")

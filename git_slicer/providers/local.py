@@ -18,9 +18,9 @@ import sys
 from .. import report
 from ..config import vm_dir
 from ..errors import UsageError
-from ..links import check_vm_name, now, write_atomic
+from ..links import now, write_atomic
 from ..transport import ProcessChannel
-from . import VM, DirectoryVMs
+from . import VM, DirectoryVMs, new_vm_id
 
 GUEST_HOME = "/home/agent"
 GUEST_LIB = "/opt/git-slicer"
@@ -41,30 +41,15 @@ class LocalProvider(DirectoryVMs):
     # -- VM records ----------------------------------------------------------
     def _vm(self, record) -> VM:
         return VM(name=record["name"], provider=self.name, address="local:" + record["name"],
-                  created_at=record.get("created_at", ""), state="ready",
+                  created_at=record.get("created_at", ""), state="ready", id=record.get("id", ""),
                   details={"sandbox": record.get("sandbox", "bwrap")})
 
-    def launch(self, name: str = None, tags=None) -> VM:
-        os.makedirs(self.root, exist_ok=True)
+    def launch(self, name: str = None, tags=None, avoid=()) -> VM:
         sandbox = self._sandbox_mode()
-        if name:
-            check_vm_name(name)
-            try:
-                os.mkdir(self._dir(name))
-            except FileExistsError:
-                raise UsageError("a VM named %s already exists" % name) from None
-        else:
-            number = 1
-            while True:
-                name = "vm-%d" % number
-                try:
-                    os.mkdir(self._dir(name))       # atomic claim of the name
-                    break
-                except FileExistsError:
-                    number += 1
+        name = self.claim(name, avoid)
         os.mkdir(os.path.join(self._dir(name), "home"), 0o700)
-        record = {"name": name, "provider": self.name, "created_at": now(), "sandbox": sandbox,
-                  "tags": dict(tags or {})}
+        record = {"name": name, "id": new_vm_id(), "provider": self.name, "created_at": now(),
+                  "sandbox": sandbox, "tags": dict(tags or {})}
         write_atomic(os.path.join(self._dir(name), "vm.json"), json.dumps(record, indent=1).encode())
         return self._vm(record)
 

@@ -34,10 +34,10 @@ import time
 from .. import report
 from ..config import vm_dir
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
-from ..links import check_vm_name, now, write_atomic
+from ..links import now, write_atomic
 from ..wire.framing import Connection, ProtocolError
 from ..transport import SocketChannel
-from . import VM, DirectoryVMs
+from . import VM, DirectoryVMs, new_vm_id
 from .qemu_image import build_image, find_image, image_root
 
 PORT_NAME = "org.git-slicer.agent"
@@ -237,6 +237,7 @@ class QemuProvider(DirectoryVMs):
                                                "kernel", "image", "boot_seconds") if k in record}
         return VM(name=record["name"], provider=self.name, address="qemu:" + record["name"],
                   created_at=record.get("created_at", ""), state="running" if running else "stopped",
+                  id=record.get("id", ""),
                   details=details)
 
     # -- lifecycle ---------------------------------------------------------------
@@ -251,14 +252,14 @@ class QemuProvider(DirectoryVMs):
             image = build_image(self.settings, say=_say)
         return image
 
-    def launch(self, name: str = None, tags=None) -> VM:
+    def launch(self, name: str = None, tags=None, avoid=()) -> VM:
         self._check_binary()
         image = self.image()
-        os.makedirs(self.root, exist_ok=True)
-        name = self._claim(name)
+        name = self.claim(name, avoid)
         try:
             memory = self.settings.get("slicer.qemu.memory") // _MB
-            record = {"name": name, "provider": self.name, "created_at": now(), "tags": dict(tags or {}),
+            record = {"name": name, "id": new_vm_id(), "provider": self.name, "created_at": now(),
+                      "tags": dict(tags or {}),
                       "cpus": self.settings.get("slicer.qemu.cpus"), "memory_mib": memory,
                       "disk_bytes": self.settings.get("slicer.qemu.diskSize")}
             with open(self._file(name, "disk.img"), "wb") as fh:
@@ -270,23 +271,6 @@ class QemuProvider(DirectoryVMs):
             shutil.rmtree(self._dir(name), ignore_errors=True)
             raise
         return self._vm(record)
-
-    def _claim(self, name: str = None) -> str:
-        if name:
-            check_vm_name(name)
-            try:
-                os.mkdir(self._dir(name))
-            except FileExistsError:
-                raise UsageError("a qemu VM named %s already exists" % name) from None
-            return name
-        number = 1
-        while True:
-            name = "vm-%d" % number
-            try:
-                os.mkdir(self._dir(name))       # atomic claim of the name
-                return name
-            except FileExistsError:
-                number += 1
 
     def start(self, name: str) -> VM:
         record = self._record(name)

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from .. import transport
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import check_vm_name
-from . import VM
+from . import VM, new_vm_id
 
 DEFAULT_TOKEN_FILE = "/var/lib/slicer/auth/token"
 
@@ -335,6 +335,7 @@ class SlicerProvider:
         name = tags.get("name") or node["hostname"]
         return VM(name=name, provider=self.name, address="slicer:" + node["hostname"],
                   created_at=node.get("created_at", ""), state=node.get("status") or "running",
+                  id=tags.get("git-slicer-id", ""),
                   details={"hostname": node["hostname"], "hostgroup": node.get("hostgroup", ""),
                            "ip": node.get("ip", ""), "arch": node.get("arch", ""), "tags": tags})
 
@@ -370,7 +371,7 @@ class SlicerProvider:
             raise SlicerError("the Slicer daemon has no host groups", hint="set slicer.hostgroup")
         return groups[0]["name"]
 
-    def launch(self, name: str = None, tags=None) -> VM:
+    def launch(self, name: str = None, tags=None, avoid=()) -> VM:
         if name:
             check_vm_name(name)
             if any(n["hostname"] == name or _tags(n).get("name") == name for n in self._nodes()):
@@ -380,6 +381,7 @@ class SlicerProvider:
         if name:
             tag_list.append("name=" + name)
         tag_list.append("git-slicer=1")
+        tag_list.append("git-slicer-id=" + new_vm_id())     # the VM's identity, as links know it
         created = self.api.request("POST", "/hostgroup/%s/nodes" % quote(group, safe=""),
                                    query={"wait": "agent", "timeout": "120s"},
                                    body={"persistent": True, "tags": tag_list}, timeout=180)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+from . import vmremove
+from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .links import LinkStore
 from .push import PushOptions, push
 from .repo import Worktree
-from .status import status
+from .target import find_vm, provider_for
 
 
 def add(current: Worktree, path: str, commitish: str = None, branch: str = None, vm: str = None,
@@ -33,26 +35,47 @@ def add(current: Worktree, path: str, commitish: str = None, branch: str = None,
     return result
 
 
-def remove(path: str, force: bool = False) -> dict:
+def remove(path: str, force: bool = False, keep_vms: bool = False) -> dict:
+    """Remove a linked worktree and the VMs it launched. Refuses while a linked VM holds work
+    that was not pulled (or cannot be checked), unless `force`; a VM with such work is kept
+    even then, as is every VM the worktree did not launch, and all of them with `keep_vms`."""
     worktree = Worktree(path)
-    unpulled = {}
-    for link in LinkStore.of(worktree).all():
-        try:
-            report = status(worktree, link.vm)
-        except SlicerError as exc:
-            if not force:
-                raise WouldLoseWork("cannot check VM %s for unpulled work: %s" % (link.vm, exc),
-                                    hint="use --force to remove the worktree anyway") from None
-            continue
-        side = report["vm_side"]
-        if side["head"] != report["agreed_commit"] or side["changed_since_sync"]:
-            unpulled[link.vm] = {"head": side["head"], "changed": side["changed_since_sync"]}
-    if unpulled and not force:
-        raise WouldLoseWork("VM %s has work that was not pulled into %s" % (", ".join(sorted(unpulled)), worktree.root),
-                            hint="`git slicer pull VM` there first, or remove with --force",
-                            details={"unpulled": unpulled})
     main_root = worktree.worktrees()[0][0]
     if os.path.realpath(main_root) == os.path.realpath(worktree.root):
         raise UsageError("%s is the main worktree; only linked worktrees can be removed" % worktree.root)
+    links = LinkStore.of(worktree).all()
+    unpulled = {link.vm: why for link in links for why in [vmremove.unpulled_work(worktree, link)] if why}
+    if unpulled and not force:
+        raise WouldLoseWork("VM %s has work that was not pulled into %s: %s" % (
+            ", ".join(sorted(unpulled)), worktree.root, "; ".join(unpulled[n] for n in sorted(unpulled))),
+                            hint="`git slicer pull VM` there first, or remove with --force (the VM and its "
+                                 "work are kept)", details={"unpulled": unpulled})
+    settings = Settings(worktree.root)
+    vms, doomed = [], []
+    for link in links:
+        reason = _keep_reason(link, unpulled, keep_vms)
+        if reason is None:
+            try:
+                provider = provider_for(settings, link.vm, link)
+                vm = find_vm(provider, link.vm, link)
+                others = [(w, l) for w, l in vmremove.links_to(vm, [worktree])
+                          if os.path.realpath(w.root) != os.path.realpath(worktree.root)]
+                vmremove.check_removable(vm, others)
+                doomed.append((provider, vm, others))
+            except SlicerError as exc:
+                reason = "kept: %s" % exc
+        vms.append({"vm": link.vm, "removed": reason is None, "reason": reason or "launched by this worktree"})
     Worktree(main_root).git(["worktree", "remove"] + (["--force"] if force else []) + [worktree.root])
-    return {"worktree": worktree.root, "removed": True, "unpulled": unpulled}
+    for provider, vm, others in doomed:
+        vmremove.remove(provider, vm, others)
+    return {"worktree": worktree.root, "removed": True, "unpulled": unpulled, "vms": vms}
+
+
+def _keep_reason(link, unpulled: dict, keep_vms: bool):
+    if keep_vms:
+        return "kept: --keep-vms"
+    if not link.launched:
+        return "kept: not launched by this worktree"
+    if link.vm in unpulled:
+        return "kept: it holds work that was not pulled"
+    return None

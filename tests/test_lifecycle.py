@@ -155,3 +155,60 @@ def test_a_failed_push_launch_leaves_no_vm_behind(repo):
     repo.git("config", "--unset", "slicer.local.python")
     assert repo.slicer_json("vm", "list") == []
     assert repo.slicer_json("list")[0]["vm"] is None
+
+
+# -- removing VMs and worktrees -------------------------------------------------------------
+def _vm_names(repo):
+    return [v["name"] for v in repo.slicer_json("vm", "list")]
+
+
+def test_vm_rm_refuses_unpulled_work_in_any_worktree_then_retires_every_link(launched, tmp_path):
+    from conftest import Repo, slicer
+    repo, vm = launched
+    other = Repo(tmp_path / "second")
+    repo.git("worktree", "add", "-q", "-b", "second", str(other.path))
+    other.slicer("push", vm)                                  # the same VM, linked from two worktrees
+    other.vm_sh(vm, "echo work > work.txt")
+    for where in (repo.path, tmp_path):                       # also from outside the repository
+        proc = slicer(where, "vm", "rm", vm, check=False)
+        assert proc.returncode == 1, where
+        assert b"not pulled" in proc.stderr and str(other.path).encode() in proc.stderr
+    assert _vm_names(repo) == [vm]
+    other.slicer("pull")
+    result = repo.slicer_json("vm", "rm", vm)
+    assert result["removed"] == [vm]
+    assert sorted(r["worktree"] for r in result["retired_links"]) == sorted([str(repo.path), str(other.path)])
+    assert [row["vm"] for row in repo.slicer_json("list")] == [None, None]
+    assert _vm_names(repo) == []
+
+
+def test_vm_rm_refuses_when_a_links_state_cannot_be_read_unless_forced(launched):
+    repo, vm = launched
+    repo.git("config", "slicer.local.python", "/nonexistent/python3")     # the agent cannot start
+    proc = repo.slicer("vm", "rm", vm, check=False)
+    assert proc.returncode == 1 and b"cannot be read" in proc.stderr and b"--force" in proc.stderr
+    assert _vm_names(repo) == [vm]
+    assert repo.slicer_json("vm", "rm", "--force", vm)["removed"] == [vm]
+    assert _vm_names(repo) == [] and repo.slicer_json("list")[0]["vm"] is None
+
+
+def test_worktree_remove_removes_the_vms_it_launched_and_keeps_the_rest(launched, tmp_path):
+    from conftest import Repo
+    repo, shared = launched
+    paths = {n: tmp_path / n for n in ("fix", "keep", "busy")}
+    vms = {n: repo.slicer_json("worktree", "add", str(p), "-b", n, "--launch")["pushed"]["vm"]
+           for n, p in paths.items()}
+    Repo(paths["fix"]).slicer("push", shared)                  # linked, but launched by the main worktree
+    out = repo.slicer("worktree", "remove", str(paths["fix"])).stdout.decode()
+    assert "removed VM %s (launched by this worktree)" % vms["fix"] in out
+    assert "kept VM %s (not launched by this worktree)" % shared in out
+    assert sorted(_vm_names(repo)) == sorted([shared, vms["keep"], vms["busy"]])
+    assert repo.slicer_json("status", shared)["in_sync"] is True          # the main worktree's link stays
+    result = repo.slicer_json("worktree", "remove", str(paths["keep"]), "--keep-vms")
+    assert result["vms"] == [{"vm": vms["keep"], "removed": False, "reason": "kept: --keep-vms"}]
+    Repo(paths["busy"]).vm_sh(vms["busy"], "echo unpulled > u.txt")
+    proc = repo.slicer("worktree", "remove", str(paths["busy"]), check=False)
+    assert proc.returncode == 1 and b"not pulled" in proc.stderr and paths["busy"].exists()
+    result = repo.slicer_json("worktree", "remove", str(paths["busy"]), "--force")
+    assert result["vms"][0]["removed"] is False and "not pulled" in result["vms"][0]["reason"]
+    assert not paths["busy"].exists() and vms["busy"] in _vm_names(repo)     # the work survives in the VM

@@ -43,7 +43,7 @@ def test_launch_list_exec_rm(repo, api):
     assert (proc.returncode, proc.stdout, proc.stderr) == (7, b"out\n", b"err\n")
     proc = repo.slicer("exec", "agents-1", "--cwd", ".", "--", "cat", input=b"\x00binary\xff")
     assert proc.stdout == b"\x00binary\xff"
-    assert repo.slicer_json("vm", "rm", "reviewer") == {"removed": ["reviewer"]}
+    assert repo.slicer_json("vm", "rm", "reviewer") == {"removed": ["reviewer"], "retired_links": []}
     assert [v["name"] for v in repo.slicer_json("vm", "list")] == ["agents-1"]
     assert ("DELETE", "/hostgroup/agents/nodes/agents-2") in api.state.requests
     proc = repo.slicer("exec", "reviewer", "--", "true", check=False)

@@ -41,18 +41,42 @@ def list_(provider, as_json):
 @command.command("rm")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--provider", help="Provider (default: slicer.provider).")
+@click.option("-f", "--force", is_flag=True,
+              help="Remove even if a link to the VM has unpulled work or its state cannot be read.")
 @json_option
-def rm(names, provider, as_json):
-    """Stop and delete VMs and their disks."""
+def rm(names, provider, force, as_json):
+    """Stop and delete VMs and their disks, and retire the links to them. Refuses while any
+    link to a VM (in any worktree of this repository or the one that launched it) has work
+    that was not pulled, or when that cannot be checked, unless --force."""
+    from .. import vmremove
     Settings, find_vm, _ = _core()
     settings = Settings()
-    removed = []
-    for name in names:
+    here = _here()
+    plan = []
+    for name in names:          # check every VM before removing any
         owner = _owner(settings, name, provider)
-        find_vm(owner, name)
-        owner.remove(name)
-        removed.append(name)
-    emit(as_json, {"removed": removed}, "\n".join("removed VM %s" % n for n in removed))
+        vm = find_vm(owner, name)
+        links = vmremove.links_to(vm, [here] if here else [])
+        if not force:
+            vmremove.check_removable(vm, links)
+        plan.append((owner, vm, links))
+    removed, retired = [], []
+    for owner, vm, links in plan:
+        retired += [{"vm": vm.name, "worktree": root} for root in vmremove.remove(owner, vm, links)]
+        removed.append(vm.name)
+    lines = ["removed VM %s" % n for n in removed]
+    lines += ["  retired the link from %s" % r["worktree"] for r in retired]
+    emit(as_json, {"removed": removed, "retired_links": retired}, "\n".join(lines))
+
+
+def _here():
+    """The worktree the command runs in, if any."""
+    from ..errors import NotARepository
+    from .common import worktree_at
+    try:
+        return worktree_at(".")
+    except NotARepository:
+        return None
 
 
 def _owner(settings, name, provider):

@@ -31,10 +31,18 @@ def add(path, commitish, branch, vm, launch, provider, as_json):
 
 @command.command("remove", context_settings=CONTEXT)
 @click.argument("path")
-@click.option("-f", "--force", is_flag=True, help="Remove even if a linked VM has unpulled work.")
+@click.option("-f", "--force", is_flag=True,
+              help="Remove even if a linked VM has unpulled work (that VM is kept, with its work).")
+@click.option("--keep-vms", is_flag=True, help="Keep the VMs this worktree launched.")
 @json_option
-def remove(path, force, as_json):
-    """Remove the linked worktree at PATH; refuses while a linked VM has unpulled work."""
+def remove(path, force, keep_vms, as_json):
+    """Remove the linked worktree at PATH and the VMs it launched (those without unpulled work);
+    names every linked VM and what became of it. Refuses while a linked VM has unpulled work."""
     from .. import worktrees
-    result = worktrees.remove(path, force)
-    emit(as_json, result, "removed worktree %s" % result["worktree"])
+    from ..target import resolve_path_arg
+    result = worktrees.remove(resolve_path_arg(path), force, keep_vms)
+    lines = ["removed worktree %s" % result["worktree"]]
+    lines += ["  %s VM %s (%s)" % ("removed" if v["removed"] else "kept", v["vm"],
+                                  v["reason"][len("kept: "):] if v["reason"].startswith("kept: ") else v["reason"])
+              for v in result["vms"]]
+    emit(as_json, result, "\n".join(lines))

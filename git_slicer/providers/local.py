@@ -42,7 +42,7 @@ class LocalProvider(DirectoryVMs):
     def _vm(self, record) -> VM:
         return VM(name=record["name"], provider=self.name, address="local:" + record["name"],
                   created_at=record.get("created_at", ""), state="ready", id=record.get("id", ""),
-                  details={"sandbox": record.get("sandbox", "bwrap")})
+                  details={"sandbox": record.get("sandbox", "bwrap"), "tags": record.get("tags", {})})
 
     def launch(self, name: str = None, tags=None, avoid=()) -> VM:
         sandbox = self._sandbox_mode()

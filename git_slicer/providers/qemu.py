@@ -234,7 +234,7 @@ class QemuProvider(DirectoryVMs):
     def _vm(self, record) -> VM:
         running = self._pid(record["name"]) is not None
         details = {k: record.get(k) for k in ("accel", "accel_reason", "cpus", "memory_mib", "disk_bytes",
-                                               "kernel", "image", "boot_seconds") if k in record}
+                                               "kernel", "image", "boot_seconds", "tags") if k in record}
         return VM(name=record["name"], provider=self.name, address="qemu:" + record["name"],
                   created_at=record.get("created_at", ""), state="running" if running else "stopped",
                   id=record.get("id", ""),

@@ -46,6 +46,7 @@ class Link:
     vm_id: str = ""                               # the VM's identity (made at launch): a VM that
                                                   # later takes the same name is not this one
     launched: bool = False                        # this worktree launched the VM (`push --launch`)
+    pending: dict = None                          # a push sent but not yet confirmed: {id, commit, branch}
 
 
 def write_atomic(path: str, data: bytes, mode: int = None) -> None:

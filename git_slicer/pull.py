@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from . import locks, report
+from . import agreed, locks, report
 from .config import Settings
 from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
@@ -91,7 +91,9 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> d
         link.vm_id = session.vm_id or link.vm_id
         session.conn.max_json = settings.get("slicer.limit.frameBytes")
         session.set_deadline(settings.get("slicer.limit.seconds"))
-        result = Puller(worktree, session, link, branch, options, pack_limits, file_limits).run()
+        puller = Puller(worktree, session, link, branch, options, pack_limits, file_limits)
+        puller.store = store            # a push this link lost track of is settled (and saved) first
+        result = puller.run()
     link.pulled_at = now()
     link.last_result = "ok"
     store.save(link)
@@ -109,6 +111,7 @@ class Puller:
         self.pack_limits = pack_limits
         self.file_limits = file_limits
         self.ignore = SlicerIgnore(worktree.root)
+        self.store = None
 
     def run(self) -> dict:
         """Refs under refs/slicer/<vm>/ move only when nothing the VM sent failed validation."""
@@ -129,8 +132,10 @@ class Puller:
         crash_point("pull:imported")
 
     def _run(self) -> dict:
-        vm_state = check_state(self.session.state(self.link.guest_path), self.file_limits.max_path_bytes,
-                               self.file_limits.max_depth, self.file_limits.max_entries)
+        vm_state = check_state(self.session.state(self.link.guest_path, applied=agreed.pending_id(self.link)),
+                               self.file_limits.max_path_bytes, self.file_limits.max_depth,
+                               self.file_limits.max_entries)
+        agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
         if not vm_state["exists"]:
             raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
                               hint="push it again with `git slicer push %s`" % self.link.vm)

@@ -9,7 +9,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import locks, report
+from . import agreed, locks, report
 from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
@@ -48,12 +48,14 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     if options.launch:
         return _launch_and_push(worktree, settings, store, head, branch, options)
     name = linked_vm(store, options.vm)
+    # HEAD, the branch and the overlay are read again under the lock (a pull or a commit may
+    # move them meanwhile): a push sends the state of the moment it holds the lock.
     with locks.hold(worktree, name):
         recover_interrupted(worktree)
         link = store.get(name)                # read under the lock: another push may have just saved it
         provider = provider_for(settings, name, link, options.provider)
         vm = find_vm(provider, name, link)
-        return _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, False)
+        return _push_locked(worktree, settings, store, provider, vm, link, branch, options, False)
 
 
 def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
@@ -74,7 +76,7 @@ def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
     try:
         with locks.hold(worktree, vm.name):
             recover_interrupted(worktree)
-            return _push_locked(worktree, settings, store, provider, vm, None, head, branch, options, True)
+            return _push_locked(worktree, settings, store, provider, vm, None, branch, options, True)
     except BaseException:
         if store.get(vm.name) is None:           # not linked: nobody would ever find this VM again
             _discard(provider, vm)
@@ -89,7 +91,7 @@ def _discard(provider, vm) -> None:
         report.warn("the push into new VM %s failed and removing it failed too: %s" % (vm.name, exc))
 
 
-def _push_locked(worktree, settings, store, provider, vm, link, head, branch, options, launched) -> dict:
+def _push_locked(worktree, settings, store, provider, vm, link, branch, options, launched) -> dict:
     if link is None:
         link = Link(vm=vm.name, provider=provider.name, address=vm.address,
                     guest_path=default_guest_path(settings, worktree, vm.name), branch=branch,
@@ -101,16 +103,16 @@ def _push_locked(worktree, settings, store, provider, vm, link, head, branch, op
     ignore = SlicerIgnore(worktree.root)
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        scanning = pool.submit(host_overlay, worktree, ignore, True)
+        scanning = pool.submit(_host_state, worktree, ignore)
         with open_session(provider, vm, link.vm_id) as session:
             link.vm_id = session.vm_id or link.vm_id
             session.conn.max_json = settings.get("slicer.limit.frameBytes")
             session.set_deadline(settings.get("slicer.limit.seconds"))
-            result = _push(worktree, session, link, head, branch, options, include_ignored, ignore, scanning)
+            result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)
+    head, branch = result.pop("head"), result.pop("branch")
     crash_point("push:before-link")
     link.branch = branch
     link.address = vm.address
-    link.agreed_commit = head
     link.pushed_at = now()
     link.last_result = "ok"
     store.save(link)
@@ -119,12 +121,27 @@ def _push_locked(worktree, settings, store, provider, vm, link, head, branch, op
     return result
 
 
-def _push(worktree, session, link: Link, head: str, branch: str, options: PushOptions, include_ignored: bool,
+def _host_state(worktree, ignore: SlicerIgnore):
+    """(HEAD, branch, overlay) from one `git status`, so the three always belong together."""
+    where = {}
+    ours = host_overlay(worktree, ignore, True, where=where)
+    if where.get("branch") is None or where.get("head") is None:
+        raise SlicerError("HEAD is detached or has no commits (did a rebase or a checkout start?); "
+                          "check out a branch to push", hint="git switch -c NAME")
+    return where["head"], where["branch"], ours
+
+
+def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
           ignore: SlicerIgnore, scanning):
-    vm_state = check_state(session.state(link.guest_path))
-    ours = scanning.result()
+    vm_state = check_state(session.state(link.guest_path, applied=agreed.pending_id(link)))
+    agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
+    head, branch, ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
-    first = not vm_state["exists"]
+    # A repository with no commit and nothing in it (a first push killed before it applied)
+    # holds nothing to lose.
+    first = not vm_state["exists"] or (vm_state["head"] is None and not vm_state["branches"]
+                                       and not vm_state["overlay"]["index"] and not vm_state["overlay"]["files"])
+    done = {"head": head, "branch": branch}
     if not first and vm_state.get("object_format") not in (None, worktree.algo):
         raise SlicerError("VM %s has a %s repository at %s, this one uses %s objects"
                           % (link.vm, display(str(vm_state["object_format"])), display(str(vm_state["path"])),
@@ -135,8 +152,8 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     extra = ignored_files(worktree, ignore) if include_ignored else []
     if (not first and vm_state["head"] == head and vm_state["branch"] == branch and vm_view == ours
             and not extra and options.depth is None):
-        link.agreed_overlay = ours
-        return {"up_to_date": True, "sent": {"pack_bytes": 0, "files": 0, "file_bytes": 0}}
+        agreed.confirm(link, vm_state, ignore.keep)
+        return {"up_to_date": True, "sent": {"pack_bytes": 0, "files": 0, "file_bytes": 0}, **done}
 
     known = [c for c in {vm_state["head"], link.agreed_commit, *vm_state["branches"].values()} if c]
     haves = _host_has(worktree, known) if not first else []
@@ -150,7 +167,8 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     if first and options.depth:
         within, shallow = _shallow_history(worktree, head, options.depth)
 
-    request = {"op": "push", "path": link.guest_path, "branch": branch, "commit": head,
+    push_id = agreed.begin(store, link, head, branch)     # saved before the VM sees anything
+    request = {"op": "push", "id": push_id, "path": link.guest_path, "branch": branch, "commit": head,
                "object_format": worktree.algo,
                "overlay": ours, "reuse": reuse, "extra": extra, "pack": need_pack,
                "tar": bool(send or extra), "shallow": shallow,
@@ -175,14 +193,15 @@ def _push(worktree, session, link: Link, head: str, branch: str, options: PushOp
     reply = session.reply()
     report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"
                 % (sent["pack_bytes"], sent["files"], sent["file_bytes"], len(reuse)))
+    reply = check_state({**reply, "exists": True})
     after = overlay_mod.filtered(reply["overlay"], ignore.keep)
     link.guest_path = reply.get("path") or link.guest_path
-    link.agreed_overlay = ours
+    agreed.confirm(link, reply, ignore.keep)              # what the VM has, not what we meant
     if reply.get("head") != head or after != ours:
         diff = overlay_mod.changed_paths(ours, after)
         report.warn("the VM's status differs from the host's after the push: %s"
                     % ", ".join(map(display, diff[:10])))
-    return {"up_to_date": False, "first_push": first, "sent": sent}
+    return {"up_to_date": False, "first_push": first, "sent": sent, **done}
 
 
 def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str = None, ours: dict = None) -> None:

@@ -249,6 +249,11 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
             if entry is not None and not (isinstance(entry, list) and len(entry) == 2
                                           and entry[0] in _MODES and _is_oid(entry[1])):
                 raise bad("entry for %s" % display(path))
+    applied = state.get("applied")
+    if applied is not None:                 # the record of a push the VM completed (agreed.py)
+        if not isinstance(applied, dict) or not isinstance(applied.get("id"), str):
+            raise bad("applied")
+        check_state({**applied, "exists": True, "branches": {}}, path_bytes, path_depth, max_entries)
     return state
 
 

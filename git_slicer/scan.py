@@ -10,20 +10,22 @@ from .wire import overlay as overlay_mod
 from .wire.paths import display
 
 
-def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = False) -> dict:
+def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = False, where: dict = None) -> dict:
     """The worktree's overlay (see wire/overlay.py) minus `.slicerignore`d paths.
 
     `refresh_index=True` lets git save refreshed stat data in the index, as `git status` does
     (push: much faster next time), and saves our stat cache of dirty and untracked files' blob
     ids; pull and status leave the repository byte-for-byte alone (they only read the cache).
-    Background runs set GIT_OPTIONAL_LOCKS=0, so they never hold index.lock against the user."""
+    Background runs set GIT_OPTIONAL_LOCKS=0, so they never hold index.lock against the user.
+    With `where` (a dict), HEAD's commit and branch are read by the same `git status` call
+    ("head", "branch"), so they always belong to the overlay."""
     ignore = ignore or SlicerIgnore(worktree.root)
     cache_path = os.path.join(worktree.git_dir, "slicer", "statcache.json")
     cache = overlay_mod.StatCache.load(cache_path)
     for attempt in range(3):
         try:
             raw = overlay_mod.scan(worktree.root, worktree.git, worktree.algo, refresh_index=refresh_index,
-                                   cache=cache)
+                                   cache=cache, branch=where)
             break
         except overlay_mod.UnmergedPaths as exc:
             raise SlicerError("the worktree has unmerged paths: %s" % ", ".join(map(display, exc.paths[:5])),

@@ -82,11 +82,14 @@ class AgentSession:
         self.info = reply
         return reply
 
-    def state(self, path: str, base: str = None) -> dict:
-        """The VM repository's branch, HEAD and overlay (and commits ahead of/behind `base`)."""
+    def state(self, path: str, base: str = None, applied: str = None) -> dict:
+        """The VM repository's branch, HEAD and overlay (and commits ahead of/behind `base`; and
+        with `applied`, a push id, that push's record if it is the last one the VM completed)."""
         message = {"op": "state", "path": path}
         if base:
             message["base"] = base
+        if applied:
+            message["applied"] = applied
         return self.request(message)
 
     def close(self, polite: bool = True) -> None:

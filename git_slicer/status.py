@@ -7,6 +7,7 @@ change, whichever side committed since.
 
 from __future__ import annotations
 
+from .agreed import pending_id, settle
 from .config import Settings
 from .ignore import SlicerIgnore
 from .objects import TreeReader
@@ -23,7 +24,9 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     head = worktree.rev("HEAD")
     ours = host_overlay(worktree, ignore)
     with open_session(provider, vm, link.vm_id) as session:
-        theirs = check_state(session.state(link.guest_path, base=link.agreed_commit))
+        theirs = check_state(session.state(link.guest_path, base=link.agreed_commit,
+                                           applied=pending_id(link)))
+    settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep)
     base = link.agreed_commit
     agreed = _Side(worktree, base, link.agreed_overlay, {})

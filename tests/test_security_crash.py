@@ -1,8 +1,10 @@
 """Kill the host command or the agent at every named phase of push and pull
-(GIT_SLICER_TEST_CRASH_AT=<phase> makes that process os._exit at once, no cleanup). Afterwards:
-no stale .lock files; the host branch, index and worktree are entirely old or entirely new
-(a pull killed while writing leaves a journal, and the next command rolls it back before
-anything else); and the next push or pull completes.
+(GIT_SLICER_TEST_CRASH_AT=<phase> makes that process os._exit at once, no cleanup), and with
+`kill -9` at spread-out moments of a large push. Afterwards: no stale .lock files; the host
+branch, index and worktree are entirely old or entirely new (a pull killed while writing leaves
+a journal, and the next command rolls it back before anything else); a push killed in the VM is
+finished by the agent before it answers anything (its journal), so a pull then writes nothing
+on the host; and the next push completes with the VM's status equal to the host's.
 """
 
 import os
@@ -16,7 +18,8 @@ PULL_HOST = ["pull:recovered", "pull:pack-received", "pull:validated", "pull:mig
              "pull:imported"]
 PULL_AGENT = ["agent:fetch", "agent:files"]
 PUSH_HOST = ["push:pack-sent", "push:before-link"]
-PUSH_AGENT = ["agent:push-received", "agent:push-applying"]
+PUSH_AGENT = ["agent:push-received", "agent:push-journaled", "agent:push-applying", "agent:push-placing",
+              "agent:push-applied", "agent:push-recorded"]
 
 
 def locks(repo):
@@ -71,27 +74,75 @@ def test_pull_killed_at_every_phase(launched, phase):
     assert not [n for n in os.listdir(repo.path / ".git" / "objects") if n.startswith("incoming-")]
 
 
+def host_view(repo):
+    """What a pull could change on the host: HEAD, branch tip, index entries, worktree bytes."""
+    return (repo.git("rev-parse", "HEAD").strip(), repo.git("symbolic-ref", "HEAD").strip(),
+            repo.git("ls-files", "-s"), repo.fingerprint(skip=(".git/",)))
+
+
+def vm_leftovers(repo, vm):
+    """Lock files and transaction directories in the VM repository's .git."""
+    out = repo.vm_sh(vm, "cd .git && find . -name '*.lock' -o -name 'slicer-push' | sort")
+    return out.split()
+
+
+def assert_recovers(repo, vm):
+    """A pull writes nothing; the next push completes with the VM equal to the host; then a
+    pull still writes nothing; nothing is left over in the VM."""
+    before = host_view(repo)
+    repo.slicer("pull", vm)
+    assert host_view(repo) == before, "a pull after the interrupted push changed the host"
+    repo.slicer("push", vm)
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status()
+    repo.slicer("pull", vm)
+    assert host_view(repo) == before
+    assert vm_leftovers(repo, vm) == []
+
+
 @pytest.mark.parametrize("phase", PUSH_HOST + PUSH_AGENT)
 def test_push_killed_at_every_phase(launched, phase):
     repo, vm = launched
+    repo.write("src/app.py", "print('wip')\n")       # an uncommitted edit the VM already has
+    repo.slicer("push", vm)
     repo.write("README.md", "changed\n")
-    repo.commit("host")
-    repo.write("src/app.py", "print('wip')\n")
+    repo.git("commit", "-qm", "host", "README.md")
     repo.write("notes.txt", "untracked\n")
-    before = repo.fingerprint(skip=(".git/slicer",))
+    repo.write("bin/run", "#!/bin/sh\necho edited\n")
+    before = repo.fingerprint(skip=(".git/",))
     if phase.startswith("agent:"):
         install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": phase})
-        before = repo.fingerprint(skip=(".git/slicer",))
         proc = repo.slicer("push", vm, check=False)
         uninstall(repo)
-        before_cfg = True
     else:
         proc = repo.slicer("push", vm, check=False, env=crash_env(phase))
-        before_cfg = False
     assert proc.returncode != 0, "the push did not reach phase %s" % phase
     assert locks(repo) == []
-    if not before_cfg:
-        assert repo.fingerprint(skip=(".git/slicer",)) == before
+    assert repo.fingerprint(skip=(".git/",)) == before
+    repo.write("src/lib.py", "VALUE = 2\n")          # the host moves on before the next command
+    assert_recovers(repo, vm)
+    assert (repo.path / "src" / "app.py").read_text() == "print('wip')\n"
+    assert (repo.path / "src" / "lib.py").read_text() == "VALUE = 2\n"
+
+
+def test_pull_after_a_push_killed_while_applying_keeps_host_edits(launched):
+    """The issue's reproduction: the agent dies between checking out the commit and putting the
+    VM's kept files back; the refusal's hint was `pull`, which deleted the host's edit."""
+    repo, vm = launched
+    repo.write("src/app.py", "print('host edit')\n")
+    repo.slicer("push", vm)
+    repo.write("README.md", "committed\n")
+    repo.git("commit", "-qm", "c", "README.md")
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applying"})
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    repo.write("notes.txt", "more host work\n")
+    before = host_view(repo)
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert host_view(repo) == before
+    assert (repo.path / "src" / "app.py").read_text() == "print('host edit')\n"
+    # The VM finished the push before answering: it holds the host's edit, not a half state.
+    assert repo.vm_sh(vm, "cat src/app.py") == "print('host edit')\n"
     repo.slicer("push", vm)
     assert repo.vm_status(vm) == repo.status()
-    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")

@@ -7,7 +7,6 @@ is trusted here (it started us); requests are still checked so a confused host f
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,17 +16,13 @@ from ..wire import overlay as overlay_mod
 from ..wire import tarstream
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
                             crash_point, error_reply)
-from ..wire.paths import UnsafePath, check_relpath
+from ..wire.paths import UnsafePath
+from . import transaction
+from .errors import AgentError
 
 CAPS = ["pack", "tar", "shallow", "thin"]
 MAX_PUSH_BYTES = 1 << 40        # the host is trusted; the cap only stops runaway streams
 _KEEP_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ")
-
-
-class AgentError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 def _git_env() -> dict:
@@ -50,8 +45,8 @@ class Repo:
     def exists(self) -> bool:
         return os.path.isdir(os.path.join(self.root, ".git"))
 
-    def git(self, args, input=None, check=True) -> bytes:
-        proc = subprocess.run(["git", *args], cwd=self.root, env=self.env, input=input,
+    def git(self, args, input=None, check=True, env=None) -> bytes:
+        proc = subprocess.run(["git", *args], cwd=self.root, env={**self.env, **env} if env else self.env, input=input,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if check and proc.returncode != 0:
             raise AgentError("git-failed", "git %s failed: %s" % (
@@ -144,8 +139,16 @@ class Agent:
         return {"ok": True}
 
     def op_state(self, request):
+        """The repository's state; with `applied` (a push id), also that push's record if it is
+        the last one the VM completed (the host's check on a push it lost track of)."""
         repo = Repo(request["path"])
-        reply = {"ok": True, "path": repo.root, **repo.state()}
+        if not repo.exists:
+            return {"ok": True, "path": repo.root, **repo.state()}
+        with transaction.hold(repo):
+            transaction.recover(repo)
+            reply = {"ok": True, "path": repo.root, **repo.state()}
+            if request.get("applied"):
+                reply["applied"] = transaction.applied(repo, request["applied"])
         base = request.get("base")
         if repo.exists and _is_oid(base) and reply["head"] and repo.rev(base):
             counts = repo.git(["rev-list", "--left-right", "--count", "%s...%s" % (base, reply["head"])]).split()
@@ -164,29 +167,32 @@ class Agent:
                 ["git", "check-ref-format", "refs/heads/" + str(branch)], env=repo.env).returncode != 0:
             raise AgentError("bad-request", "invalid branch name %r or commit %r" % (branch, commit))
         expect = request.get("expect")
-        current = repo.state() if repo.exists else None       # one scan serves both uses below
-        if expect is not None and (current is None or current["head"] != expect.get("head")
-                                   or current["overlay"] != expect.get("overlay")):
-            raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
-        old_overlay = current["overlay"] if current else overlay_mod.empty()
         object_format = request.get("object_format") or "sha1"
         if object_format not in ("sha1", "sha256"):
             raise AgentError("bad-request", "unknown object format %r" % object_format)
         if not repo.exists:
+            if expect is not None:
+                raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
             os.makedirs(repo.root, exist_ok=True)
             # The host's object format: a pack of sha256 objects does not index into a sha1 repository.
             repo.git(["init", "-q", "--object-format=" + object_format])
         elif repo.algo() != object_format:
             raise AgentError("object-format", "the VM repository at %s uses %s objects, the host's uses %s"
                              % (repo.root, repo.algo(), object_format))
-        self._configure(repo, request)
-        self.conn.send({"ok": True, "ready": True})
-        request["_streaming"] = True
-        if request.get("pack"):
-            self._receive_pack(repo)
-        crash_point("agent:push-received")
-        staging = tempfile.mkdtemp(prefix="slicer-incoming-", dir=os.path.join(repo.root, ".git"))
-        try:
+        # The agent lock for the whole push: no other agent reads a half-applied repository.
+        with transaction.hold(repo):
+            transaction.recover(repo)
+            current = repo.state()                   # one scan serves both uses below
+            if expect is not None and (current["head"] != expect.get("head")
+                                       or current["overlay"] != expect.get("overlay")):
+                raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
+            self._configure(repo, request)
+            self.conn.send({"ok": True, "ready": True})
+            request["_streaming"] = True
+            if request.get("pack"):
+                self._receive_pack(repo)
+            crash_point("agent:push-received")
+            staging = transaction.staging(repo)
             members = {}
             if request.get("tar"):
                 limits = tarstream.Limits(max_total_bytes=MAX_PUSH_BYTES, max_file_bytes=MAX_PUSH_BYTES)
@@ -195,19 +201,19 @@ class Agent:
                     members[m.path] = m
             request["_streaming"] = False
             self._verify_members(repo, members, new_overlay)
-            if request.get("shallow"):
-                with open(os.path.join(repo.root, ".git", "shallow"), "w") as fh:
-                    fh.write("".join(oid + "\n" for oid in request["shallow"]))
-            self._apply(repo, branch, commit, old_overlay, new_overlay, members,
-                        request.get("reuse", []), staging, request.get("extra", []))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return {"ok": True, "path": repo.root, **repo.state()}
+            journal = transaction.prepare(
+                repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
+                old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
+                reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"))
+            crash_point("agent:push-journaled")
+            state = transaction.finish(repo, journal)
+        return {"ok": True, "path": repo.root, **state}
 
     def op_fetch(self, request):
         repo = Repo(request["path"])
         if not repo.exists:
             raise AgentError("no-repo", "no repository at %s in the VM" % repo.root)
+        self._recover(repo)
         wants = [w for w in request.get("wants", []) if _is_oid(w)]
         haves = [h for h in request.get("haves", []) if _is_oid(h)]
         present = set()
@@ -233,6 +239,8 @@ class Agent:
     def op_files(self, request):
         """Send the named worktree files, each checked against the oid the host expects."""
         repo = Repo(request["path"])
+        if repo.exists:
+            self._recover(repo)
         algo = repo.algo()
         wanted = request.get("files", {})
         self.conn.send({"ok": True, "streaming": True})
@@ -251,6 +259,9 @@ class Agent:
         cwd = os.path.join(home, os.path.expanduser(request.get("cwd") or "~"))
         if not os.path.isdir(cwd):
             raise AgentError("no-dir", "no directory %s in the VM" % cwd)
+        enclosing = _enclosing_repo(cwd)
+        if enclosing is not None:
+            self._recover(enclosing)
         try:
             proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
@@ -275,6 +286,12 @@ class Agent:
         return {"ok": True, "exit": code if code >= 0 else 128 - code}
 
     # -- push helpers --------------------------------------------------------
+    @staticmethod
+    def _recover(repo: Repo) -> None:
+        """Finish an interrupted push before anything reads the repository."""
+        with transaction.hold(repo):
+            transaction.recover(repo)
+
     def _configure(self, repo: Repo, request) -> None:
         for key, value in sorted(request.get("config", {}).items()):
             if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
@@ -318,81 +335,6 @@ class Agent:
             if got != want[1]:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
 
-    def _apply(self, repo, branch, commit, old_overlay, new_overlay, members, reuse, staging, extra):
-        git_dir = os.path.join(repo.root, ".git")
-        stash = tempfile.mkdtemp(prefix="slicer-stash-", dir=git_dir)
-        try:
-            stashed = {}
-            keep = [p for p in reuse if check_relpath(p) and p in old_overlay["files"]
-                    and old_overlay["files"][p] == new_overlay["files"].get(p)]
-            # `reset --hard` only touches tracked paths: set aside just those (moving a file
-            # changes its ctime, so untracked ones stay put and keep their stat-cache entries).
-            tracked = set()
-            if keep:
-                listed = repo.git(["ls-files", "-z", "--"] + keep) + \
-                    repo.git(["ls-tree", "-z", "--name-only", commit, "--"] + keep, check=False)
-                tracked = {os.fsdecode(p) for p in listed.split(b"\0") if p}
-            for i, path in enumerate(keep):
-                if path in tracked:
-                    target = os.path.join(stash, "%08d" % i)
-                    os.rename(os.path.join(repo.root, path), target)
-                    stashed[path] = target
-            in_place = set(keep) - set(stashed)
-            repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
-            repo.git(["reset", "-q", "--hard", commit])
-            crash_point("agent:push-applying")
-            # Untracked files of the previous overlay that the new state does not have.
-            stale = [p for p, e in old_overlay["files"].items()
-                     if e is not None and p not in new_overlay["files"]]
-            if stale:
-                tracked = set(os.fsdecode(p) for p in repo.git(
-                    ["ls-files", "-z", "--"] + stale).split(b"\0") if p)
-                for path in stale:
-                    if path not in tracked:
-                        _remove(os.path.join(repo.root, path))
-            index_lines = []
-            for path, entry in sorted(new_overlay["index"].items()):
-                check_relpath(path)
-                if entry is None:
-                    index_lines.append("0 %s\t%s" % ("0" * len(commit), path))
-                else:
-                    index_lines.append("%s %s\t%s" % (entry[0], entry[1], path))
-            if index_lines:
-                repo.git(["update-index", "-z", "--index-info"],
-                         input=b"".join(os.fsencode(line) + b"\0" for line in index_lines))
-                checkout = [p for p, e in new_overlay["index"].items()
-                            if e is not None and p not in new_overlay["files"]]
-                if checkout:
-                    repo.git(["checkout-index", "-f", "-z", "--stdin"],
-                             input=b"".join(os.fsencode(p) + b"\0" for p in checkout))
-                for path, entry in new_overlay["index"].items():
-                    if entry is None and path not in new_overlay["files"]:
-                        _remove(os.path.join(repo.root, path))  # `git rm`: gone from both
-            for path, entry in sorted(new_overlay["files"].items()):
-                check_relpath(path)
-                full = os.path.join(repo.root, path)
-                if entry is None:
-                    _remove(full)
-                    continue
-                if path in stashed:
-                    source = stashed[path]
-                    _prepare_target(repo.root, path)
-                    os.rename(source, full)
-                    continue
-                if path in in_place:          # an untracked file the VM already has: untouched
-                    continue
-                member = members.get(path)
-                if member is None:
-                    raise AgentError("missing", "the host did not send %s" % path)
-                _place(repo.root, path, member)
-            for path in extra:
-                member = members.get(path)
-                if member is not None:
-                    _place(repo.root, path, member)
-            repo.git(["update-index", "-q", "--refresh"], check=False)
-        finally:
-            shutil.rmtree(stash, ignore_errors=True)
-
 
 def _vm_identity(offered):
     """The id this VM keeps in its home (`~/.git-slicer/vm-id`), taking `offered` if it has none:
@@ -433,45 +375,16 @@ def _hash_file(path: str, algo: str) -> str:
     return entry[1] if entry else ""
 
 
-def _remove(full: str) -> None:
-    """Remove a file or tree, then its parent directories that became empty (as git does)."""
-    if os.path.isdir(full) and not os.path.islink(full):
-        shutil.rmtree(full)
-    elif os.path.lexists(full):
-        os.unlink(full)
-    else:
-        return
-    parent = os.path.dirname(full)
+def _enclosing_repo(path: str):
+    """The repository whose worktree contains `path`, if any."""
+    path = os.path.abspath(path)
     while True:
-        try:
-            if os.path.isdir(os.path.join(parent, ".git")):
-                break
-            os.rmdir(parent)
-        except OSError:
-            break
-        parent = os.path.dirname(parent)
-
-
-def _prepare_target(root: str, path: str) -> None:
-    parent = os.path.dirname(os.path.join(root, path))
-    if os.path.lexists(parent) and not os.path.isdir(parent):
-        os.unlink(parent)
-    os.makedirs(parent, exist_ok=True)
-    full = os.path.join(root, path)
-    if os.path.isdir(full) and not os.path.islink(full):
-        shutil.rmtree(full)
-
-
-def _place(root: str, path: str, member) -> None:
-    _prepare_target(root, path)
-    full = os.path.join(root, path)
-    if member.kind == "symlink":
-        if os.path.lexists(full):
-            os.unlink(full)
-        os.symlink(member.target, full)
-    elif member.kind == "file":
-        os.chmod(member.staged, member.mode)
-        os.replace(member.staged, full)
+        if os.path.isdir(os.path.join(path, ".git")):
+            return Repo(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,392 @@
+"""A push applied in the VM as a transaction that always rolls forward.
+
+Before its first write to the worktree, index or refs, a push has everything the new state
+needs inside `.git/slicer-push/`: the files the host sent (files/), hard links to the VM files it
+keeps but that checking out the commit would replace (keep/), and a copy of the old index
+(index.old). Then it writes the journal there and runs the steps below, each of which can be run
+again from the start with the same result. Whoever finds a journal (the next request of any kind,
+under the agent lock) runs them again, so a push killed at any moment (the agent, its git, or the
+whole VM) ends exactly as an uninterrupted one would: the host never reads a half-applied VM.
+
+    1. remove the old state's untracked files that the new state does not have
+    2. `read-tree --reset -u COMMIT` into a private index started from index.old
+    3. the overlay's index entries, then its worktree files (removals first)
+    4. refresh the private index; .git/shallow; the branch ref; HEAD
+    5. install the private index as .git/index (through index.lock, as git does)
+    -- journal phase "applied" --
+    6. drop the sources, scan the result, write .git/slicer-applied.json, drop the journal
+
+Nothing but this module's steps write below `.git/slicer-push/`, and every lock file it can
+leave behind is recognisably its own (a hard link of its private index, or a ref lock holding
+exactly what the journal writes), so recovery removes those and no other.
+
+    .git/slicer-agent.flock     flock: one agent at a time reads or changes the repository
+    .git/slicer-applied.json   the last completed push: its id, and the HEAD, branch and overlay
+                               it left (the host records that as the agreed state)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import stat
+import time
+from contextlib import contextmanager
+
+from ..wire.framing import crash_point
+from ..wire.paths import check_relpath
+from .errors import AgentError
+
+WORK = "slicer-push"
+JOURNAL = "journal.json"
+APPLIED = "slicer-applied.json"
+LOCK = "slicer-agent.flock"
+INDEX_LOCK_WAIT = 10.0        # seconds to wait for the VM's own git to release .git/index.lock
+
+
+def _git_dir(repo) -> str:
+    return os.path.join(repo.root, ".git")
+
+
+def _work(repo) -> str:
+    return os.path.join(_git_dir(repo), WORK)
+
+
+@contextmanager
+def hold(repo):
+    """One agent at a time reads or changes this repository (flock: the kernel releases it when
+    the agent dies, so a killed agent never leaves it held)."""
+    fd = os.open(os.path.join(_git_dir(repo), LOCK), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recover(repo):
+    """Under hold(): finish a push that was interrupted, or drop a dead push's received files.
+    Returns the state the finished push left (see finish), or None when there was none."""
+    work = _work(repo)
+    journal = _read_json(os.path.join(work, JOURNAL))
+    if journal is None:
+        if os.path.lexists(work):
+            shutil.rmtree(work, ignore_errors=True)
+        return None
+    _clear_own_locks(repo, journal)
+    return finish(repo, journal)
+
+
+def applied(repo, push_id) -> dict:
+    """The record of the last completed push if it is `push_id`, else None."""
+    record = _read_json(os.path.join(_git_dir(repo), APPLIED))
+    if isinstance(record, dict) and push_id and record.get("id") == push_id:
+        return record
+    return None
+
+
+# -- before the first write -------------------------------------------------------------------
+def staging(repo) -> str:
+    """A fresh `.git/slicer-push/files/` for the host's files (call after recover())."""
+    work = _work(repo)
+    shutil.rmtree(work, ignore_errors=True)
+    path = os.path.join(work, "files")
+    os.makedirs(path)
+    return path
+
+
+def prepare(repo, *, push_id, branch, commit, old_overlay, new_overlay, members, reuse, extra, shallow) -> dict:
+    """Check everything, secure every source of the new state below .git/slicer-push/, and write
+    the journal. Nothing in the worktree, index or refs has changed yet; any error here leaves
+    the VM exactly as it was."""
+    work = _work(repo)
+    files, index = new_overlay["files"], new_overlay["index"]
+    for part in (index, files):
+        for path in part:
+            check_relpath(path)
+    for path in extra:
+        check_relpath(path)
+    kept = sorted(p for p in reuse if isinstance(p, str) and check_relpath(p)
+                  and old_overlay["files"].get(p) is not None and old_overlay["files"].get(p) == files.get(p))
+    sources = {}
+    for path, member in members.items():
+        if member.kind == "file":
+            os.chmod(member.staged, member.mode)
+            sources[path] = {"file": os.path.relpath(member.staged, work)}
+        elif member.kind == "symlink":
+            sources[path] = {"target": member.target}
+    for path, entry in files.items():
+        if entry is not None and path not in sources and path not in kept:
+            raise AgentError("missing", "the host did not send %s" % path)
+    for path in extra:
+        if path not in sources:
+            raise AgentError("missing", "the host did not send %s" % path)
+    # Kept files that checking out the commit could replace are linked aside (a link, not a
+    # move: the worktree stays as it was until the journal exists). The others are never touched.
+    at_risk = _touched_by_checkout(repo, commit, kept)
+    keep_dir = os.path.join(work, "keep")
+    os.makedirs(keep_dir, exist_ok=True)
+    in_place = []
+    for i, path in enumerate(kept):
+        full = os.path.join(repo.root, path)
+        if path not in at_risk:
+            in_place.append(path)
+        elif os.path.islink(full):
+            sources[path] = {"target": os.readlink(full)}
+        else:
+            link = os.path.join(keep_dir, "%08d" % i)
+            _link_or_copy(full, link)
+            sources[path] = {"file": os.path.relpath(link, work)}
+    old_index = os.path.join(_git_dir(repo), "index")
+    if os.path.exists(old_index):
+        shutil.copyfile(old_index, os.path.join(work, "index.old"))
+    journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
+               "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
+               "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
+               "shallow": shallow}
+    _write_json(os.path.join(work, JOURNAL), journal)
+    return journal
+
+
+def _touched_by_checkout(repo, commit: str, paths) -> set:
+    """The paths that `read-tree --reset -u commit` from the current index may replace: those
+    the commit or the index has, or that sit below a file either has."""
+    if not paths:
+        return set()
+    candidates = set()
+    for path in paths:
+        parts = path.split("/")
+        candidates.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    names = sorted(candidates)
+    query = "".join("%s:%s\n" % (commit, n) for n in names) + "".join(":%s\n" % n for n in names)
+    out = repo.git(["cat-file", "--batch-check=%(objecttype)"], input=query.encode()).decode().splitlines()
+    kinds = {}
+    for name, line in zip(names + names, out):
+        if not line.endswith("missing"):
+            kinds.setdefault(name, set()).add(line.strip())
+    risky = set()
+    for path in paths:
+        parts = path.split("/")
+        ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if path in kinds or any(kinds.get(a, {"tree"}) != {"tree"} for a in ancestors):
+            risky.add(path)
+    return risky
+
+
+# -- the steps ----------------------------------------------------------------------------------
+def finish(repo, journal: dict) -> dict:
+    """Run the journal's steps (again) to the end; return the VM's state after them."""
+    work = _work(repo)
+    if journal.get("phase") == "apply":
+        _apply(repo, journal)
+        journal["phase"] = "applied"
+        _write_json(os.path.join(work, JOURNAL), journal)
+    crash_point("agent:push-applied")
+    for name in os.listdir(work):                # the sources: everything but the journal
+        if name != JOURNAL:
+            full = os.path.join(work, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+    state = repo.state()
+    record = {"id": journal["id"], "head": state["head"], "branch": state["branch"], "overlay": state["overlay"]}
+    _write_json(os.path.join(_git_dir(repo), APPLIED), record)
+    crash_point("agent:push-recorded")
+    os.unlink(os.path.join(work, JOURNAL))
+    os.rmdir(work)
+    return state
+
+
+def _apply(repo, j: dict) -> None:
+    root, work = repo.root, _work(repo)
+    commit, branch, new = j["commit"], j["branch"], j["overlay"]
+    index = os.path.join(work, "index")
+    env = {"GIT_INDEX_FILE": index}
+    # 1. untracked files of the old state that the new one does not have (only files: a
+    #    directory there now is the new state's)
+    for path in j["stale"]:
+        _remove_file(root, path)
+    # 2. the commit's tracked files, from the old index (never from a half-applied one)
+    for name in ("index", "index.lock"):
+        if os.path.lexists(os.path.join(work, name)):
+            os.unlink(os.path.join(work, name))
+    if os.path.exists(os.path.join(work, "index.old")):
+        shutil.copyfile(os.path.join(work, "index.old"), index)
+    repo.git(["read-tree", "--reset", "-u", commit], env=env)
+    crash_point("agent:push-applying")
+    # 3. the overlay: index entries, then worktree files (removals before placements, so a
+    #    path can change between file, directory and symlink)
+    lines = []
+    for path, entry in sorted(new["index"].items()):
+        lines.append("0 %s\t%s" % ("0" * len(commit), path) if entry is None else "%s %s\t%s" % (entry[0], entry[1], path))
+    if lines:
+        repo.git(["update-index", "-z", "--index-info"], input=b"".join(os.fsencode(x) + b"\0" for x in lines), env=env)
+        checkout = [p for p, e in new["index"].items() if e is not None and p not in new["files"]]
+        if checkout:
+            repo.git(["checkout-index", "-f", "-z", "--stdin"],
+                     input=b"".join(os.fsencode(p) + b"\0" for p in checkout), env=env)
+        for path, entry in new["index"].items():
+            if entry is None and path not in new["files"]:
+                _remove_file(root, path)          # `git rm`: gone from both
+    for path, entry in sorted(new["files"].items()):
+        if entry is None:
+            _remove_file(root, path)
+    in_place = set(j["in_place"])
+    for path, entry in sorted(new["files"].items()):
+        if entry is not None and path not in in_place:
+            _put(root, work, path, j["sources"][path])
+            crash_point("agent:push-placing")
+    for path in j["extra"]:
+        _put(root, work, path, j["sources"][path])
+    # 4. stat data, history boundary, refs
+    repo.git(["update-index", "-q", "--refresh"], env=env, check=False)
+    if j.get("shallow"):
+        _write_file(os.path.join(_git_dir(repo), "shallow"), "".join(o + "\n" for o in j["shallow"]).encode())
+    repo.git(["update-ref", "-m", "slicer push", "refs/heads/" + branch, commit])
+    repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
+    # 5. the index, installed as git installs one
+    _install_index(_git_dir(repo), index)
+
+
+def _install_index(git_dir: str, private: str) -> None:
+    lock = os.path.join(git_dir, "index.lock")
+    deadline = time.monotonic() + INDEX_LOCK_WAIT
+    while True:
+        try:
+            os.link(private, lock)
+            break
+        except FileExistsError:
+            if _same_file(lock, private):        # ours, from an attempt that was killed
+                break
+            if time.monotonic() >= deadline:
+                raise AgentError("index-locked", "another git process in the VM holds %s; the push "
+                                 "will be finished by the next request" % lock) from None
+            time.sleep(0.05)
+    os.rename(lock, os.path.join(git_dir, "index"))
+
+
+def _clear_own_locks(repo, j: dict) -> None:
+    """Ref locks a killed `update-ref`/`symbolic-ref` of this journal left: they hold exactly
+    what it writes (anyone else's lock is left alone, and the step waits or fails)."""
+    git_dir = _git_dir(repo)
+    own = {os.path.join(git_dir, "HEAD.lock"): b"ref: refs/heads/%s\n" % os.fsencode(j["branch"]),
+           os.path.join(git_dir, "refs", "heads", j["branch"] + ".lock"): j["commit"].encode() + b"\n"}
+    for path, content in own.items():
+        try:
+            with open(path, "rb") as fh:
+                if fh.read() == content:
+                    os.unlink(path)
+        except OSError:
+            pass
+
+
+# -- filesystem helpers (never follow a symlink in a parent directory) ------------------------------
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
+
+
+def _parents_are_dirs(root: str, path: str) -> bool:
+    current = root
+    for part in path.split("/")[:-1]:
+        current = os.path.join(current, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def _remove_file(root: str, path: str) -> None:
+    """Remove the file or symlink at `path` (an empty directory too), then parents that became
+    empty, as git does. A non-empty directory is left: it is not the entry being removed."""
+    if not _parents_are_dirs(root, path):
+        return
+    full = os.path.join(root, path)
+    try:
+        if stat.S_ISDIR(os.lstat(full).st_mode):
+            os.rmdir(full)
+        else:
+            os.unlink(full)
+    except OSError:
+        return
+    parts = path.split("/")[:-1]
+    while parts:
+        try:
+            os.rmdir(os.path.join(root, *parts))
+        except OSError:
+            break
+        parts.pop()
+
+
+def _put(root: str, work: str, path: str, source: dict) -> None:
+    """Make `path` the source's file or symlink, replacing whatever is there (and turning any
+    parent that is not a real directory into one)."""
+    current = root
+    for part in path.split("/")[:-1]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(current)
+            os.mkdir(current)
+    full = os.path.join(root, path)
+    try:
+        st = os.lstat(full)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+    if "target" in source:
+        os.symlink(source["target"], full)
+    else:
+        _link_or_copy(os.path.join(work, source["file"]), full)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (no copy, and the source stays for a repeated step); a copy across devices."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _read_json(path: str):
+    try:
+        with open(path, "rb") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_file(path: str, data: bytes) -> None:
+    tmp = path + ".slicer-tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, data: dict) -> None:
+    _write_file(path, json.dumps(data, separators=(",", ":")).encode())
+    try:
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 
 from .errors import SlicerError, UsageError
@@ -24,6 +25,11 @@ def check_vm_name(name: str) -> str:
     if not _VM_NAME.match(name or "") or name in RESERVED_VM_NAMES or name.endswith(".json"):
         raise UsageError("invalid VM name %r (letters, digits, '.', '_', '-'; at most 63)" % name)
     return name
+
+
+def new_vm_id() -> str:
+    """A VM's identity: links name it, so a VM that later takes the same name is not mistaken for it."""
+    return uuid.uuid4().hex
 
 
 def now() -> str:

@@ -25,15 +25,15 @@ from .ignore import SlicerIgnore
 from .links import LinkStore, now
 from .repo import run_git
 from .objects import ObjectReader, TreeReader
-from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
+from .quarantine import ImportLimits, Quarantine, remove_stale
 from .safewrite import DIRECTORY, Change, SafeWriter, read_journal
 from .checkout_form import checkout_form
 from .scan import host_overlay
 from .sparse import SparseCheckout
-from .target import find_vm, linked_vm, open_session, provider_for
+from .target import resolve, vm_named
 from .wire import overlay as overlay_mod
 from .wire import tarstream
-from .wire.framing import ProtocolError, RemoteError, crash_point
+from .wire.framing import crash_point
 from .wire.paths import display
 
 @dataclass
@@ -66,7 +66,7 @@ def limits_from(settings: Settings):
 def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
     store = LinkStore.of(worktree)
-    options.vm = linked_vm(store, options.vm)
+    options.vm = vm_named(worktree, options.vm)
     if store.get(options.vm) is None:
         raise UsageError("this worktree is not linked to VM %s" % options.vm,
                          hint="push to it first: git slicer push %s" % options.vm)
@@ -84,13 +84,11 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> d
         raise SlicerError("HEAD is detached; check out %s to pull into it" % link.branch)
     recover_interrupted(worktree)
     crash_point("pull:recovered")
-    provider = provider_for(settings, options.vm, link)
-    vm = find_vm(provider, options.vm, link)
+    target = resolve(settings, options.vm, worktree=worktree, require_link=True)
+    link = target.link
     pack_limits, file_limits = limits_from(settings)
-    with open_session(provider, vm, link.vm_id) as session:
+    with target.session() as session:
         link.vm_id = session.vm_id or link.vm_id
-        session.conn.max_json = settings.get("slicer.limit.frameBytes")
-        session.set_deadline(settings.get("slicer.limit.seconds"))
         puller = Puller(worktree, session, link, branch, options, pack_limits, file_limits)
         puller.store = store            # a push this link lost track of is settled (and saved) first
         result = puller.run()
@@ -132,9 +130,8 @@ class Puller:
         crash_point("pull:imported")
 
     def _run(self) -> dict:
-        vm_state = check_state(self.session.state(self.link.guest_path, applied=agreed.pending_id(self.link)),
-                               self.file_limits.max_path_bytes, self.file_limits.max_depth,
-                               self.file_limits.max_entries)
+        vm_state = self.session.state(self.link.guest_path, applied=agreed.pending_id(self.link),
+                                      max_entries=self.file_limits.max_entries)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
         if not vm_state["exists"]:
             raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
@@ -187,13 +184,8 @@ class Puller:
             haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
             haves += _slicer_refs(self.wt, self.link.vm).values()
             with Quarantine(self.wt, self.pack_limits) as q:
-                try:
-                    self.session.request({"op": "fetch", "path": self.link.guest_path, "wants": wanted + [
-                        b for b in index_blobs if b in missing], "haves": sorted(set(haves))})
-                    q.receive(self.session.conn.recv_stream(self.pack_limits.pack_bytes + 1))
-                    self.session.reply()
-                except (ProtocolError, RemoteError, OSError) as exc:
-                    raise AgentFailed("VM %s: fetching objects failed: %s" % (self.link.vm, exc)) from None
+                self.session.fetch(self.link.guest_path, wanted + [b for b in index_blobs if b in missing],
+                                   sorted(set(haves)), q.receive, self.pack_limits.pack_bytes + 1)
                 q.validate(wanted)
                 still = _missing(self.wt, wanted + index_blobs, env=q.env)
                 if still:
@@ -311,17 +303,8 @@ class Puller:
             return
         files_dir = os.path.join(staging, "files")
         os.mkdir(files_dir)
-        try:
-            self.session.request({"op": "files", "path": self.link.guest_path,
-                                  "files": {p: c.new for p, c in from_vm.items()}})
-            members = tarstream.read_members(self.session.conn.recv_stream(
-                self.file_limits.max_total_bytes + 1024 * (len(from_vm) + 4)),
-                                             files_dir, self.file_limits)
-            self.session.reply()
-        except tarstream.UnsafeArchive as exc:
-            raise UnsafeInput("files from VM %s refused: %s" % (self.link.vm, exc)) from None
-        except (ProtocolError, RemoteError, OSError) as exc:
-            raise AgentFailed("VM %s: fetching files failed: %s" % (self.link.vm, exc)) from None
+        members = self.session.files(self.link.guest_path, {p: c.new for p, c in from_vm.items()},
+                                     files_dir, self.file_limits)
         got = {m.path: m for m in members}
         if set(got) != set(from_vm):
             raise UnsafeInput("VM %s sent other files than were asked for" % self.link.vm)

@@ -15,9 +15,9 @@ from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .links import Link, LinkStore, now, repository_links
 from .pull import recover_interrupted
-from .quarantine import check_state
 from .scan import host_overlay, ignored_files
-from .target import default_guest_path, find_vm, linked_vm, open_session, provider_for
+from .session import open_session
+from .target import default_guest_path, provider_for, resolve, vm_named
 from .wire import overlay as overlay_mod
 from .wire import tarstream
 from .wire.framing import ProtocolError, StreamAborted, crash_point
@@ -47,15 +47,15 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     store = LinkStore.of(worktree)
     if options.launch:
         return _launch_and_push(worktree, settings, store, head, branch, options)
-    name = linked_vm(store, options.vm)
+    name = vm_named(worktree, options.vm)
     # HEAD, the branch and the overlay are read again under the lock (a pull or a commit may
     # move them meanwhile): a push sends the state of the moment it holds the lock.
     with locks.hold(worktree, name):
         recover_interrupted(worktree)
-        link = store.get(name)                # read under the lock: another push may have just saved it
-        provider = provider_for(settings, name, link, options.provider)
-        vm = find_vm(provider, name, link)
-        return _push_locked(worktree, settings, store, provider, vm, link, branch, options, False)
+        # The link is read under the lock: another push may have just saved it.
+        target = resolve(settings, name, worktree=worktree, provider=options.provider)
+        return _push_locked(worktree, settings, store, target.provider, target.vm, target.link, branch,
+                            options, False)
 
 
 def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
@@ -104,10 +104,8 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
     with ThreadPoolExecutor(max_workers=1) as pool:
         scanning = pool.submit(_host_state, worktree, ignore)
-        with open_session(provider, vm, link.vm_id) as session:
+        with open_session(provider, vm, settings, link.vm_id) as session:
             link.vm_id = session.vm_id or link.vm_id
-            session.conn.max_json = settings.get("slicer.limit.frameBytes")
-            session.set_deadline(settings.get("slicer.limit.seconds"))
             result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)
     head, branch = result.pop("head"), result.pop("branch")
     crash_point("push:before-link")
@@ -133,7 +131,7 @@ def _host_state(worktree, ignore: SlicerIgnore):
 
 def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
           ignore: SlicerIgnore, scanning):
-    vm_state = check_state(session.state(link.guest_path, applied=agreed.pending_id(link)))
+    vm_state = session.state(link.guest_path, applied=agreed.pending_id(link))
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
     head, branch, ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
@@ -168,19 +166,17 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
         within, shallow = _shallow_history(worktree, head, options.depth)
 
     push_id = agreed.begin(store, link, head, branch)     # saved before the VM sees anything
-    request = {"op": "push", "id": push_id, "path": link.guest_path, "branch": branch, "commit": head,
-               "object_format": worktree.algo,
-               "overlay": ours, "reuse": reuse, "extra": extra, "pack": need_pack,
-               "tar": bool(send or extra), "shallow": shallow,
-               "expect": {"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,
-               "config": _identity(worktree), "remotes": _safe_remotes(worktree)}
-    session.request(request)                      # the agent answers "ready" or refuses
+    tar = bool(send or extra)
+    session.push(link.guest_path, push_id=push_id, branch=branch, commit=head, object_format=worktree.algo,
+                 overlay=ours, reuse=reuse, extra=extra, pack=need_pack, tar=tar, shallow=shallow,
+                 expect={"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,
+                 config=_identity(worktree), remotes=_safe_remotes(worktree))  # "ready", or a refusal
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
     try:
         if need_pack:
             sent["pack_bytes"] = _send_pack(worktree, session, head, haves, index_blobs, within)
             crash_point("push:pack-sent")
-        if request["tar"]:
+        if tar:
             before = session.conn.bytes_out
             session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra))
             sent["file_bytes"] = session.conn.bytes_out - before
@@ -190,10 +186,9 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
     except (BrokenPipeError, ConnectionError, ProtocolError):
         session.reply()  # the agent stopped reading: its error explains why
         raise
-    reply = session.reply()
+    reply = session.pushed()
     report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"
                 % (sent["pack_bytes"], sent["files"], sent["file_bytes"], len(reuse)))
-    reply = check_state({**reply, "exists": True})
     after = overlay_mod.filtered(reply["overlay"], ignore.keep)
     link.guest_path = reply.get("path") or link.guest_path
     agreed.confirm(link, reply, ignore.keep)              # what the VM has, not what we meant

@@ -12,10 +12,10 @@ import sys
 
 from .config import Settings
 from .errors import SlicerError
-from .links import Link, LinkStore, check_vm_name
+from .links import Link, check_vm_name
 from .pull import Puller, PullOptions, _valid_branches, limits_from
 from .repo import Worktree
-from .target import default_guest_path, find_vm, open_session, provider_for
+from .target import resolve
 from .wire import overlay as overlay_mod
 
 
@@ -34,19 +34,17 @@ class Helper:
         self.vm, path = parse_url(url)
         self.worktree = Worktree(".")
         self.settings = Settings(self.worktree.root)
-        link = LinkStore.of(self.worktree).get(self.vm)
-        self.link = Link(vm=self.vm, guest_path=path or (link.guest_path if link else
-                         default_guest_path(self.settings, self.worktree, self.vm)),
+        self.target = resolve(self.settings, self.vm, worktree=self.worktree, guest_path=path, find=False)
+        link = self.target.link
+        self.link = Link(vm=self.vm, guest_path=self.target.guest_path,
                          provider=link.provider if link else "", branch=link.branch if link else "",
                          agreed_commit=link.agreed_commit if link else "", vm_id=link.vm_id if link else "")
-        self.provider = provider_for(self.settings, self.vm, link)
         self.session = None
         self.branches = {}
 
     def connect(self):
         if self.session is None:
-            self.session = open_session(self.provider, find_vm(self.provider, self.vm, self.link),
-                                        self.link.vm_id)
+            self.session = self.target.session()
         return self.session
 
     def write(self, text: str) -> None:

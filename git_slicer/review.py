@@ -20,7 +20,7 @@ from .links import LinkStore
 from .pull import Puller, PullOptions, _valid_branches, limits_from
 from .safewrite import Change
 from .scan import host_overlay
-from .target import linked, open_session
+from .target import resolve
 from .wire import overlay as overlay_mod
 
 
@@ -39,14 +39,15 @@ class VMSnapshot:
 @contextmanager
 def snapshot(worktree, vm_name: str = None, settings: Settings = None):
     settings = settings or Settings(worktree.root)
-    name, link, provider, vm = linked(worktree, settings, vm_name)
+    target = resolve(settings, vm_name, worktree=worktree, require_link=True)
+    name, link = target.name, target.link
     pack_limits, file_limits = limits_from(settings)
     scratch = tempfile.mkdtemp(prefix="slicer-review-", dir=os.path.join(worktree.common_dir, "objects"))
     try:
-        with open_session(provider, vm, link.vm_id) as session:
+        with target.session() as session:
             puller = Puller(worktree, session, link, worktree.branch() or link.branch,
                             PullOptions(vm=name, no_merge=True), pack_limits, file_limits)
-            state = session.state(link.guest_path)
+            state = session.state(link.guest_path, max_entries=file_limits.max_entries)
             if not state["exists"]:
                 raise AgentFailed("VM %s has no repository at %s" % (name, link.guest_path))
             branches = _valid_branches(worktree, state["branches"])

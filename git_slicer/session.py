@@ -1,28 +1,117 @@
-"""The host's side of protocol v1: one long-lived connection to an agent per operation."""
+"""The host's side of protocol v1: one long-lived connection to an agent per operation.
+
+`open_session` is the only way to get one: it applies every limit (slicer.limit.frameBytes for
+control messages, the slicer.limit.seconds deadline) before anything is read, so no caller can
+forget them. `AgentSession` has one typed method per agent operation (`op_*` in
+agent/server.py): `state`, `push`, `fetch`, `files`, `exec`; `state` validates what the VM says.
+"""
 
 from __future__ import annotations
 
-from . import __version__
-from .errors import AgentFailed, WouldLoseWork
-from .wire.framing import AGENT_NAME, PROTOCOL_VERSION, ProtocolError, RemoteError
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+from . import __version__, report
+from .errors import AgentFailed, SlicerError, StaleLink, UnsafeInput, WouldLoseWork
+from .links import new_vm_id
+from .quarantine import check_state
+from .wire import tarstream
+from .wire.framing import AGENT_NAME, DEFAULT_MAX_JSON, PROTOCOL_VERSION, ProtocolError, RemoteError
 from .wire.paths import display
+
+STATE_ENTRIES = 1_000_000      # the most changed paths any `state` reply may list
+
+
+@dataclass
+class SessionLimits:
+    """What one session accepts from the VM and how long it may last (0: no deadline)."""
+    frame_bytes: int = DEFAULT_MAX_JSON
+    seconds: int = 0
+    path_bytes: int = 4096
+    path_depth: int = 64
+
+    @classmethod
+    def from_settings(cls, settings) -> "SessionLimits":
+        return cls(frame_bytes=settings.get("slicer.limit.frameBytes"),
+                   seconds=settings.get("slicer.limit.seconds"),
+                   path_bytes=settings.get("slicer.limit.pathBytes"),
+                   path_depth=settings.get("slicer.limit.pathDepth"))
+
+
+def stale(name: str, why: str) -> StaleLink:
+    return StaleLink("this worktree's link to VM %s is stale: %s; nothing was sent" % (name, why),
+                     hint="`git slicer unlink %s` forgets it (work not pulled from the old VM is gone with "
+                          "it), then `git slicer push %s` starts over" % (name, name))
+
+
+def check_identity(vm, link_id: str) -> None:
+    """The provider's record of `vm` must carry the id the link remembers (when both have one)."""
+    if link_id and vm.id and vm.id != link_id:
+        raise stale(vm.name, "the VM now called %s (%s) is not the one it was linked to" % (vm.name, vm.provider))
+
+
+def open_session(provider, vm, settings, link_id: str = "", deadline: int = None) -> "AgentSession":
+    """One long-lived connection for the operation, with every limit applied; a failed handshake
+    becomes one line that says why (refused, no agent, wrong version, auth failed, timeout, no
+    python3/git). `deadline` shortens slicer.limit.seconds for this session.
+
+    `link_id` is the VM id the caller's link remembers ("" for a new link): the record and the
+    agent (which keeps the id in the VM) must both answer with it. `session.vm_id` is the id the
+    VM confirmed, for the link to keep."""
+    check_identity(vm, link_id)
+    started = time.monotonic()
+    limits = SessionLimits.from_settings(settings)
+    if deadline:
+        limits.seconds = min(deadline, limits.seconds) if limits.seconds > 0 else deadline
+    channel = provider.connect(vm)
+    session = AgentSession(channel, vm.name, limits)
+    # The VM may take an id it lacks only when the provider's record vouches for it, or when no
+    # link expects one yet: a replaced VM must not adopt the old VM's identity.
+    offer = vm.id or ("" if link_id else new_vm_id())
+    try:
+        info = session.hello(vm_id=offer)
+    except SlicerError as exc:
+        diagnose = getattr(channel, "diagnose", None)
+        reason = diagnose() if diagnose else None
+        channel.close()
+        if reason:
+            raise AgentFailed("VM %s: %s" % (vm.name, reason), hint=exc.hint) from None
+        raise
+    expected = link_id or vm.id
+    answered = info.get("vm_id") if "vm_id" in info else expected     # an agent too old to keep ids
+    if expected and answered != expected:
+        session.close(polite=False)
+        raise stale(vm.name, "the VM answering as %s is not the one it was linked to (it reports %s)"
+                    % (vm.name, "no identity" if not answered else "another identity"))
+    session.vm_id = answered if isinstance(answered, str) else ""
+    done = getattr(channel, "handshake_done", None)
+    if done:
+        done()
+    session.start_deadline()
+    report.info("VM %s (%s, %s): agent %s, %s, python %s, answered in %.0f ms" % (
+        vm.name, provider.name, vm.address or "-", info.get("version"), info.get("git"), info.get("python"),
+        (time.monotonic() - started) * 1000))
+    return session
 
 
 class AgentSession:
-    def __init__(self, channel, vm: str):
+    def __init__(self, channel, vm: str, limits: SessionLimits = None):
         self.channel = channel
         self.conn = channel.conn
         self.vm = vm
+        self.limits = limits or SessionLimits()
+        self.conn.max_json = self.limits.frame_bytes
         self.info = {}
-        self.vm_id = ""          # the identity the VM confirmed at hello (see target.open_session)
-        from . import report
+        self.vm_id = ""          # the identity the VM confirmed at hello (see open_session)
         self._bar = report.attach(self.conn, "VM %s" % vm)   # tqdm on a TTY for long transfers
         self._timer = None
 
-    def set_deadline(self, seconds: int) -> None:
-        """Cut the connection if the whole operation takes longer than `seconds`
-        (slicer.limit.seconds): a VM that stalls or trickles cannot hold the host forever."""
-        import threading
+    def start_deadline(self) -> None:
+        """Cut the connection if the whole operation takes longer than slicer.limit.seconds:
+        a VM that stalls or trickles cannot hold the host forever."""
+        seconds = self.limits.seconds
 
         def expire():
             self.conn.closed_reason = ("VM %s did not finish within slicer.limit.seconds (%d s); "
@@ -32,13 +121,15 @@ class AgentSession:
                 stop()
             elif getattr(self.channel, "proc", None) is not None:
                 self.channel.proc.kill()
-        if seconds and seconds > 0:
+        if seconds and seconds > 0 and self._timer is None:
             self._timer = threading.Timer(seconds, expire)
             self._timer.daemon = True
             self._timer.start()
 
     # -- plumbing --------------------------------------------------------------
-    def _fail(self, exc) -> AgentFailed:
+    def failure(self, exc) -> AgentFailed:
+        """The one-line error for a broken exchange: the deadline, the agent's own error, or
+        the last words of a dead agent."""
         tail = self.channel.stderr_tail() if hasattr(self.channel, "stderr_tail") else ""
         if self.conn.closed_reason:
             return AgentFailed(self.conn.closed_reason)
@@ -51,20 +142,21 @@ class AgentSession:
             message += " (agent said: %s)" % display(tail.splitlines()[-1][:300])
         return AgentFailed(message)
 
-    def request(self, message: dict) -> dict:
+    def _request(self, message: dict) -> dict:
         try:
             self.conn.send(message)
             return self.conn.recv_reply()
         except (ProtocolError, RemoteError, OSError) as exc:
-            raise self._fail(exc) from None
+            raise self.failure(exc) from None
 
     def reply(self) -> dict:
+        """The agent's final answer to a request whose streams are done."""
         try:
             return self.conn.recv_reply()
         except (ProtocolError, RemoteError, OSError) as exc:
-            raise self._fail(exc) from None
+            raise self.failure(exc) from None
 
-    # -- requests ------------------------------------------------------------
+    # -- requests, one per agent operation -----------------------------------------
     def hello(self, vm_id: str = None) -> dict:
         """`vm_id`: the identity the VM should keep if it has none yet (it answers with its own)."""
         message = {"op": "hello", "protocol": PROTOCOL_VERSION, "client": "git-slicer/" + __version__}
@@ -76,21 +168,92 @@ class AgentSession:
         except RemoteError as exc:
             raise AgentFailed("VM %s: incompatible agent: %s" % (self.vm, exc)) from None
         except (ProtocolError, OSError) as exc:
-            raise self._fail(ProtocolError("no git-slicer agent answered (%s)" % exc)) from None
+            raise self.failure(ProtocolError("no git-slicer agent answered (%s)" % exc)) from None
         if reply.get("agent") != AGENT_NAME or reply.get("protocol") != PROTOCOL_VERSION:
             raise AgentFailed("VM %s: not a git-slicer agent speaking protocol %d" % (self.vm, PROTOCOL_VERSION))
         self.info = reply
         return reply
 
-    def state(self, path: str, base: str = None, applied: str = None) -> dict:
+    def state(self, path: str, base: str = None, applied: str = None, max_entries: int = STATE_ENTRIES) -> dict:
         """The VM repository's branch, HEAD and overlay (and commits ahead of/behind `base`; and
-        with `applied`, a push id, that push's record if it is the last one the VM completed)."""
+        with `applied`, a push id, that push's record if it is the last one the VM completed),
+        validated (types, object ids, modes, every path) before anyone uses it."""
         message = {"op": "state", "path": path}
         if base:
             message["base"] = base
         if applied:
             message["applied"] = applied
-        return self.request(message)
+        return check_state(self._request(message), self.limits.path_bytes, self.limits.path_depth,
+                           min(max_entries, STATE_ENTRIES))
+
+    def push(self, path: str, *, push_id: str, branch: str, commit: str, object_format: str, overlay: dict,
+             reuse: list, extra: list, pack: bool, tar: bool, shallow: list, expect, config: dict,
+             remotes: dict) -> dict:
+        """Start a push: the agent answers "ready" (or refuses). The caller then sends the pack
+        (if `pack`) and the file stream (if `tar`) on `conn`, and reads the result with `reply()`."""
+        return self._request({"op": "push", "id": push_id, "path": path, "branch": branch, "commit": commit,
+                              "object_format": object_format, "overlay": overlay, "reuse": reuse, "extra": extra,
+                              "pack": pack, "tar": tar, "shallow": shallow, "expect": expect, "config": config,
+                              "remotes": remotes})
+
+    def pushed(self) -> dict:
+        """The agent's answer once a push's streams are sent: the VM's state after the push,
+        validated like `state`."""
+        return check_state({**self.reply(), "exists": True}, self.limits.path_bytes, self.limits.path_depth,
+                           STATE_ENTRIES)
+
+    def fetch(self, path: str, wants: list, haves: list, receive, max_bytes: int) -> dict:
+        """Ask for a pack of `wants` minus `haves`; `receive(chunks)` consumes it (at most
+        `max_bytes`)."""
+        self._request({"op": "fetch", "path": path, "wants": wants, "haves": haves})
+        try:
+            receive(self.conn.recv_stream(max_bytes))
+            return self.conn.recv_reply()
+        except (ProtocolError, RemoteError, OSError) as exc:
+            raise AgentFailed("VM %s: fetching objects failed: %s" % (self.vm, exc)) from None
+
+    def files(self, path: str, files: dict, into: str, limits: tarstream.Limits) -> list:
+        """The named worktree files (path -> [mode, blob id]) staged under `into`, within
+        `limits`; the caller checks each against its blob id."""
+        self._request({"op": "files", "path": path, "files": files})
+        try:
+            members = tarstream.read_members(self.conn.recv_stream(limits.max_total_bytes + 1024 * (len(files) + 4)),
+                                             into, limits)
+            self.conn.recv_reply()
+        except tarstream.UnsafeArchive as exc:
+            raise UnsafeInput("files from VM %s refused: %s" % (self.vm, exc)) from None
+        except (ProtocolError, RemoteError, OSError) as exc:
+            raise AgentFailed("VM %s: fetching files failed: %s" % (self.vm, exc)) from None
+        return members
+
+    def exec(self, argv, cwd: str, out, err) -> int:
+        """Run `argv` in the guest at `cwd` (no stdin): copy its output frames to `out`/`err`,
+        return its exit code."""
+        conn = self.conn
+        try:
+            conn.send({"op": "exec", "argv": list(argv), "cwd": cwd or ""})
+            while True:
+                kind, payload = conn.read_frame()
+                if kind == b"D" and payload:
+                    target = out if payload[:1] == b"\x01" else err
+                    target.write(payload[1:])
+                    target.flush()
+                    continue
+                if kind != b"J":
+                    raise ProtocolError("unexpected %r frame in exec output" % kind)
+                message = json.loads(payload)
+                if message.get("ok") is True:
+                    return int(message.get("exit", 1))
+                error = message.get("error") or {}
+                if error.get("code") == "not-found":
+                    err.write(("git-slicer: %s\n" % error.get("message", "command not found")).encode())
+                    err.flush()
+                    return 127
+                if error.get("code") == "unknown-op":
+                    raise AgentFailed("the agent in VM %s is too old to run commands (no exec op)" % self.vm)
+                raise AgentFailed("VM %s: %s" % (self.vm, error.get("message", "exec failed")))
+        except (ProtocolError, OSError, ValueError) as exc:
+            raise self.failure(exc) from None
 
     def close(self, polite: bool = True) -> None:
         if polite:      # after a failure the stream may be mid-way: just hang up

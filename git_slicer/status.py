@@ -11,21 +11,20 @@ from .agreed import pending_id, settle
 from .config import Settings
 from .ignore import SlicerIgnore
 from .objects import TreeReader
-from .quarantine import check_state
 from .scan import host_overlay
-from .target import linked, open_session
+from .target import resolve
 from .wire import overlay as overlay_mod
 
 
 def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
-    name, link, provider, vm = linked(worktree, settings, vm_name)
+    target = resolve(settings, vm_name, worktree=worktree, require_link=True)
+    name, link = target.name, target.link
     ignore = SlicerIgnore(worktree.root)
     head = worktree.rev("HEAD")
     ours = host_overlay(worktree, ignore)
-    with open_session(provider, vm, link.vm_id) as session:
-        theirs = check_state(session.state(link.guest_path, base=link.agreed_commit,
-                                           applied=pending_id(link)))
+    with target.session() as session:
+        theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link))
     settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep)
     base = link.agreed_commit

@@ -10,7 +10,7 @@ from .errors import SlicerError, UsageError, WouldLoseWork
 from .links import LinkStore
 from .push import PushOptions, push
 from .repo import Worktree
-from .target import find_vm, provider_for
+from .target import resolve
 
 
 def add(current: Worktree, path: str, commitish: str = None, branch: str = None, vm: str = None,
@@ -56,8 +56,8 @@ def remove(path: str, force: bool = False, keep_vms: bool = False) -> dict:
         reason = _keep_reason(link, unpulled, keep_vms)
         if reason is None:
             try:
-                provider = provider_for(settings, link.vm, link)
-                vm = find_vm(provider, link.vm, link)
+                target = resolve(settings, link.vm, worktree=worktree)
+                provider, vm = target.provider, target.vm
                 others = [(w, l) for w, l in vmremove.links_to(vm, [worktree])
                           if os.path.realpath(w.root) != os.path.realpath(worktree.root)]
                 vmremove.check_removable(vm, others)

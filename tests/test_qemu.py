@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 
@@ -22,6 +21,8 @@ import pytest
 from git_slicer.agent import serial
 from git_slicer.agent.server import Agent
 from git_slicer.providers import qemu, qemu_image
+from git_slicer.session import AgentSession
+from git_slicer.transport import ProcessChannel
 from git_slicer.wire.framing import Connection
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -156,6 +157,29 @@ class _Port:
         self.guest_fd = guest.detach()
 
 
+class _Synced:
+    """The host end of the port after the sync handshake, as a channel; the test closes the
+    socket itself (it serves session after session)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def handshake_done(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def diagnose(self):
+        return None
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
 def _serve(fd):
     try:
         while True:
@@ -185,31 +209,25 @@ def test_serial_sync_skips_stale_bytes_and_serves_session_after_session(tmp_path
         conn.send({"op": "hello", "protocol": 1})
         assert conn.recv_reply()["agent"] == "git-slicer-agent"
         out, err = io.BytesIO(), io.BytesIO()
-        session = type("S", (), {"conn": conn, "vm": "t", "_fail": lambda self, e: e})()
-        assert qemu.run_exec(session, ["sh", "-c", "printf a; printf b >&2"], str(tmp_path), out, err) == 0
+        session = AgentSession(_Synced(conn), "t")
+        assert session.exec(["sh", "-c", "printf a; printf b >&2"], str(tmp_path), out, err) == 0
         assert (out.getvalue(), err.getvalue()) == (b"a", b"b")
-        assert qemu.run_exec(session, ["no-such-command-x"], "", out, err) == 127
+        assert session.exec(["no-such-command-x"], "", out, err) == 127
         conn.send({"op": "bye"})
         conn.recv_reply()
 
 
 def test_exec_op_through_the_stdio_agent(tmp_path):
     """The exec op is part of protocol v1 for every agent, not just the serial one."""
-    proc = subprocess.Popen([sys.executable, "-m", "git_slicer.agent", "--stdio"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, cwd=str(tmp_path))
-    conn = Connection(proc.stdout, proc.stdin)
-    conn.send({"op": "hello", "protocol": 1})
-    conn.recv_reply()
-    out, err = io.BytesIO(), io.BytesIO()
-    session = type("S", (), {"conn": conn, "vm": "t", "_fail": lambda self, e: e})()
-    assert qemu.run_exec(session, ["sh", "-c", "pwd; exit 3"], str(tmp_path), out, err) == 3
-    assert out.getvalue().decode().strip() == str(tmp_path)
-    conn.send({"op": "exec", "argv": ["true"], "cwd": str(tmp_path / "missing")})
-    assert conn.recv()["error"]["code"] == "no-dir"
-    conn.send({"op": "bye"})
-    conn.recv_reply()
-    proc.stdin.close()
-    assert proc.wait(10) == 0
+    channel = ProcessChannel([sys.executable, "-m", "git_slicer.agent", "--stdio"], description="test agent")
+    with AgentSession(channel, "t") as session:
+        session.hello()
+        out, err = io.BytesIO(), io.BytesIO()
+        assert session.exec(["sh", "-c", "pwd; exit 3"], str(tmp_path), out, err) == 3
+        assert out.getvalue().decode().strip() == str(tmp_path)
+        session.conn.send({"op": "exec", "argv": ["true"], "cwd": str(tmp_path / "missing")})
+        assert session.conn.recv()["error"]["code"] == "no-dir"
+    assert channel.proc.returncode == 0
 
 
 # -- end to end -------------------------------------------------------------------------

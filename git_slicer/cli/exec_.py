@@ -1,4 +1,3 @@
-import os
 import sys
 
 import click
@@ -34,26 +33,20 @@ def command(ctx, vm, cwd, path, argv):
     """
     from ..config import Settings
     from ..errors import NotARepository, UsageError
-    from ..links import LinkStore
-    from ..target import find_vm, linked_vm, provider_for
+    from ..target import resolve
     argv = list(argv) + ctx.meta.get("exec_argv", [])
     if not argv:
         raise UsageError("no command given", hint="git slicer exec [VM] -- CMD [ARGS...]")
-    settings = Settings()
-    store = None
     try:
-        store = LinkStore.of(worktree_at(path))
+        worktree = worktree_at(path)
     except NotARepository:
         if not vm:
             raise
-    vm = linked_vm(store, vm)
-    link = store.get(vm) if store is not None else None
-    provider = provider_for(settings, vm, link)
-    machine = find_vm(provider, vm, link)
-    if link is None and not cwd:
+        worktree = None
+    target = resolve(Settings(), vm, worktree=worktree)
+    if target.link is None and not cwd:
         raise UsageError("VM %s holds no repository of this worktree; give --cwd DIR (relative to the "
-                         "VM's home) to run there anyway" % vm, hint="git slicer exec %s --cwd . -- CMD" % vm)
-    base = link.guest_path if link and link.guest_path.startswith("/") else ""
-    where = os.path.join(base, cwd) if cwd and base else (cwd or base)
-    code = provider.exec(machine, argv, where, interactive=sys.stdin.isatty())
+                         "VM's home) to run there anyway" % target.name,
+                         hint="git slicer exec %s --cwd . -- CMD" % target.name)
+    code = target.provider.exec(target.vm, argv, target.exec_dir(cwd), interactive=sys.stdin.isatty())
     raise SystemExit(code)

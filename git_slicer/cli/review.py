@@ -44,17 +44,11 @@ def shell_command(vm, path):
     """Open an interactive shell in VM, in the synced repository."""
     from .. import review
     from ..config import Settings
-    from ..links import LinkStore
-    from ..target import find_vm, provider_for
+    from ..target import resolve
     worktree = worktree_at(path)
-    store = LinkStore.of(worktree)
-    from ..target import linked_vm
-    name = linked_vm(store, vm)
-    link = store.get(name)
-    provider = provider_for(Settings(worktree.root), name, link)
-    machine = find_vm(provider, name, link)
-    where = link.guest_path if link and link.guest_path.startswith("/") else ""
-    raise SystemExit(provider.exec(machine, review.SHELL_COMMAND, where, interactive=sys.stdin.isatty()))
+    target = resolve(Settings(worktree.root), vm, worktree=worktree)
+    raise SystemExit(target.provider.exec(target.vm, review.SHELL_COMMAND, target.exec_dir(),
+                                          interactive=sys.stdin.isatty()))
 
 
 @click.command("unlink", short_help="Forget a worktree's link to a VM.", context_settings=CONTEXT)

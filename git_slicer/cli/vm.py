@@ -6,8 +6,8 @@ from .common import emit, json_option
 def _core():
     """The core pieces the VM commands use, imported on use: `git slicer` start-up stays small."""
     from ..config import Settings
-    from ..target import find_vm, provider_for
-    return Settings, find_vm, provider_for
+    from ..target import find_vm, provider_for, resolve
+    return Settings, find_vm, provider_for, resolve
 
 
 @click.group("vm", context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +21,7 @@ def command():
 @json_option
 def launch(name, provider, as_json):
     """Start a new VM (named NAME, or vm-N)."""
-    Settings, _, provider_for = _core()
+    Settings, _, provider_for, _ = _core()
     vm = provider_for(Settings(), override=provider).launch(name)
     emit(as_json, vm.as_json(), "launched VM %s (%s)" % (vm.name, vm.provider))
 
@@ -31,7 +31,7 @@ def launch(name, provider, as_json):
 @json_option
 def list_(provider, as_json):
     """List VMs."""
-    Settings, _, provider_for = _core()
+    Settings, _, provider_for, _ = _core()
     vms = provider_for(Settings(), override=provider).list()
     lines = [("%-20s %-8s %-8s %s %s" % (v.name, v.provider, v.state, v.created_at,
                                           v.details.get("accel", "").upper())).rstrip() for v in vms]
@@ -49,7 +49,7 @@ def rm(names, provider, force, as_json):
     link to a VM (in any worktree of this repository or the one that launched it) has work
     that was not pulled, or when that cannot be checked, unless --force."""
     from .. import vmremove
-    Settings, find_vm, _ = _core()
+    Settings, find_vm, _, _ = _core()
     settings = Settings()
     here = _here()
     plan = []
@@ -80,23 +80,16 @@ def _here():
 
 
 def _owner(settings, name, provider):
-    """The VM's provider: --provider, else the current worktree's link to it, else the config."""
-    from ..errors import NotARepository, UsageError
-    from ..links import LinkStore
-    from .common import worktree_at
-    _, _, provider_for = _core()
-    link = None
-    if not provider:
-        try:
-            link = LinkStore.of(worktree_at(".")).get(name)
-        except (NotARepository, UsageError):
-            link = None
-    return provider_for(settings, name, link, override=provider)
+    """The VM's provider (target.resolve): --provider, else the current worktree's link to it,
+    else the config. The VM is looked up by name alone: removing or stopping it must work even
+    when a link to that name has gone stale."""
+    resolve = _core()[3]
+    return resolve(settings, name, worktree=None if provider else _here(), provider=provider, find=False).provider
 
 
 def _lifecycle(provider, name, verb):
     from ..errors import UsageError
-    Settings, find_vm, _ = _core()
+    Settings, find_vm, _, _ = _core()
     owner = _owner(Settings(), name, provider)
     find_vm(owner, name)
     action = getattr(owner, verb, None)

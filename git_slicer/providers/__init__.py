@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..links import new_vm_id  # noqa: F401  (providers make ids at launch)
 
 
 @dataclass
@@ -22,12 +23,6 @@ class VM:
     def as_json(self) -> dict:
         return {"name": self.name, "provider": self.provider, "address": self.address,
                 "created_at": self.created_at, "state": self.state, "id": self.id, **self.details}
-
-
-def new_vm_id() -> str:
-    """A VM's identity: links name it, so a VM that later takes the same name is not mistaken for it."""
-    import uuid
-    return uuid.uuid4().hex
 
 
 def record_roots(vm_root: str) -> dict:

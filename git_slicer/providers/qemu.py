@@ -36,6 +36,7 @@ from ..config import vm_dir
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import now, write_atomic
 from ..wire.framing import Connection, ProtocolError
+from ..session import open_session
 from ..transport import SocketChannel
 from . import VM, DirectoryVMs, new_vm_id
 from .qemu_image import build_image, find_image, image_root
@@ -457,37 +458,5 @@ class QemuProvider(DirectoryVMs):
         return self._run(vm, argv, cwd, sys.stdout.buffer, sys.stderr.buffer)
 
     def _run(self, vm: VM, argv, cwd, out, err, timeout: float = None) -> int:
-        from ..target import open_session
-        with open_session(self, vm) as session:
-            if timeout:
-                session.set_deadline(int(timeout))
-            return run_exec(session, argv, cwd, out, err)
-
-
-def run_exec(session, argv, cwd, out, err) -> int:
-    """The host side of the `exec` op: copy the output frames through, return the exit code."""
-    conn = session.conn
-    try:
-        conn.send({"op": "exec", "argv": list(argv), "cwd": cwd or ""})
-        while True:
-            kind, payload = conn.read_frame()
-            if kind == b"D" and payload:
-                target = out if payload[:1] == b"\x01" else err
-                target.write(payload[1:])
-                target.flush()
-                continue
-            if kind != b"J":
-                raise ProtocolError("unexpected %r frame in exec output" % kind)
-            message = json.loads(payload)
-            if message.get("ok") is True:
-                return int(message.get("exit", 1))
-            error = message.get("error") or {}
-            if error.get("code") == "not-found":
-                err.write(("git-slicer: %s\n" % error.get("message", "command not found")).encode())
-                err.flush()
-                return 127
-            if error.get("code") == "unknown-op":
-                raise AgentFailed("the agent in VM %s is too old to run commands (no exec op)" % session.vm)
-            raise AgentFailed("VM %s: %s" % (session.vm, error.get("message", "exec failed")))
-    except (ProtocolError, OSError, ValueError) as exc:
-        raise session._fail(exc) from None
+        with open_session(self, vm, self.settings, deadline=int(timeout) if timeout else None) as session:
+            return session.exec(argv, cwd, out, err)

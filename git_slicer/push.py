@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import agreed, locks, report
 from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
-from .ignore import SlicerIgnore
+from .ignore import SlicerIgnore, host_excludes
 from .links import Link, LinkStore, now, repository_links
 from .pull import recover_interrupted
 from .scan import host_overlay, ignored_files
@@ -170,7 +170,8 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
     session.push(link.guest_path, push_id=push_id, branch=branch, commit=head, object_format=worktree.algo,
                  overlay=ours, reuse=reuse, extra=extra, pack=need_pack, tar=tar, shallow=shallow,
                  expect={"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,
-                 config=_identity(worktree), remotes=_safe_remotes(worktree))  # "ready", or a refusal
+                 config=_identity(worktree), remotes=_safe_remotes(worktree),
+                 excludes=host_excludes(worktree))  # "ready", or a refusal
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
     try:
         if need_pack:

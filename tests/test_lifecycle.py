@@ -212,3 +212,28 @@ def test_worktree_remove_removes_the_vms_it_launched_and_keeps_the_rest(launched
     result = repo.slicer_json("worktree", "remove", str(paths["busy"]), "--force")
     assert result["vms"][0]["removed"] is False and "not pulled" in result["vms"][0]["reason"]
     assert not paths["busy"].exists() and vms["busy"] in _vm_names(repo)     # the work survives in the VM
+
+
+# -- the host's ignore rules in the VM ------------------------------------------------------
+def test_every_host_ignore_source_shapes_the_vm_view(repo, hermetic_seal, tmp_path):
+    (hermetic_seal / ".config" / "git").mkdir(parents=True)
+    (hermetic_seal / ".config" / "git" / "ignore").write_text("build/\n")     # default core.excludesFile
+    (repo.path / ".git" / "info").mkdir(exist_ok=True)
+    (repo.path / ".git" / "info" / "exclude").write_text("# mine\n*.tmp\n!keep.tmp\n")
+    repo.write(".gitignore", "*.log\n")
+    for path in ("a.tmp", "keep.tmp", "build/out.o", "run.log", "notes.txt"):
+        repo.write(path, path + "\n")
+    vm = repo.slicer_json("push", "--launch", "--include-ignored")["vm"]
+    assert repo.vm_status(vm) == repo.status()
+    assert repo.vm_sh(vm, "cat build/out.o a.tmp") == "build/out.o\na.tmp\n"     # sent, and ignored there
+    repo.write("more.txt", "m\n")
+    assert repo.slicer_json("push")["up_to_date"] is False                   # not refused
+    assert repo.vm_status(vm) == repo.status()
+    other = tmp_path / "global-ignore"
+    other.write_text("*.cache\n")
+    repo.git("config", "core.excludesFile", str(other))
+    repo.write("x.cache", "c\n")
+    repo.slicer("push", "--include-ignored")
+    assert repo.vm_status(vm) == repo.status()
+    exclude = repo.vm_sh(vm, "cat .git/info/exclude")
+    assert "*.cache" in exclude and "*.tmp" in exclude and str(other) not in exclude   # patterns, not paths

@@ -22,6 +22,7 @@ from .errors import AgentError
 
 CAPS = ["pack", "tar", "shallow", "thin"]
 MAX_PUSH_BYTES = 1 << 40        # the host is trusted; the cap only stops runaway streams
+_EXCLUDES_HEADER = "# the host's core.excludesFile and info/exclude patterns: git-slicer rewrites this on every push"
 _KEEP_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ")
 
 
@@ -293,6 +294,16 @@ class Agent:
             transaction.recover(repo)
 
     def _configure(self, repo: Repo, request) -> None:
+        excludes = request.get("excludes")
+        if isinstance(excludes, list) and all(isinstance(x, str) and "\n" not in x for x in excludes):
+            # The host's core.excludesFile and info/exclude patterns (never a host path): git in
+            # the VM then ignores what the host's git ignores, so both statuses agree.
+            path = os.path.join(repo.root, ".git", "info", "exclude")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes)
+            with open(path + ".tmp", "wb") as fh:
+                fh.write(text.encode("utf-8", "surrogateescape"))
+            os.replace(path + ".tmp", path)
         for key, value in sorted(request.get("config", {}).items()):
             if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
                 repo.git(["config", key, value])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import SlicerError, WouldLoseWork
+from .errors import SlicerError, StaleLink, WouldLoseWork
 from .links import LinkStore, repository_links
 from .repo import Worktree
 from .status import status
@@ -45,6 +45,8 @@ def unpulled_work(worktree, link):
         return None
     try:
         report = status(worktree, link.vm)
+    except StaleLink:
+        return None             # the VM is gone, or its name is another VM's now: nothing of ours there
     except SlicerError as exc:
         return "its state cannot be read (%s)" % exc
     side = report["vm_side"]

@@ -237,3 +237,13 @@ def test_every_host_ignore_source_shapes_the_vm_view(repo, hermetic_seal, tmp_pa
     assert repo.vm_status(vm) == repo.status()
     exclude = repo.vm_sh(vm, "cat .git/info/exclude")
     assert "*.cache" in exclude and "*.tmp" in exclude and str(other) not in exclude   # patterns, not paths
+
+
+def test_worktree_remove_with_a_link_to_a_vanished_vm(repo, hermetic_seal, tmp_path):
+    import shutil
+    target = tmp_path / "gone"
+    vm = repo.slicer_json("worktree", "add", str(target), "-b", "gone", "--launch")["pushed"]["vm"]
+    shutil.rmtree(_vm_root(hermetic_seal) / vm)              # nothing left to lose
+    result = repo.slicer_json("worktree", "remove", str(target))
+    assert not target.exists() and result["vms"][0]["removed"] is False
+    assert "stale" in result["vms"][0]["reason"]

@@ -28,7 +28,7 @@ from .objects import ObjectReader, TreeReader
 from .quarantine import ImportLimits, Quarantine, remove_stale
 from .safewrite import DIRECTORY, Change, SafeWriter, read_journal
 from .checkout_form import checkout_form
-from .scan import host_overlay
+from .scan import KnownPaths, host_overlay
 from .sparse import SparseCheckout
 from .target import resolve, vm_named
 from .wire import overlay as overlay_mod
@@ -110,6 +110,7 @@ class Puller:
         self.file_limits = file_limits
         self.ignore = SlicerIgnore(worktree.root)
         self.store = None
+        self.known = KnownPaths(worktree, link.agreed_overlay)    # names with control characters allowed back
 
     def run(self) -> dict:
         """Refs under refs/slicer/<vm>/ move only when nothing the VM sent failed validation."""
@@ -131,7 +132,8 @@ class Puller:
 
     def _run(self) -> dict:
         vm_state = self.session.state(self.link.guest_path, applied=agreed.pending_id(self.link),
-                                      max_entries=self.file_limits.max_entries)
+                                      max_entries=self.file_limits.max_entries,
+                                      known=self.known)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
         if not vm_state["exists"]:
             raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
@@ -183,7 +185,7 @@ class Puller:
         if missing:
             haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
             haves += _slicer_refs(self.wt, self.link.vm).values()
-            with Quarantine(self.wt, self.pack_limits) as q:
+            with Quarantine(self.wt, self.pack_limits, self.known) as q:
                 self.session.fetch(self.link.guest_path, wanted + [b for b in index_blobs if b in missing],
                                    sorted(set(haves)), q.receive, self.pack_limits.pack_bytes + 1)
                 q.validate(wanted)
@@ -304,7 +306,7 @@ class Puller:
         files_dir = os.path.join(staging, "files")
         os.mkdir(files_dir)
         members = self.session.files(self.link.guest_path, {p: c.new for p, c in from_vm.items()},
-                                     files_dir, self.file_limits)
+                                     files_dir, self.file_limits, control_ok=set(from_vm))
         got = {m.path: m for m in members}
         if set(got) != set(from_vm):
             raise UnsafeInput("VM %s sent other files than were asked for" % self.link.vm)

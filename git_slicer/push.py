@@ -15,7 +15,7 @@ from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore, host_excludes
 from .links import Link, LinkStore, now, repository_links
 from .pull import recover_interrupted
-from .scan import host_overlay, ignored_files
+from .scan import KnownPaths, host_overlay, ignored_files
 from .session import open_session
 from .target import default_guest_path, provider_for, resolve, vm_named
 from .wire import overlay as overlay_mod
@@ -131,7 +131,8 @@ def _host_state(worktree, ignore: SlicerIgnore):
 
 def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
           ignore: SlicerIgnore, scanning):
-    vm_state = session.state(link.guest_path, applied=agreed.pending_id(link))
+    vm_state = session.state(link.guest_path, applied=agreed.pending_id(link),
+                             known=KnownPaths(worktree, link.agreed_overlay))
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
     head, branch, ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)

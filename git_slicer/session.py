@@ -174,17 +174,19 @@ class AgentSession:
         self.info = reply
         return reply
 
-    def state(self, path: str, base: str = None, applied: str = None, max_entries: int = STATE_ENTRIES) -> dict:
+    def state(self, path: str, base: str = None, applied: str = None, max_entries: int = STATE_ENTRIES,
+              known=False) -> dict:
         """The VM repository's branch, HEAD and overlay (and commits ahead of/behind `base`; and
         with `applied`, a push id, that push's record if it is the last one the VM completed),
-        validated (types, object ids, modes, every path) before anyone uses it."""
+        validated (types, object ids, modes, every path) before anyone uses it. `known`: names with
+        control characters the host already has (scan.KnownPaths), which the VM may report too."""
         message = {"op": "state", "path": path}
         if base:
             message["base"] = base
         if applied:
             message["applied"] = applied
         return check_state(self._request(message), self.limits.path_bytes, self.limits.path_depth,
-                           min(max_entries, STATE_ENTRIES))
+                           min(max_entries, STATE_ENTRIES), control_ok=known)
 
     def push(self, path: str, *, push_id: str, branch: str, commit: str, object_format: str, overlay: dict,
              reuse: list, extra: list, pack: bool, tar: bool, shallow: list, expect, config: dict,
@@ -196,11 +198,11 @@ class AgentSession:
                               "pack": pack, "tar": tar, "shallow": shallow, "expect": expect, "config": config,
                               "remotes": remotes, "excludes": excludes})
 
-    def pushed(self) -> dict:
+    def pushed(self, known=False) -> dict:
         """The agent's answer once a push's streams are sent: the VM's state after the push,
         validated like `state`."""
         return check_state({**self.reply(), "exists": True}, self.limits.path_bytes, self.limits.path_depth,
-                           STATE_ENTRIES)
+                           STATE_ENTRIES, control_ok=known)
 
     def fetch(self, path: str, wants: list, haves: list, receive, max_bytes: int) -> dict:
         """Ask for a pack of `wants` minus `haves`; `receive(chunks)` consumes it (at most
@@ -212,13 +214,13 @@ class AgentSession:
         except (ProtocolError, RemoteError, OSError) as exc:
             raise AgentFailed("VM %s: fetching objects failed: %s" % (self.vm, exc)) from None
 
-    def files(self, path: str, files: dict, into: str, limits: tarstream.Limits) -> list:
+    def files(self, path: str, files: dict, into: str, limits: tarstream.Limits, control_ok=False) -> list:
         """The named worktree files (path -> [mode, blob id]) staged under `into`, within
         `limits`; the caller checks each against its blob id."""
         self._request({"op": "files", "path": path, "files": files})
         try:
             members = tarstream.read_members(self.conn.recv_stream(limits.max_total_bytes + 1024 * (len(files) + 4)),
-                                             into, limits)
+                                             into, limits, control_ok=control_ok)
             self.conn.recv_reply()
         except tarstream.UnsafeArchive as exc:
             raise UnsafeInput("files from VM %s refused: %s" % (self.vm, exc)) from None

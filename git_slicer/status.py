@@ -11,7 +11,7 @@ from .agreed import pending_id, settle
 from .config import Settings
 from .ignore import SlicerIgnore
 from .objects import TreeReader
-from .scan import host_overlay
+from .scan import KnownPaths, host_overlay
 from .target import resolve
 from .wire import overlay as overlay_mod
 
@@ -24,7 +24,8 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     head = worktree.rev("HEAD")
     ours = host_overlay(worktree, ignore)
     with target.session() as session:
-        theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link))
+        theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link),
+                               known=KnownPaths(worktree, link.agreed_overlay))
     settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep)
     base = link.agreed_commit

@@ -188,7 +188,7 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
     except (BrokenPipeError, ConnectionError, ProtocolError):
         session.reply()  # the agent stopped reading: its error explains why
         raise
-    reply = session.pushed()
+    reply = session.pushed(known=KnownPaths(worktree, link.agreed_overlay, ours))
     report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"
                 % (sent["pack_bytes"], sent["files"], sent["file_bytes"], len(reuse)))
     after = overlay_mod.filtered(reply["overlay"], ignore.keep)

@@ -63,9 +63,12 @@ def _rotate(slicer_dir: str) -> None:
 def read_state(slicer_dir: str) -> dict:
     try:
         with open(os.path.join(slicer_dir, STATE), "rb") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+            state = json.load(fh)
+    except (OSError, ValueError, RecursionError):
         return {}
+    if not isinstance(state, dict) or not isinstance(state.get("vms", {}), dict):
+        return {}                   # only our own bookkeeping: start it again
+    return state
 
 
 def _record(slicer_dir: str, vm: str, entry: dict) -> None:

@@ -20,9 +20,12 @@ class Key:
     default: object
     env: str = ""      # environment variable that overrides it
     help: str = ""
+    choices: tuple = ()            # "str" keys: the only values accepted
+    maximum: int = 1 << 53         # "int" keys: the largest value accepted (the smallest is 1)
 
 
 _MB = 1024 * 1024
+_WEEK = 7 * 24 * 3600
 KEYS = [
     Key("slicer.provider", "str", "local", "GIT_SLICER_PROVIDER",
         "Where VMs come from: `local` (bubblewrap sandbox), `qemu` (a real microVM), `slicer` (Slicer REST API), `ssh` (any ssh host; no --launch)."),
@@ -35,26 +38,29 @@ KEYS = [
     Key("slicer.autoPush", "bool", True, "GIT_SLICER_AUTOPUSH",
         "Let installed hooks push new commits to linked VMs."),
     Key("slicer.progress", "str", "auto", "GIT_SLICER_PROGRESS",
-        "Progress bars on stderr: `auto` (only on a TTY), `always`, `never`."),
+        "Progress bars on stderr: `auto` (only on a TTY), `always`, `never`.",
+        choices=("auto", "always", "never")),
     Key("slicer.local.sandbox", "str", "auto", "GIT_SLICER_SANDBOX",
-        "`auto` (bubblewrap if installed, else unsandboxed with a warning), `bwrap`, `none`."),
+        "`auto` (bubblewrap if installed, else unsandboxed with a warning), `bwrap`, `none`.",
+        choices=("auto", "bwrap", "none")),
     Key("slicer.local.python", "str", "", "",
         "python3 used inside local sandboxes (default: /usr/bin/python3, else the host's)."),
     Key("slicer.qemu.accel", "str", "auto", "GIT_SLICER_QEMU_ACCEL",
-        "qemu VMs: `auto` (KVM if a test guest really boots under it, else TCG), `kvm`, `tcg`."),
-    Key("slicer.qemu.cpus", "int", 2, "", "qemu VMs: virtual CPUs."),
+        "qemu VMs: `auto` (KVM if a test guest really boots under it, else TCG), `kvm`, `tcg`.",
+        choices=("auto", "kvm", "tcg")),
+    Key("slicer.qemu.cpus", "int", 2, "", "qemu VMs: virtual CPUs.", maximum=1024),
     Key("slicer.qemu.memory", "int", 1024 * _MB, "", "qemu VMs: memory (e.g. `1g`, `1536m`); the root fs lives in it."),
     Key("slicer.qemu.diskSize", "int", 8192 * _MB, "", "qemu VMs: size of each VM's (sparse) disk for the repository."),
     Key("slicer.qemu.imageDir", "path", "", "GIT_SLICER_IMAGE_CACHE",
         "qemu guest image cache (default `$XDG_CACHE_HOME/git-slicer/images`)."),
     Key("slicer.qemu.mirror", "str", "", "", "Debian mirror for the qemu image (default http://deb.debian.org/debian)."),
     Key("slicer.qemu.binary", "str", "qemu-system-x86_64", "", "QEMU binary of the qemu provider."),
-    Key("slicer.qemu.bootTimeout", "int", 300, "", "Seconds a qemu VM may take to boot until its agent answers."),
+    Key("slicer.qemu.bootTimeout", "int", 300, "", "Seconds a qemu VM may take to boot until its agent answers.", maximum=_WEEK),
     Key("slicer.sshCommand", "str", "ssh", "GIT_SLICER_SSH_COMMAND",
         "ssh command for `ssh:` addresses and the ssh provider (e.g. `ssh -F ~/.ssh/vms`)."),
-    Key("slicer.connectTimeout", "int", 10, "", "Seconds to wait for a VM's transport to connect."),
+    Key("slicer.connectTimeout", "int", 10, "", "Seconds to wait for a VM's transport to connect.", maximum=_WEEK),
     Key("slicer.handshakeTimeout", "int", 30, "",
-        "Seconds to wait, once connected, for the agent to answer (includes shipping it)."),
+        "Seconds to wait, once connected, for the agent to answer (includes shipping it).", maximum=_WEEK),
     Key("slicer.url", "str", "", "SLICER_URL",
         "Slicer REST API: a unix socket path or `http://127.0.0.1:8080` (provider `slicer`)."),
     Key("slicer.tokenFile", "path", "", "SLICER_TOKEN_FILE",
@@ -69,9 +75,10 @@ KEYS = [
     Key("slicer.limit.pathBytes", "int", 4096, "", "Longest path from a VM, in bytes."),
     Key("slicer.limit.pathDepth", "int", 64, "", "Deepest path from a VM, in components."),
     Key("slicer.limit.linkBytes", "int", 4096, "", "Longest symlink target from a VM."),
+    Key("slicer.limit.refs", "int", 10_000, "", "Most branches a VM may report; more is refused before any host write."),
     Key("slicer.limit.frameBytes", "int", 64 * _MB, "", "Largest control message from a VM."),
     Key("slicer.limit.treeDepth", "int", 256, "", "Deepest tree in commits from a VM."),
-    Key("slicer.limit.seconds", "int", 3600, "", "Longest a single push or pull may take."),
+    Key("slicer.limit.seconds", "int", 3600, "", "Longest a single push or pull may take.", maximum=_WEEK),
 ]
 PER_VM_KEYS = [
     Key("slicer.<vm>.address", "str", "", "", "How to reach the VM's agent (transport address)."),
@@ -126,11 +133,16 @@ class Settings:
             return _parse_bool(text, key.name)
         if key.kind == "int":
             try:
-                return _parse_int(text)
+                value = _parse_int(text)
             except ValueError:
-                raise UsageError("bad number %r for %s" % (text, key.name)) from None
+                raise UsageError("bad number %r for %s" % (_shown(text), key.name)) from None
+            if not 1 <= value <= key.maximum:
+                raise UsageError("%s must be between 1 and %d (got %s)" % (key.name, key.maximum, _shown(text)))
+            return value
         if key.kind == "path":
             return os.path.expanduser(text)
+        if key.choices and text not in key.choices:
+            raise UsageError("%s must be %s (got %r)" % (key.name, ", ".join(key.choices), _shown(text)))
         return text
 
     def vm(self, vm: str, var: str, default=None):
@@ -144,6 +156,11 @@ class Settings:
         return found
 
 
+def _shown(text: str) -> str:
+    from .wire.paths import display
+    return display(text[:100])
+
+
 def _parse_int(text: str) -> int:
     text = text.strip().lower()
     scale = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}.get(text[-1:], 1)
@@ -153,6 +170,23 @@ def _parse_int(text: str) -> int:
 def vm_dir(settings: Settings) -> str:
     configured = settings.get("slicer.vmDir")
     if configured:
+        if os.path.lexists(configured) and not os.path.isdir(configured):
+            raise UsageError("slicer.vmDir %s is not a directory" % _shown(configured),
+                             hint="point slicer.vmDir (or GIT_SLICER_VM_DIR) at a directory")
         return configured
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(data, "git-slicer", "vms")
+
+
+def check_guest_path(text: str, key: str = "slicer.guestPath") -> str:
+    """A repository path inside the VM: `~/<dir>` (in the VM user's home) or an absolute path,
+    with no '.', '..' or empty components, and never the home or `/` itself (the agent would
+    turn it into a repository, or work outside the home)."""
+    from .wire.paths import display
+    body = text[2:] if text.startswith("~/") else text[1:] if text.startswith("/") else None
+    parts = body.rstrip("/").split("/") if body is not None else []
+    if body is None or not body.strip("/") or any(p in ("", ".", "..") for p in parts) or \
+            any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise UsageError("%s must be `~/DIR` (inside the VM user's home) or an absolute path below `/`, "
+                         "without '.' or '..' (got %r)" % (key, display(text[:200])))
+    return text

@@ -305,6 +305,8 @@ def status(worktree) -> dict:
     vms = []
     for link in LinkStore.of(worktree).all():
         last = state.get("vms", {}).get(link.vm)
+        if not isinstance(last, dict) or not isinstance(last.get("at"), str) or not isinstance(last.get("result"), str):
+            last = None                  # our own bookkeeping, damaged: as if never written
         vms.append({"vm": link.vm, "branch": link.branch, "last": last})
     warning = hooks_path_warning(worktree, directory)
     return {"hooks_dir": directory, "hooks": hooks, "auto_push": auto, "vms": vms,

@@ -1,23 +1,88 @@
-"""`.slicerignore`: gitignore-syntax patterns for paths that never leave the host."""
+"""`.slicerignore`: gitignore-syntax patterns for paths that never leave the host.
+
+A pull can bring a `.slicerignore` (or a `.gitignore`) from the VM, so these files are VM-shaped
+input: they are read only as regular files within MAX_IGNORE_BYTES, never through a symlink, a
+FIFO or a device (`.slicerignore -> /dev/zero` would otherwise eat the host's memory, a FIFO
+would hang every push), and a bad pattern is one error naming the file and line.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 
+from .errors import SlicerError
+
 IGNORE_FILE = ".slicerignore"
+MAX_IGNORE_BYTES = 1024 * 1024
+
+
+class BadIgnoreFile(SlicerError):
+    """An ignore file that cannot be used as it is (not a regular file, too big, bad pattern)."""
+
+
+def read_regular(path: str, shown: str, limit: int = MAX_IGNORE_BYTES):
+    """The bytes of `path` if it is a regular file of at most `limit` bytes; None if it does not
+    exist. Opened with O_NOFOLLOW | O_NONBLOCK so that neither a symlink nor a FIFO is followed
+    or waited on; the type is checked on the open descriptor (no race with a swap)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise BadIgnoreFile("%s is a symlink; it is read only as a regular file" % shown,
+                                hint="replace it with a regular file (or remove it)") from None
+        raise BadIgnoreFile("cannot read %s: %s" % (shown, exc.strerror)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
+                else "a device or socket"
+            raise BadIgnoreFile("%s is %s; it is read only as a regular file" % (shown, kind),
+                                hint="replace it with a regular file (or remove it)")
+        if info.st_size > limit:
+            raise BadIgnoreFile("%s is larger than %d bytes" % (shown, limit))
+        chunks, size = [], 0
+        while size <= limit:
+            block = os.read(fd, limit + 1 - size)
+            if not block:
+                break
+            chunks.append(block)
+            size += len(block)
+        if size > limit:
+            raise BadIgnoreFile("%s is larger than %d bytes" % (shown, limit))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def compile_patterns(data: bytes, shown: str):
+    """A GitIgnoreSpec of `data`; a bad pattern is one error naming `shown` and its line."""
+    import pathspec
+    lines = data.decode("utf-8", "surrogateescape").splitlines()
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except Exception:                # pathspec raises several types for a bad pattern: find it
+        pass
+    for number, line in enumerate(lines, 1):
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except Exception as exc:
+            from .wire.paths import display
+            raise BadIgnoreFile("%s line %d: invalid pattern %s (%s)"
+                                % (shown, number, display(repr(line)[:200]), type(exc).__name__)) from None
+    raise BadIgnoreFile("%s: invalid patterns" % shown)
 
 
 class SlicerIgnore:
-    def __init__(self, root: str):
+    def __init__(self, root: str = None, data: bytes = None, shown: str = IGNORE_FILE):
+        """The worktree's `.slicerignore` (or, with `data`, those contents)."""
         self.spec = None
-        try:
-            with open(os.path.join(root, IGNORE_FILE), encoding="utf-8", errors="surrogateescape") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
-            return
-        import pathspec
-        self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        if data is None and root is not None:
+            data = read_regular(os.path.join(root, IGNORE_FILE), shown)
+        if data is not None:
+            self.spec = compile_patterns(data, shown)
 
     def ignored(self, path: str) -> bool:
         """True if `path` (worktree-relative, '/'-separated) or any parent dir is ignored."""
@@ -25,7 +90,7 @@ class SlicerIgnore:
             return False
         if self.spec.match_file(path):
             return True
-        parts = path.split("/")
+        parts = path.rstrip("/").split("/")
         return any(self.spec.match_file("/".join(parts[:i]) + "/") for i in range(1, len(parts)))
 
     def keep(self, path: str) -> bool:

@@ -89,13 +89,15 @@ class LinkStore:
         return os.path.join(self.dir, check_vm_name(vm) + ".json")
 
     def get(self, vm: str):
+        path = self._path(vm)
         try:
-            with open(self._path(vm), "rb") as fh:
-                data = json.load(fh)
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_LINK_BYTES + 1)
         except FileNotFoundError:
             return None
-        known = {k: v for k, v in data.items() if k in Link.__dataclass_fields__}
-        return Link(**known)
+        except OSError as exc:
+            raise _corrupt(path, vm, exc.strerror) from None
+        return parse_link(raw, path, vm)
 
     def save(self, link: Link) -> None:
         write_atomic(self._path(link.vm), json.dumps(asdict(link), indent=1, sort_keys=True).encode())
@@ -110,9 +112,17 @@ class LinkStore:
     def all(self):
         try:
             names = sorted(n[:-5] for n in os.listdir(self.dir) if n.endswith(".json"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        links = [self.get(n) for n in names]
+        valid = []
+        for name in names:
+            if _VM_NAME.match(name) and not name.endswith(".json"):
+                valid.append(name)
+            else:             # not a file we wrote (e.g. "old copy.json"): never a reason to fail
+                from . import report
+                from .wire.paths import display
+                report.warn_once("ignoring %s: not a link file name" % display(os.path.join(self.dir, name + ".json")))
+        links = [self.get(n) for n in valid]
         return [link for link in links if link is not None]
 
 
@@ -131,3 +141,43 @@ def repository_links(worktree):
             continue
         found += [(other, link) for link in LinkStore.of(other).all()]
     return found
+
+
+MAX_LINK_BYTES = 64 * 1024 * 1024
+_TYPES = {f.name: {"str": str, "dict": dict, "int": int, "bool": bool}.get(str(f.type), object)
+          for f in Link.__dataclass_fields__.values()}
+
+
+def _corrupt(path: str, vm: str, why: str) -> SlicerError:
+    from .wire.paths import display
+    return SlicerError("link file %s is corrupt (%s)" % (display(path), why),
+                       hint="restore it, or remove it with `git slicer unlink %s` and push again" % vm)
+
+
+def parse_link(raw: bytes, path: str, vm: str) -> Link:
+    """A Link from the bytes of its file; anything but the shape we write is one clear error."""
+    if len(raw) > MAX_LINK_BYTES:
+        raise _corrupt(path, vm, "larger than %d bytes" % MAX_LINK_BYTES)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _corrupt(path, vm, "empty" if not raw.strip() else "not JSON") from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, vm, "not a JSON object")
+    known = {k: v for k, v in data.items() if k in _TYPES}
+    for name, value in known.items():
+        if not isinstance(value, _TYPES[name]):
+            raise _corrupt(path, vm, "%s is not a %s" % (name, _TYPES[name].__name__))
+    overlay = known.get("agreed_overlay")
+    if overlay is not None and not (set(overlay) == {"index", "files"} and all(
+            isinstance(overlay[k], dict) for k in ("index", "files"))):
+        raise _corrupt(path, vm, "agreed_overlay is malformed")
+    if known.get("vm", vm) != vm:
+        raise _corrupt(path, vm, "it names VM %s" % display_name(known["vm"]))
+    known["vm"] = vm
+    return Link(**known)
+
+
+def display_name(text: str) -> str:
+    from .wire.paths import display
+    return display(text[:100])

@@ -22,6 +22,7 @@ from . import agreed, locks, report
 from .config import Settings
 from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
+from .ignore_guard import check_ignore_changes
 from .links import LinkStore, now
 from .repo import run_git
 from .objects import ObjectReader, TreeReader
@@ -42,6 +43,7 @@ class PullOptions:
     force: bool = False
     no_files: bool = False
     no_merge: bool = False
+    accept_ignore_changes: bool = False     # take VM changes to ignore files that widen what push sends
 
 
 @dataclass
@@ -54,7 +56,8 @@ def limits_from(settings: Settings):
     return (ImportLimits(pack_bytes=settings.get("slicer.limit.packBytes"),
                          objects=settings.get("slicer.limit.objects"),
                          tree_depth=settings.get("slicer.limit.treeDepth"),
-                         path_bytes=settings.get("slicer.limit.pathBytes")),
+                         path_bytes=settings.get("slicer.limit.pathBytes"),
+                         refs=settings.get("slicer.limit.refs")),
             tarstream.Limits(max_entries=settings.get("slicer.limit.files"),
                              max_file_bytes=settings.get("slicer.limit.fileBytes"),
                              max_total_bytes=settings.get("slicer.limit.totalBytes"),
@@ -120,14 +123,16 @@ class Puller:
         except UnsafeInput:
             raise
         except BaseException:
-            self._record_imports()
+            try:
+                self._record_imports()
+            except SlicerError as exc:         # the first failure is the one to report
+                report.warn(str(exc))
             raise
         self._record_imports()
         return result
 
     def _record_imports(self) -> None:
-        for name, oid in self._imported.items():
-            self.wt.git(["update-ref", "-m", "slicer pull", "refs/slicer/%s/%s" % (self.link.vm, name), oid])
+        record_refs(self.wt, self.link.vm, self._imported)
         crash_point("pull:imported")
 
     def _run(self) -> dict:
@@ -138,7 +143,7 @@ class Puller:
         if not vm_state["exists"]:
             raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
                               hint="push it again with `git slicer push %s`" % self.link.vm)
-        branches = _valid_branches(self.wt, vm_state["branches"])
+        branches = _valid_branches(self.wt, vm_state["branches"], self.pack_limits.refs)
         vm_tip = branches.get(self.link.branch)
         if vm_tip is None:
             raise AgentFailed("VM %s no longer has branch %s" % (self.link.vm, self.link.branch))
@@ -257,8 +262,9 @@ class Puller:
                     committed[path] = wt
         result["conflicts"] = conflicts
         if conflicts and not self.options.force:
-            raise WouldLoseWork("the VM and the host both changed: %s; nothing was written"
-                                % ", ".join(map(display, conflicts[:10])),
+            raise WouldLoseWork("the VM and the host both changed: %s%s; nothing was written"
+                                % (", ".join(map(display, conflicts[:10])),
+                                   " and %d more" % (len(conflicts) - 10) if len(conflicts) > 10 else ""),
                                 hint="commit or stash the host's changes and pull again, or pull --force "
                                      "(the host's versions are saved under refs/slicer/backup/)",
                                 details={"conflicts": conflicts})
@@ -266,6 +272,9 @@ class Puller:
         try:
             self._stage_contents(changes, vm, staging)
             self._to_checkout_form(changes, committed, target, staging)
+            exposed = check_ignore_changes(self.wt, changes, self.link.vm, self.options.accept_ignore_changes)
+            if exposed:
+                result["exposed_by_ignore_changes"] = exposed
             if self.options.force and (conflicts or result.get("reset")):
                 result["backup"] = self._backup(head, target, changes, bool(result.get("reset")))
             self._write(head, target, changes, index_updates, result, index_old, skip_worktree)
@@ -498,8 +507,16 @@ def _present(worktree, oids) -> list:
     return [o for o in oids if o not in missing]
 
 
-def _valid_branches(worktree, branches: dict) -> dict:
-    """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning."""
+def _valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
+    """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning.
+    More than `max_refs` branches, or two that cannot both be refs (`a` and `a/b`), is refused
+    before anything is written."""
+    if not isinstance(branches, dict):
+        raise UnsafeInput("the VM sent a malformed repository state: branches")
+    if len(branches) > max_refs:
+        raise UnsafeInput("the VM reports %d branches, over slicer.limit.refs (%d); nothing was written"
+                          % (len(branches), max_refs),
+                          hint="delete branches in the VM, or raise slicer.limit.refs")
     valid = {}
     from pygit2 import reference_is_valid_name     # git's check-ref-format rules, without a process per name
     for name, oid in sorted(branches.items()):
@@ -510,7 +527,51 @@ def _valid_branches(worktree, branches: dict) -> dict:
             valid[name] = oid
         else:
             report.warn("ignoring VM branch with an invalid name: %s" % display(str(name))[:100])
+    for name in valid:
+        parent = _parent_in(name, valid)
+        if parent:
+            raise UnsafeInput("the VM has branches %s and %s, which cannot both be refs (one would be a "
+                              "directory of the other); nothing was written" % (display(parent), display(name)),
+                              hint="rename or delete one of them in the VM and pull again")
     return valid
+
+
+def _parent_in(name: str, names) -> str:
+    """The first of `names` that is a directory prefix of `name` (`a` for `a/b`), or ""."""
+    at = name.find("/")
+    while at > 0:
+        if name[:at] in names:
+            return name[:at]
+        at = name.find("/", at + 1)
+    return ""
+
+
+def record_refs(worktree, vm: str, branches: dict) -> None:
+    """Point refs/slicer/<vm>/<name> at the VM's tips in one transaction (`update-ref --stdin`):
+    all of them move or none. Earlier refs of that VM that are in the way of a new name (`a`
+    when the VM now has `a/b`, or the reverse) are stale and deleted in the same transaction."""
+    if not branches:
+        return
+    prefix = "refs/slicer/%s/" % vm
+    existing = _slicer_refs(worktree, vm)
+    names = {prefix + n for n in branches}
+    dirs = {n[:i] for n in names for i in range(len(prefix), len(n)) if n[i] == "/"}
+    commands = []
+    for ref in sorted(existing):
+        if ref not in names and (ref in dirs or _parent_in(ref, names)):
+            commands.append(b"delete %s\0%s\0" % (os.fsencode(ref), existing[ref].encode()))
+    for name, oid in sorted(branches.items()):
+        ref = prefix + name
+        if existing.get(ref) != oid:
+            commands.append(b"update %s\0%s\0%s\0" % (os.fsencode(ref), oid.encode(),
+                                                        existing.get(ref, "").encode()))
+    if not commands:
+        return
+    try:
+        worktree.git(["update-ref", "-m", "slicer pull", "--stdin", "-z"], input=b"".join(commands))
+    except SlicerError as exc:
+        raise SlicerError("could not record VM %s's branches under %s (%s)" % (vm, prefix, exc),
+                          hint="see `git for-each-ref %s`" % prefix) from None
 
 
 def _slicer_refs(worktree, vm: str) -> dict:

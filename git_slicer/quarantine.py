@@ -33,6 +33,7 @@ class ImportLimits:
     objects: int = 1_000_000
     tree_depth: int = 256
     path_bytes: int = 4096
+    refs: int = 10_000          # most branches a VM may report (slicer.limit.refs)
 
 
 class Quarantine:
@@ -231,6 +232,10 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
             raise bad(key)
     if state.get("head") is not None and not _is_oid(state["head"]):
         raise bad("head")
+    for key in ("ahead", "behind"):
+        value = state.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            raise bad(key)
     overlay = state.get("overlay")
     if not isinstance(overlay, dict) or set(overlay) != {"index", "files"}:
         raise bad("overlay")

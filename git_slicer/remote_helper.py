@@ -14,6 +14,7 @@ from .config import Settings
 from .errors import SlicerError
 from .links import Link, check_vm_name
 from .pull import Puller, PullOptions, _valid_branches, limits_from
+from .quarantine import check_state
 from .repo import Worktree
 from .target import resolve
 from .wire import overlay as overlay_mod
@@ -74,10 +75,12 @@ class Helper:
                 raise SlicerError("unsupported remote-helper command: %s" % line[:80])
 
     def list(self) -> str:
-        state = self.connect().state(self.link.guest_path)
+        pack_limits, file_limits = limits_from(self.settings)
+        state = check_state(self.connect().state(self.link.guest_path), file_limits.max_path_bytes,
+                            file_limits.max_depth, file_limits.max_entries)
         if not state["exists"]:
             raise SlicerError("VM %s has no repository at %s" % (self.vm, self.link.guest_path))
-        self.branches = _valid_branches(self.worktree, state["branches"])
+        self.branches = _valid_branches(self.worktree, state["branches"], pack_limits.refs)
         lines = ["%s refs/heads/%s\n" % (oid, name) for name, oid in sorted(self.branches.items())]
         if state["branch"] in self.branches:
             lines.append("@refs/heads/%s HEAD\n" % state["branch"])

@@ -9,15 +9,38 @@ quiet = False
 verbose = False
 
 
+def escape(message: str) -> str:
+    """One line safe for a terminal: control and other non-printable characters (a VM's
+    escape sequences, newlines that would forge a second line) shown as \\xNN."""
+    from .wire.paths import display
+    return display(str(message))
+
+
+def terminal_text(text: str) -> str:
+    """Text for a terminal, newlines and tabs kept, every other control character escaped."""
+    return "".join(c if c in "\n\t" or c.isprintable() else
+                   ("\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c)) for c in text)
+
+
+def summarize(paths, limit: int = 20, shown=None) -> list:
+    """At most `limit` escaped paths, the last one followed by "(and N more)" (text output;
+    --json keeps them all)."""
+    shown = shown or escape
+    lines = [shown(p) for p in paths[:limit]]
+    if len(paths) > limit:
+        lines[-1] += " (and %d more)" % (len(paths) - limit)
+    return lines
+
+
 def warn(message: str) -> None:
     if not quiet:
-        sys.stderr.write("warning: %s\n" % message)
+        sys.stderr.write("warning: %s\n" % escape(message))
 
 
 def info(message: str) -> None:
     """Detail shown with -v."""
     if verbose and not quiet:
-        sys.stderr.write("%s\n" % message)
+        sys.stderr.write("%s\n" % escape(message))
 
 
 def warn_once(message: str) -> None:

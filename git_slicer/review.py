@@ -17,6 +17,7 @@ from .config import Settings
 from .errors import AgentFailed
 from .ignore import SlicerIgnore
 from .links import LinkStore
+from .quarantine import check_state
 from .pull import Puller, PullOptions, _valid_branches, limits_from
 from .safewrite import Change
 from .scan import host_overlay
@@ -50,7 +51,7 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
             state = session.state(link.guest_path, max_entries=file_limits.max_entries)
             if not state["exists"]:
                 raise AgentFailed("VM %s has no repository at %s" % (name, link.guest_path))
-            branches = _valid_branches(worktree, state["branches"])
+            branches = _valid_branches(worktree, state["branches"], pack_limits.refs)
             vm_tip = branches.get(link.branch)
             if vm_tip is None:
                 raise AgentFailed("VM %s no longer has branch %s" % (name, link.branch))

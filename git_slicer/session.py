@@ -31,13 +31,15 @@ class SessionLimits:
     seconds: int = 0
     path_bytes: int = 4096
     path_depth: int = 64
+    entries: int = STATE_ENTRIES        # changed paths one state may list (slicer.limit.files)
 
     @classmethod
     def from_settings(cls, settings) -> "SessionLimits":
         return cls(frame_bytes=settings.get("slicer.limit.frameBytes"),
                    seconds=settings.get("slicer.limit.seconds"),
                    path_bytes=settings.get("slicer.limit.pathBytes"),
-                   path_depth=settings.get("slicer.limit.pathDepth"))
+                   path_depth=settings.get("slicer.limit.pathDepth"),
+                   entries=min(settings.get("slicer.limit.files"), STATE_ENTRIES))
 
 
 def stale(name: str, why: str) -> StaleLink:
@@ -186,7 +188,7 @@ class AgentSession:
         if applied:
             message["applied"] = applied
         return check_state(self._request(message), self.limits.path_bytes, self.limits.path_depth,
-                           min(max_entries, STATE_ENTRIES), control_ok=known)
+                           min(max_entries, self.limits.entries), control_ok=known)
 
     def push(self, path: str, *, push_id: str, branch: str, commit: str, object_format: str, overlay: dict,
              reuse: list, extra: list, pack: bool, tar: bool, shallow: list, expect, config: dict,
@@ -202,7 +204,7 @@ class AgentSession:
         """The agent's answer once a push's streams are sent: the VM's state after the push,
         validated like `state`."""
         return check_state({**self.reply(), "exists": True}, self.limits.path_bytes, self.limits.path_depth,
-                           STATE_ENTRIES, control_ok=known)
+                           self.limits.entries, control_ok=known)
 
     def fetch(self, path: str, wants: list, haves: list, receive, max_bytes: int) -> dict:
         """Ask for a pack of `wants` minus `haves`; `receive(chunks)` consumes it (at most

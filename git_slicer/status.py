@@ -27,7 +27,7 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
         theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link),
                                known=KnownPaths(worktree, link.agreed_overlay))
     settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
-    vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep)
+    vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep) if theirs["exists"] else overlay_mod.empty()
     base = link.agreed_commit
     agreed = _Side(worktree, base, link.agreed_overlay, {})
     host_commits = overlay_mod.tree_changes(worktree.git, base, head) if head else {}

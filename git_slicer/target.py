@@ -90,8 +90,12 @@ def provider_for(settings: Settings, vm: str = None, link: Link = None, override
 
 
 def default_guest_path(settings: Settings, worktree, vm: str) -> str:
-    configured = settings.vm(vm, "guestPath") or settings.get("slicer.guestPath")
-    return configured or "~/" + worktree.name
+    from .config import check_guest_path
+    if settings.vm(vm, "guestPath"):
+        return check_guest_path(settings.vm(vm, "guestPath"), "slicer.%s.guestPath" % vm)
+    if settings.get("slicer.guestPath"):
+        return check_guest_path(settings.get("slicer.guestPath"))
+    return "~/" + worktree.name
 
 
 def find_vm(provider, name: str, link: Link = None) -> VM:

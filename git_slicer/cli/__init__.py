@@ -73,9 +73,10 @@ def main(argv=None) -> None:
         sys.stderr.write("interrupted\n")
         code = 130
     except SlicerError as exc:
-        sys.stderr.write("error: %s\n" % exc)
+        from ..report import escape
+        sys.stderr.write("error: %s\n" % escape(exc))
         if exc.hint:
-            sys.stderr.write("hint: %s\n" % exc.hint)
+            sys.stderr.write("hint: %s\n" % escape(exc.hint))
         code = exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -85,8 +86,9 @@ def main(argv=None) -> None:
     except Exception as exc:  # a bug: one line, the traceback only on request
         if os.environ.get("GIT_SLICER_DEBUG"):
             raise
+        from ..report import escape
         sys.stderr.write("error: internal error: %s: %s (set GIT_SLICER_DEBUG=1 for a traceback)\n"
-                         % (type(exc).__name__, exc))
+                         % (type(exc).__name__, escape(exc)))
         code = 1
     sys.stdout.flush()
     sys.exit(code if isinstance(code, int) else 0)

@@ -22,7 +22,7 @@ def emit(as_json: bool, data, text: str = None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     elif text and not report.quiet:
-        click.echo(text)
+        click.echo(report.terminal_text(text))     # VM-supplied strings never reach the terminal raw
 
 
 def short(oid) -> str:

@@ -10,13 +10,18 @@ from .common import emit, json_option, short, vm_argument, worktree_at
               help="Take the VM's branch and files even where the host differs (host state saved first).")
 @click.option("--no-files", is_flag=True, help="Bring commits only, not the VM's uncommitted files.")
 @click.option("--no-merge", is_flag=True, help="Import the VM's branches under refs/slicer/VM/ only.")
+@click.option("--accept-ignore-changes", is_flag=True,
+              help="Take the VM's changes to .slicerignore/.gitignore even where push would then send "
+                   "host files it keeps back now.")
 @json_option
-def command(vm, path, force, no_files, no_merge, as_json):
+def command(vm, path, force, no_files, no_merge, accept_ignore_changes, as_json):
     """Bring VM's commits (fast-forward only) and uncommitted files into the worktree at PATH
     (VM defaults to the worktree's linked VM)."""
     from ..pull import PullOptions, pull
+    from ..report import summarize
     from ..wire.paths import display
-    result = pull(worktree_at(path), PullOptions(vm=vm, force=force, no_files=no_files, no_merge=no_merge))
+    result = pull(worktree_at(path), PullOptions(vm=vm, force=force, no_files=no_files, no_merge=no_merge,
+                                               accept_ignore_changes=accept_ignore_changes))
     lines = []
     if result.get("reset"):
         lines.append("reset %s %s..%s to VM %s's branch (the branches had diverged)" % (
@@ -27,10 +32,12 @@ def command(vm, path, force, no_files, no_merge, as_json):
     else:
         lines.append("%s stays at %s" % (result["branch"], short(result["to"])))
     files = result["files"]
-    for path_ in files["written"]:
-        lines.append("  updated %s" % display(path_))
-    for path_ in files["deleted"]:
-        lines.append("  deleted %s" % display(path_))
+    for verb, key in (("updated", "written"), ("deleted", "deleted")):   # --json keeps every path
+        lines.extend("  %s %s" % (verb, line) for line in summarize(files[key], 20, display))
+    exposed = result.get("exposed_by_ignore_changes") or []
+    if exposed:
+        lines.append("note: accepted ignore changes; push now also sends %s%s" % (
+            ", ".join(display(p) for p in exposed[:10]), " and %d more" % (len(exposed) - 10) if len(exposed) > 10 else ""))
     if result.get("note"):
         lines.append("note: %s" % result["note"])
     if result.get("backup"):

@@ -21,7 +21,8 @@ def diff_command(vm, path, stat, as_json):
     if as_json:
         emit(True, result)
     else:
-        click.echo(display_text(result["text"]), nl=False)
+        from ..report import terminal_text
+        click.echo(terminal_text(result["text"]), nl=False)
 
 
 @click.command("log", context_settings=CONTEXT)
@@ -64,12 +65,6 @@ def unlink_command(vm, path, as_json):
     if not review.unlink(worktree_at(path), vm):
         raise UsageError("this worktree is not linked to VM %s" % vm)
     emit(as_json, {"vm": vm, "unlinked": True}, "unlinked VM %s" % vm)
-
-
-def display_text(text: str) -> str:
-    """Text from the VM for a terminal: control characters other than newline and tab escaped."""
-    return "".join(c if c in "\n\t" or c.isprintable() else "\\x%02x" % ord(c) if ord(c) < 256 else c
-                   for c in text)
 
 
 commands = [diff_command, log_command, shell_command, unlink_command]

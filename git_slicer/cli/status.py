@@ -10,6 +10,7 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 def command(vm, path, as_json):
     """Show commits ahead/behind and dirty files on the host and in VM since the last sync."""
     from ..status import status
+    from ..report import summarize
     from ..wire.paths import display
     result = status(worktree_at(path), vm)
     host, guest = result["host"], result["vm_side"]
@@ -23,5 +24,5 @@ def command(vm, path, as_json):
         lines.append("%-4s %s  %s new commit(s), %d changed file(s) since sync" % (
             label, short(side["head"]), side["ahead"] if side["ahead"] is not None else "?",
             len(side["changed_since_sync"])))
-        lines.extend("       %s" % display(p) for p in side["changed_since_sync"][:20])
+        lines.extend("       %s" % line for line in summarize(side["changed_since_sync"], 20, display))
     emit(as_json, result, "\n".join(lines))

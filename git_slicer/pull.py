@@ -549,29 +549,27 @@ def _parent_in(name: str, names) -> str:
 def record_refs(worktree, vm: str, branches: dict) -> None:
     """Point refs/slicer/<vm>/<name> at the VM's tips in one transaction (`update-ref --stdin`):
     all of them move or none. Earlier refs of that VM that are in the way of a new name (`a`
-    when the VM now has `a/b`, or the reverse) are stale and deleted in the same transaction."""
+    when the VM now has `a/b`, or the reverse) are stale: they are deleted first, in a
+    transaction of their own (git refuses a deletion and a create of `a/b` in one)."""
     if not branches:
         return
     prefix = "refs/slicer/%s/" % vm
     existing = _slicer_refs(worktree, vm)
     names = {prefix + n for n in branches}
     dirs = {n[:i] for n in names for i in range(len(prefix), len(n)) if n[i] == "/"}
-    commands = []
-    for ref in sorted(existing):
-        if ref not in names and (ref in dirs or _parent_in(ref, names)):
-            commands.append(b"delete %s\0%s\0" % (os.fsencode(ref), existing[ref].encode()))
-    for name, oid in sorted(branches.items()):
-        ref = prefix + name
-        if existing.get(ref) != oid:
-            commands.append(b"update %s\0%s\0%s\0" % (os.fsencode(ref), oid.encode(),
-                                                        existing.get(ref, "").encode()))
-    if not commands:
-        return
-    try:
-        worktree.git(["update-ref", "-m", "slicer pull", "--stdin", "-z"], input=b"".join(commands))
-    except SlicerError as exc:
-        raise SlicerError("could not record VM %s's branches under %s (%s)" % (vm, prefix, exc),
-                          hint="see `git for-each-ref %s`" % prefix) from None
+    stale = [b"delete %s\0%s\0" % (os.fsencode(ref), existing[ref].encode()) for ref in sorted(existing)
+             if ref not in names and (ref in dirs or _parent_in(ref, names))]
+    updates = [b"update %s\0%s\0%s\0" % (os.fsencode(prefix + name), oid.encode(),
+                                          existing.get(prefix + name, "").encode())
+               for name, oid in sorted(branches.items()) if existing.get(prefix + name) != oid]
+    for commands in (stale, updates):
+        if not commands:
+            continue
+        try:
+            worktree.git(["update-ref", "-m", "slicer pull", "--stdin", "-z"], input=b"".join(commands))
+        except SlicerError as exc:
+            raise SlicerError("could not record VM %s's branches under %s (%s)" % (vm, prefix, exc),
+                              hint="see `git for-each-ref %s`" % prefix) from None
 
 
 def _slicer_refs(worktree, vm: str) -> dict:

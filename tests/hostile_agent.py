@@ -64,6 +64,12 @@ class HostileAgent(Agent):
         self.conn._w.write(data)
         self.conn.flush()
 
+    def op_hello(self, request):
+        reply = super().op_hello(request)
+        if self.name == "hello-escapes":            # terminal escapes where -v prints the hello
+            reply.update(version="\x1b]0;pwned\x07\x1b[2J1.0", git="git\nversion \x1b[31m2", python="\r3")
+        return reply
+
     def op_state(self, request):
         reply = super().op_state(request)
         if self.name == "raw-state":                 # frame-level attacks instead of a state
@@ -84,6 +90,9 @@ class HostileAgent(Agent):
                 time.sleep(120)
             elif mode == "escape":
                 self.conn.send({"ok": False, "error": {"code": "x", "message": "\x1b[2J\x1b]0;pwned\x07owned\nline"}})
+            elif mode == "deep":                    # json.loads would recurse until RecursionError
+                self.conn.write_frame(b"J", b"[" * 200000 + b"]" * 200000)
+                self.conn.flush()
             elif mode == "not-json":
                 self.conn.write_frame(b"J", b"\xff\xfe not json")
                 self.conn.flush()

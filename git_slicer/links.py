@@ -146,6 +146,7 @@ def repository_links(worktree):
 MAX_LINK_BYTES = 64 * 1024 * 1024
 _TYPES = {f.name: {"str": str, "dict": dict, "int": int, "bool": bool}.get(str(f.type), object)
           for f in Link.__dataclass_fields__.values()}
+_NULLABLE = {f.name: f.default is None for f in Link.__dataclass_fields__.values()}
 
 
 def _corrupt(path: str, vm: str, why: str) -> SlicerError:
@@ -166,7 +167,7 @@ def parse_link(raw: bytes, path: str, vm: str) -> Link:
         raise _corrupt(path, vm, "not a JSON object")
     known = {k: v for k, v in data.items() if k in _TYPES}
     for name, value in known.items():
-        if not isinstance(value, _TYPES[name]):
+        if not isinstance(value, _TYPES[name]) and not (value is None and _NULLABLE[name]):
             raise _corrupt(path, vm, "%s is not a %s" % (name, _TYPES[name].__name__))
     overlay = known.get("agreed_overlay")
     if overlay is not None and not (set(overlay) == {"index", "files"} and all(

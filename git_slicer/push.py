@@ -17,7 +17,7 @@ from .links import Link, LinkStore, now, repository_links
 from .pull import recover_interrupted
 from .scan import KnownPaths, host_overlay, ignored_files
 from .session import open_session
-from .target import default_guest_path, provider_for, resolve, vm_named
+from .target import default_guest_path, launch_vm, provider_for, resolve, vm_named
 from .wire import overlay as overlay_mod
 from .wire import tarstream
 from .wire.framing import ProtocolError, StreamAborted, crash_point
@@ -32,6 +32,8 @@ class PushOptions:
     depth: int = None
     include_ignored: bool = None
     provider: str = None
+    tags: dict = None           # --tag KEY=VALUE for a launched VM
+    hostgroup: str = None       # --hostgroup (Slicer)
 
 
 def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
@@ -68,8 +70,9 @@ def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
                          "one namespace, so a new VM needs another name" % (options.vm, link.provider),
                          hint="git slicer push --launch OTHER-NAME, or `git slicer vm rm %s` first" % options.vm)
     provider = provider_for(settings, override=options.provider)
-    vm = provider.launch(options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root},
-                         avoid=taken)
+    tags = dict(options.tags or {})
+    tags.update({"repo": worktree.name, "branch": branch, "worktree": worktree.root})
+    vm = launch_vm(provider, options.vm, tags, options.hostgroup, avoid=taken)
     if store.get(vm.name) is not None:           # a provider that names VMs itself chose a linked name
         _discard(provider, vm)
         raise UsageError("the new VM is called %s, a name this worktree already links" % vm.name)

@@ -89,6 +89,15 @@ def provider_for(settings: Settings, vm: str = None, link: Link = None, override
     return get_provider(name or settings.get("slicer.provider"), settings)
 
 
+def launch_vm(provider, name: str = None, tags=None, hostgroup: str = None, avoid=()):
+    """Launch through `provider`; --hostgroup only means something to Slicer."""
+    if hostgroup:
+        if provider.name != "slicer":
+            raise UsageError("--hostgroup is a Slicer option; provider %s has no host groups" % provider.name)
+        return provider.launch(name, tags=tags, avoid=avoid, hostgroup=hostgroup)
+    return provider.launch(name, tags=tags, avoid=avoid)
+
+
 def default_guest_path(settings: Settings, worktree, vm: str) -> str:
     from .config import check_guest_path
     if settings.vm(vm, "guestPath"):

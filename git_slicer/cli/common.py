@@ -45,3 +45,19 @@ def complete_vm(ctx, param, incomplete):
 
 def vm_argument(required: bool = False):
     return click.argument("vm", required=required, shell_complete=complete_vm)
+
+
+def parse_tags(values) -> dict:
+    """--tag KEY=VALUE (repeatable) as a dict; a malformed one is a usage error."""
+    tags = {}
+    for value in values or ():
+        key, sep, text = value.partition("=")
+        if not sep or not key or any(c.isspace() for c in key):
+            raise click.UsageError("bad --tag %r (expected KEY=VALUE)" % value)
+        tags[key] = text
+    return tags
+
+
+tag_option = click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE",
+                          help="With a launch: tag the new VM (repeatable; Slicer's own tags).")
+hostgroup_option = click.option("--hostgroup", help="With a launch: the Slicer host group (default: slicer.hostgroup).")

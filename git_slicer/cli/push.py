@@ -1,6 +1,6 @@
 import click
 
-from .common import emit, json_option, short, vm_argument, worktree_at
+from .common import emit, hostgroup_option, json_option, parse_tags, short, tag_option, vm_argument, worktree_at
 
 
 @click.command("push", short_help="Copy the worktree into a VM, or send what changed.", context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,15 +14,18 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 @click.option("--provider", help="Provider for --launch (default: slicer.provider).")
 @click.option("--all", "all_linked", is_flag=True, help="Push to every VM linked to the worktree, concurrently.")
 @click.option("--count", type=int, help="With --launch: launch N VMs and push to all of them.")
+@tag_option
+@hostgroup_option
 @json_option
-def command(vm, path, launch, force, depth, include_ignored, provider, all_linked, count, as_json):
+def command(vm, path, launch, force, depth, include_ignored, provider, all_linked, count, tags, hostgroup, as_json):
     """Give VM a self-contained copy of the worktree at PATH: its branch, history, and every
     staged, unstaged and untracked change (minus .slicerignore)."""
     from ..fanout import push_many
     from ..push import PushOptions, push
     worktree = worktree_at(path)
     options = PushOptions(vm=vm, launch=launch, force=force, depth=depth,
-                          include_ignored=include_ignored, provider=provider)
+                          include_ignored=include_ignored, provider=provider, tags=parse_tags(tags),
+                          hostgroup=hostgroup)
     if all_linked or count is not None:
         outcome = push_many(worktree, options, all_linked=all_linked, count=count)
         lines = [describe(r) if r["ok"] else "VM %s: error: %s" % (r["vm"] or "(new)", r["error"])

@@ -1,6 +1,6 @@
 import click
 
-from .common import emit, json_option
+from .common import emit, hostgroup_option, json_option, parse_tags, tag_option
 
 
 def _core():
@@ -18,11 +18,14 @@ def command():
 @command.command("launch")
 @click.argument("name", required=False)
 @click.option("--provider", help="Provider (default: slicer.provider).")
+@tag_option
+@hostgroup_option
 @json_option
-def launch(name, provider, as_json):
+def launch(name, provider, tags, hostgroup, as_json):
     """Start a new VM (named NAME, or vm-N)."""
+    from ..target import launch_vm
     Settings, _, provider_for, _ = _core()
-    vm = provider_for(Settings(), override=provider).launch(name)
+    vm = launch_vm(provider_for(Settings(), override=provider), name, parse_tags(tags), hostgroup)
     emit(as_json, vm.as_json(), "launched VM %s (%s)" % (vm.name, vm.provider))
 
 

@@ -254,3 +254,34 @@ def test_api_errors_are_one_line(repo, api, monkeypatch, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("error: cannot reach the Slicer API at %s: no such socket"
                                            % (tmp_path / "nothing.sock"))
+
+
+def test_agent_is_private_to_its_user_and_needs_the_token(repo, unix_api):
+    from git_slicer.errors import AgentFailed
+    from git_slicer.transport import parse_address, open_channel
+    name = repo.slicer_json("push", "--launch")["vm"]
+    argv = unix_api.background(name)[0].argv
+    sock_path, token_path = argv[3][len("unix:"):], argv[5]
+    directory = os.path.dirname(sock_path)
+    assert os.path.dirname(token_path) == directory == os.path.join(unix_api.state.home(name), ".git-slicer")
+    assert os.stat(directory).st_mode & 0o777 == 0o700
+    assert os.stat(token_path).st_mode & 0o777 == 0o600 and os.stat(sock_path).st_mode & 0o777 == 0o600
+    assert len(open(token_path).read().strip()) == 64
+    for token in (None, "wrong"):
+        with pytest.raises(AgentFailed, match="authentication failed"):
+            open_channel(parse_address("unix:" + sock_path), description="agent", token=token)
+
+
+@pytest.mark.parametrize("knob", ["legacy_frames", "text_only"])
+def test_push_with_older_agents_works_or_fails_in_one_line(repo, unix_api, knob):
+    repo.slicer_json("vm", "launch", "old")
+    setattr(unix_api.state, knob, True)
+    proc = repo.slicer("push", "old", check=False)
+    err = proc.stderr.decode()
+    assert "Traceback" not in err
+    if knob == "legacy_frames":
+        assert proc.returncode == 0
+        assert repo.vm_git("old", "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    else:
+        assert proc.returncode == 1 and len(err.splitlines()) <= 2
+        assert err.startswith("error: VM old: the VM's Slicer agent sent text output although base64 was asked for")

@@ -34,6 +34,7 @@ class PushOptions:
     provider: str = None
     tags: dict = None           # --tag KEY=VALUE for a launched VM
     hostgroup: str = None       # --hostgroup (Slicer)
+    allow: tuple = ()           # with launch: the new VM's egress allowlist
 
 
 def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
@@ -72,7 +73,7 @@ def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
     provider = provider_for(settings, override=options.provider)
     tags = dict(options.tags or {})
     tags.update({"repo": worktree.name, "branch": branch, "worktree": worktree.root})
-    vm = launch_vm(provider, options.vm, tags, options.hostgroup, avoid=taken)
+    vm = launch_vm(provider, options.vm, tags, options.hostgroup, allow=options.allow, avoid=taken)
     if store.get(vm.name) is not None:           # a provider that names VMs itself chose a linked name
         _discard(provider, vm)
         raise UsageError("the new VM is called %s, a name this worktree already links" % vm.name)

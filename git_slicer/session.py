@@ -230,12 +230,15 @@ class AgentSession:
             raise AgentFailed("VM %s: fetching files failed: %s" % (self.vm, exc)) from None
         return members
 
-    def exec(self, argv, cwd: str, out, err) -> int:
-        """Run `argv` in the guest at `cwd` (no stdin): copy its output frames to `out`/`err`,
-        return its exit code."""
+    def exec(self, argv, cwd: str, out, err, env: dict = None) -> int:
+        """Run `argv` in the guest at `cwd` (no stdin), with `env` added to its environment for
+        this one command: copy its output frames to `out`/`err`, return its exit code."""
         conn = self.conn
         try:
-            conn.send({"op": "exec", "argv": list(argv), "cwd": cwd or ""})
+            request = {"op": "exec", "argv": list(argv), "cwd": cwd or ""}
+            if env:
+                request["env"] = dict(env)
+            conn.send(request)
             while True:
                 kind, payload = conn.read_frame()
                 if kind == b"D" and payload:

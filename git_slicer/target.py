@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from .config import Settings
+from .egress.vms import launch as launch_with_allowlist
 from .errors import UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
 from .providers import VM, get_provider
@@ -89,13 +90,15 @@ def provider_for(settings: Settings, vm: str = None, link: Link = None, override
     return get_provider(name or settings.get("slicer.provider"), settings)
 
 
-def launch_vm(provider, name: str = None, tags=None, hostgroup: str = None, avoid=()):
-    """Launch through `provider`; --hostgroup only means something to Slicer."""
+def launch_vm(provider, name: str = None, tags=None, hostgroup: str = None, allow=(), avoid=()):
+    """Launch through `provider`; --hostgroup only means something to Slicer, --allow (an egress
+    allowlist) to providers that enforce one."""
+    options = {"avoid": avoid}
     if hostgroup:
         if provider.name != "slicer":
             raise UsageError("--hostgroup is a Slicer option; provider %s has no host groups" % provider.name)
-        return provider.launch(name, tags=tags, avoid=avoid, hostgroup=hostgroup)
-    return provider.launch(name, tags=tags, avoid=avoid)
+        options["hostgroup"] = hostgroup
+    return launch_with_allowlist(provider, name, tags=tags, allow=allow, **options)
 
 
 def default_guest_path(settings: Settings, worktree, vm: str) -> str:

@@ -1,3 +1,4 @@
+import os
 import sys
 
 import click
@@ -23,13 +24,15 @@ class _DashDashCommand(click.Command):
 @click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository "
                                    "(to the VM's home for a VM this worktree is not linked to).")
 @click.option("-C", "path", default=".", help="Host worktree whose link gives the repository path.")
+@click.option("--env", "env_names", multiple=True, metavar="NAME",
+              help="Hand the host's variable NAME to this command (repeatable); nothing else enters the VM.")
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def command(ctx, vm, cwd, path, argv):
+def command(ctx, vm, cwd, path, env_names, argv):
     """Run CMD in the VM (default: the worktree's linked VM), in the synced repository; stdout,
     stderr and the exit code pass through (127: no such command).
 
-    Usage: git slicer exec [VM] [--cwd DIR] -- CMD [ARGS...]
+    Usage: git slicer exec [VM] [--cwd DIR] [--env NAME]... -- CMD [ARGS...]
     """
     from ..config import Settings
     from ..errors import NotARepository, UsageError
@@ -37,6 +40,7 @@ def command(ctx, vm, cwd, path, argv):
     argv = list(argv) + ctx.meta.get("exec_argv", [])
     if not argv:
         raise UsageError("no command given", hint="git slicer exec [VM] -- CMD [ARGS...]")
+    passed = handed_env(env_names)
     try:
         worktree = worktree_at(path)
     except NotARepository:
@@ -48,5 +52,23 @@ def command(ctx, vm, cwd, path, argv):
         raise UsageError("VM %s holds no repository of this worktree; give --cwd DIR (relative to the "
                          "VM's home) to run there anyway" % target.name,
                          hint="git slicer exec %s --cwd . -- CMD" % target.name)
-    code = target.provider.exec(target.vm, argv, target.exec_dir(cwd), interactive=sys.stdin.isatty())
+    if passed and not getattr(target.provider, "passes_env", False):
+        raise UsageError("provider %s cannot hand variables to one command (--env)" % target.provider.name)
+    extra = {"env": passed} if passed else {}
+    code = target.provider.exec(target.vm, argv, target.exec_dir(cwd), interactive=sys.stdin.isatty(), **extra)
     raise SystemExit(code)
+
+
+def handed_env(names) -> dict:
+    """The host variables `--env NAME` hands to the command: each must be set, by name only (a
+    value on the command line would show in `ps`)."""
+    from ..errors import UsageError
+    out = {}
+    for name in names:
+        if not name or "=" in name or not (name[0].isalpha() or name[0] == "_") \
+                or not all(c.isalnum() or c == "_" for c in name):
+            raise UsageError("--env takes a variable NAME (got %r); its value comes from the host's environment" % name)
+        if name not in os.environ:
+            raise UsageError("--env %s: the host has no variable %s" % (name, name))
+        out[name] = os.environ[name]
+    return out

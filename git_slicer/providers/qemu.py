@@ -453,10 +453,12 @@ class QemuProvider(DirectoryVMs):
                              alive=lambda: None if self._pid(name) else "VM %s stopped" % name,
                              handshake_timeout=self.settings.get("slicer.handshakeTimeout"))
 
-    def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:
-        """Run argv in the guest through the agent's exec op (no stdin, no terminal)."""
-        return self._run(vm, argv, cwd, sys.stdout.buffer, sys.stderr.buffer)
+    passes_env = True      # exec(env=...): the agent's exec op adds them for that one command
 
-    def _run(self, vm: VM, argv, cwd, out, err, timeout: float = None) -> int:
+    def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False, env=None) -> int:
+        """Run argv in the guest through the agent's exec op (no stdin, no terminal)."""
+        return self._run(vm, argv, cwd, sys.stdout.buffer, sys.stderr.buffer, env=env)
+
+    def _run(self, vm: VM, argv, cwd, out, err, timeout: float = None, env=None) -> int:
         with open_session(self, vm, self.settings, deadline=int(timeout) if timeout else None) as session:
-            return session.exec(argv, cwd, out, err)
+            return session.exec(argv, cwd, out, err, env=env)

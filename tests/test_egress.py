@@ -325,23 +325,18 @@ def test_an_agent_in_a_vm_in_one_command(repo, servers, monkeypatch):
 def test_exec_op_env_reaches_one_command_only(tmp_path, monkeypatch):
     """qemu's `exec --env` rides on the agent's exec op: the variable is added for that command."""
     import io
-    from git_slicer.providers import qemu
-    from git_slicer.wire.framing import Connection
+    from git_slicer.session import AgentSession
+    from git_slicer.transport import ProcessChannel
     monkeypatch.setenv("AGENT_OWN", "agent-env")
-    proc = subprocess.Popen([sys.executable, "-m", "git_slicer.agent", "--stdio"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, cwd=str(tmp_path))
-    conn = Connection(proc.stdout, proc.stdin)
-    conn.send({"op": "hello", "protocol": 1})
-    conn.recv_reply()
-    session = type("S", (), {"conn": conn, "vm": "t", "_fail": lambda self, e: e})()
+    channel = ProcessChannel([sys.executable, "-m", "git_slicer.agent", "--stdio"], env=dict(os.environ))
+    session = AgentSession(channel, "t")
+    session.hello()
     show = ["sh", "-c", 'echo "${TOKEN-unset} ${AGENT_OWN-unset}"']
     out = io.BytesIO()
-    assert qemu.run_exec(session, show, str(tmp_path), out, io.BytesIO(), {"TOKEN": "t0k"}) == 0
-    assert qemu.run_exec(session, show, str(tmp_path), out, io.BytesIO()) == 0
+    assert session.exec(show, str(tmp_path), out, io.BytesIO(), env={"TOKEN": "t0k"}) == 0
+    assert session.exec(show, str(tmp_path), out, io.BytesIO()) == 0
     assert out.getvalue() == b"t0k agent-env\nunset agent-env\n"
-    conn.send({"op": "exec", "argv": ["true"], "cwd": "", "env": {"A=B": "x"}})
-    assert conn.recv()["error"]["code"] == "bad-request"
-    conn.send({"op": "bye"})
-    conn.recv_reply()
-    proc.stdin.close()
-    assert proc.wait(10) == 0
+    session.conn.send({"op": "exec", "argv": ["true"], "cwd": "", "env": {"A=B": "x"}})
+    assert session.conn.recv()["error"]["code"] == "bad-request"
+    session.close()
+    assert channel.proc.wait(10) == 0

@@ -28,7 +28,7 @@ from .objects import ObjectReader, TreeReader
 from .quarantine import ImportLimits, Quarantine, check_state, remove_stale
 from .safewrite import DIRECTORY, Change, SafeWriter, read_journal
 from .checkout_form import checkout_form
-from .scan import host_overlay
+from .scan import KnownPaths, host_overlay
 from .sparse import SparseCheckout
 from .target import find_vm, linked_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
@@ -112,6 +112,7 @@ class Puller:
         self.file_limits = file_limits
         self.ignore = SlicerIgnore(worktree.root)
         self.store = None
+        self.known = KnownPaths(worktree, link.agreed_overlay)    # names with control characters allowed back
 
     def run(self) -> dict:
         """Refs under refs/slicer/<vm>/ move only when nothing the VM sent failed validation."""
@@ -134,7 +135,7 @@ class Puller:
     def _run(self) -> dict:
         vm_state = check_state(self.session.state(self.link.guest_path, applied=agreed.pending_id(self.link)),
                                self.file_limits.max_path_bytes, self.file_limits.max_depth,
-                               self.file_limits.max_entries)
+                               self.file_limits.max_entries, self.known)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
         if not vm_state["exists"]:
             raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
@@ -186,7 +187,7 @@ class Puller:
         if missing:
             haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
             haves += _slicer_refs(self.wt, self.link.vm).values()
-            with Quarantine(self.wt, self.pack_limits) as q:
+            with Quarantine(self.wt, self.pack_limits, self.known) as q:
                 try:
                     self.session.request({"op": "fetch", "path": self.link.guest_path, "wants": wanted + [
                         b for b in index_blobs if b in missing], "haves": sorted(set(haves))})
@@ -316,7 +317,7 @@ class Puller:
                                   "files": {p: c.new for p, c in from_vm.items()}})
             members = tarstream.read_members(self.session.conn.recv_stream(
                 self.file_limits.max_total_bytes + 1024 * (len(from_vm) + 4)),
-                                             files_dir, self.file_limits)
+                                             files_dir, self.file_limits, control_ok=set(from_vm))
             self.session.reply()
         except tarstream.UnsafeArchive as exc:
             raise UnsafeInput("files from VM %s refused: %s" % (self.link.vm, exc)) from None

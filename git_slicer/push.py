@@ -16,7 +16,7 @@ from .ignore import SlicerIgnore
 from .links import Link, LinkStore, now, repository_links
 from .pull import recover_interrupted
 from .quarantine import check_state
-from .scan import host_overlay, ignored_files
+from .scan import KnownPaths, host_overlay, ignored_files
 from .target import default_guest_path, find_vm, linked_vm, open_session, provider_for
 from .wire import overlay as overlay_mod
 from .wire import tarstream
@@ -133,7 +133,8 @@ def _host_state(worktree, ignore: SlicerIgnore):
 
 def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
           ignore: SlicerIgnore, scanning):
-    vm_state = check_state(session.state(link.guest_path, applied=agreed.pending_id(link)))
+    vm_state = check_state(session.state(link.guest_path, applied=agreed.pending_id(link)),
+                           control_ok=KnownPaths(worktree, link.agreed_overlay))
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
     head, branch, ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)

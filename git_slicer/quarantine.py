@@ -36,9 +36,10 @@ class ImportLimits:
 
 
 class Quarantine:
-    def __init__(self, worktree, limits: ImportLimits):
+    def __init__(self, worktree, limits: ImportLimits, control_ok=False):
         self.worktree = worktree
         self.limits = limits
+        self.control_ok = control_ok      # names with control characters the host already has
         self.objects = os.path.join(worktree.common_dir, "objects")
         remove_stale(self.objects, "incoming-slicer-")
         self.dir = tempfile.mkdtemp(prefix="incoming-slicer-%d-" % os.getpid(), dir=self.objects)
@@ -151,7 +152,8 @@ class Quarantine:
         for mode, name, oid in parse_tree(data, 32 if self.worktree.algo == "sha256" else 20):
             path = prefix + name
             try:
-                check_relpath(path, max_bytes=self.limits.path_bytes, max_depth=self.limits.tree_depth + 1)
+                check_relpath(path, max_bytes=self.limits.path_bytes, max_depth=self.limits.tree_depth + 1,
+                              control_ok=self.control_ok)
             except UnsafePath as exc:
                 raise UnsafeInput("commit from the VM has an unsafe path: %s" % exc) from None
             if mode not in _ALLOWED_MODES:
@@ -208,11 +210,13 @@ def remove_stale(directory: str, prefix: str) -> None:
 _MODES = {"100644", "100755", "120000", "160000"}
 
 
-def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries: int = 1_000_000) -> dict:
+def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries: int = 1_000_000,
+                control_ok=False) -> dict:
     """Validate the shape of a `state` reply from the VM before anything uses it.
 
     Branch names are checked separately (pull._valid_branches); here: types, oids, modes and
-    every overlay path (no absolute paths, '..', .git, control characters, limits).
+    every overlay path (no absolute paths, '..', .git, control characters except in paths
+    `control_ok` holds (scan.KnownPaths), limits).
     """
     def bad(what):
         return UnsafeInput("the VM sent a malformed repository state: %s" % what)
@@ -243,7 +247,7 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
                 raise UnsafeInput("the VM reports more than %d changed paths (slicer.limit.files)"
                                   % max_entries)
             try:
-                check_relpath(path, max_bytes=path_bytes, max_depth=path_depth)
+                check_relpath(path, max_bytes=path_bytes, max_depth=path_depth, control_ok=control_ok)
             except UnsafePath as exc:
                 raise UnsafeInput("the VM reports an unsafe path: %s" % exc) from None
             if entry is not None and not (isinstance(entry, list) and len(entry) == 2

@@ -145,7 +145,7 @@ class SafeWriter:
         """
         for change in changes:
             try:
-                check_relpath(change.path)
+                check_relpath(change.path, control_ok=True)     # names were vetted on arrival (check_state)
             except UnsafePath as exc:
                 raise UnsafeInput("refusing to write %s" % exc) from None
         changes = [c for c in changes if not (c.new is None and c.expect == DIRECTORY)]

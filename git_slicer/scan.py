@@ -53,3 +53,28 @@ def ignored_files(worktree, ignore: SlicerIgnore) -> list:
             continue
         paths.append(path)
     return paths
+
+
+class KnownPaths:
+    """The paths the host already has (its index and the last agreed overlay): the only names
+    with control characters (tab, newline, ...) a VM may send back (see wire/paths.py). Read
+    from the index only when such a name actually arrives."""
+
+    def __init__(self, worktree, overlay: dict = None):
+        self.wt = worktree
+        self.overlay = overlay or {"index": {}, "files": {}}
+        self._paths = None
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, path) -> bool:
+        if self._paths is None:
+            listed = self.wt.git(["ls-files", "-z"]).split(b"\0")
+            files = {os.fsdecode(p) for p in listed if p} | set(self.overlay["index"]) | set(self.overlay["files"])
+            self._paths = set(files)
+            for name in files:                  # and the directories they are in
+                while "/" in name:
+                    name = name.rsplit("/", 1)[0]
+                    self._paths.add(name)
+        return path in self._paths

@@ -12,7 +12,7 @@ from .config import Settings
 from .ignore import SlicerIgnore
 from .objects import TreeReader
 from .quarantine import check_state
-from .scan import host_overlay
+from .scan import KnownPaths, host_overlay
 from .target import linked, open_session
 from .wire import overlay as overlay_mod
 
@@ -25,7 +25,8 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     ours = host_overlay(worktree, ignore)
     with open_session(provider, vm, link.vm_id) as session:
         theirs = check_state(session.state(link.guest_path, base=link.agreed_commit,
-                                           applied=pending_id(link)))
+                                           applied=pending_id(link)),
+                             control_ok=KnownPaths(worktree, link.agreed_overlay))
     settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep)
     base = link.agreed_commit

@@ -7,6 +7,7 @@ in real local sandboxes; whether the host changed a file is decided as `git stat
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -236,3 +237,57 @@ def test_vm_repository_with_another_object_format_is_refused(tmp_path, repo):
     assert proc.returncode == 1 and b"sha1" in proc.stderr and b"sha256" in proc.stderr, proc.stderr
     assert b"Traceback" not in proc.stderr and b"internal error" not in proc.stderr
     assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+
+
+ODD_TRACKED = [b"tab\there", b"back\\slash", b"-dash", b"latin\xe9", b"new\nline", b"dir\twith/inner"]
+ODD_UNTRACKED = [b"u\ttab", b"unt\xff", b"-untracked", b"nl\nuntracked"]
+
+
+def status_z(repo_path, vm=None, repo=None) -> bytes:
+    if vm is None:
+        return subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all"], cwd=repo_path,
+                              stdout=subprocess.PIPE, check=True).stdout
+    return repo.slicer("exec", vm, "--", "git", "status", "--porcelain", "-z", "--untracked-files=all").stdout
+
+
+def test_any_path_git_tracks_travels_both_ways(repo):
+    root = os.fsencode(str(repo.path))
+    for name in ODD_TRACKED:
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        with open(os.path.join(root, name), "wb") as fh:
+            fh.write(b"tracked " + name + b"\n")
+    repo.commit("odd names")
+    for name in ODD_UNTRACKED:
+        with open(os.path.join(root, name), "wb") as fh:
+            fh.write(b"untracked\n")
+    with open(os.path.join(root, b"tab\there"), "ab") as fh:
+        fh.write(b"host edit\n")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert status_z(repo.path, vm, repo) == status_z(repo.path)
+    # The VM edits, commits and renames among those names; all of it comes home.
+    repo.vm_sh(vm, "printf 'vm\\n' >> \"$(printf 'u\\ttab')\" && printf 'vm\\n' >> \"$(printf 'latin\\351')\" && "
+                   "git commit -qm 'vm: latin' -- \"$(printf 'latin\\351')\" && git mv -- -dash --renamed && "
+                   "git commit -qm 'vm: rename' && printf 'vm\\n' >> \"$(printf 'new\\nline')\"")
+    result = repo.slicer_json("pull", vm)
+    assert result["fast_forward"] is True
+    with open(os.path.join(root, b"latin\xe9"), "rb") as fh:
+        assert fh.read() == b"tracked latin\xe9\nvm\n"
+    with open(os.path.join(root, b"u\ttab"), "rb") as fh:
+        assert fh.read() == b"untracked\nvm\n"
+    assert os.path.exists(os.path.join(root, b"--renamed")) and not os.path.exists(os.path.join(root, b"-dash"))
+    assert status_z(repo.path) == status_z(repo.path, vm, repo)
+
+
+def test_vm_cannot_bring_home_a_new_name_with_control_characters(launched):
+    repo, vm = launched
+    repo.vm_sh(vm, "printf 'x' > \"$(printf 'evil\\033]0;title\\007\\nname')\"")
+    before = repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer"))
+    proc = repo.slicer("pull", vm, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "control characters: evil\\x1b]0;title\\x07\\x0aname" in err, err
+    assert "\x1b" not in err and "internal error" not in err
+    assert repo.fingerprint(skip=(".git/refs/slicer", ".git/logs/refs/slicer")) == before
+    repo.vm_sh(vm, "rm evil* && printf 'x' > \"$(printf 'c\\tname')\" && git add -A && git commit -qm 'vm: tab name'")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and "unsafe path" in proc.stderr.decode() and "c\\x09name" in proc.stderr.decode()
+    assert repo.git("rev-parse", "HEAD") != repo.vm_git(vm, "rev-parse", "HEAD")

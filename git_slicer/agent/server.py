@@ -197,7 +197,7 @@ class Agent:
             if request.get("tar"):
                 limits = tarstream.Limits(max_total_bytes=MAX_PUSH_BYTES, max_file_bytes=MAX_PUSH_BYTES)
                 for m in tarstream.read_members(self.conn.recv_stream(MAX_PUSH_BYTES), staging,
-                                                limits, check_collisions=False):
+                                                limits, check_collisions=False, control_ok=True):
                     members[m.path] = m
             request["_streaming"] = False
             self._verify_members(repo, members, new_overlay)

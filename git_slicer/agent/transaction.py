@@ -103,12 +103,12 @@ def prepare(repo, *, push_id, branch, commit, old_overlay, new_overlay, members,
     the VM exactly as it was."""
     work = _work(repo)
     files, index = new_overlay["files"], new_overlay["index"]
-    for part in (index, files):
+    for part in (index, files):           # the host's paths: any name git tracks (control characters too)
         for path in part:
-            check_relpath(path)
+            check_relpath(path, control_ok=True)
     for path in extra:
-        check_relpath(path)
-    kept = sorted(p for p in reuse if isinstance(p, str) and check_relpath(p)
+        check_relpath(path, control_ok=True)
+    kept = sorted(p for p in reuse if isinstance(p, str) and check_relpath(p, control_ok=True)
                   and old_overlay["files"].get(p) is not None and old_overlay["files"].get(p) == files.get(p))
     sources = {}
     for path, member in members.items():

@@ -2,6 +2,12 @@
 
 Stdlib only (imported by the guest agent). A path is a '/'-separated string relative to the
 worktree root, as git prints it. Anything else is refused, never "normalised".
+
+Git can track any name without NUL or '/' in its components: tabs, newlines, escapes, bytes
+that are not UTF-8 (carried as surrogate escapes, `os.fsdecode`). Names with control characters
+travel from the host to the VM; from the VM they are accepted only where the host already has
+that very path (`control_ok`): a VM cannot bring new such names home. They are escaped
+(`display`) wherever they are printed.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ MAX_DEPTH = 64
 # systems but not on Linux, so we refuse it everywhere.
 _IGNORABLE = re.compile("[\u200b-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUL = re.compile(r"\x00")
 
 
 class UnsafePath(ValueError):
@@ -36,12 +43,20 @@ def display(path: str) -> str:
                    ("\\x%02x" % ord(c) if ord(c) < 256 else "\\u%04x" % ord(c)) for c in path)
 
 
-def check_relpath(path: str, *, max_bytes: int = MAX_PATH_BYTES, max_depth: int = MAX_DEPTH) -> str:
-    """Return `path` if it is a safe worktree-relative path, else raise UnsafePath."""
+def has_control(path: str) -> bool:
+    return bool(_CONTROL.search(path))
+
+
+def check_relpath(path: str, *, max_bytes: int = MAX_PATH_BYTES, max_depth: int = MAX_DEPTH,
+                  control_ok=False) -> str:
+    """Return `path` if it is a safe worktree-relative path, else raise UnsafePath.
+
+    `control_ok`: True, or a container of the paths that may hold control characters (other
+    than NUL, never allowed)."""
     if not isinstance(path, str) or not path:
         raise UnsafePath("empty path")
     shown = display(path)
-    if _CONTROL.search(path):
+    if _NUL.search(path) or (_CONTROL.search(path) and not (control_ok is True or (control_ok and path in control_ok))):
         raise UnsafePath("path with control characters: %s" % shown)
     if len(path.encode("utf-8", "surrogateescape")) > max_bytes:
         raise UnsafePath("path longer than %d bytes: %s..." % (max_bytes, shown[:80]))

@@ -167,11 +167,13 @@ def _parse_pax(data: bytes) -> dict:
     return records
 
 
-def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_collisions: bool = True):
+def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_collisions: bool = True,
+                 control_ok=False):
     """Parse a file stream, staging file contents under `staging_dir`; return the members.
 
     Raises UnsafeArchive on anything outside the accepted subset or over a limit. Names are
-    validated (no absolute paths, '..', .git, control characters), duplicates and
+    validated (no absolute paths, '..', .git, control characters unless `control_ok` allows
+    them: see paths.check_relpath), duplicates and
     case/Unicode-colliding names are refused, and no member may sit below a file or symlink.
     """
     blocks = _Blocks(chunks)
@@ -222,7 +224,7 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
         if kind == "dir":
             path = path.rstrip("/")
         try:
-            check_relpath(path, max_bytes=limits.max_path_bytes, max_depth=limits.max_depth)
+            check_relpath(path, max_bytes=limits.max_path_bytes, max_depth=limits.max_depth, control_ok=control_ok)
         except UnsafePath as exc:
             raise UnsafeArchive(str(exc)) from None
         key = collision_key(path) if check_collisions else path
@@ -286,7 +288,7 @@ def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
 
     items = [(p, e) for p, e in sorted(wanted.items())] + [(p, None) for p in extra]
     for path, entry in items:
-        check_relpath(path)
+        check_relpath(path, control_ok=True)        # the sender's own paths (or ones its peer asked for)
         full = os.path.join(root, path)
         try:
             st = os.lstat(full)

@@ -194,7 +194,7 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
     reply = session.reply()
     report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"
                 % (sent["pack_bytes"], sent["files"], sent["file_bytes"], len(reuse)))
-    reply = check_state({**reply, "exists": True})
+    reply = check_state({**reply, "exists": True}, control_ok=KnownPaths(worktree, link.agreed_overlay, ours))
     after = overlay_mod.filtered(reply["overlay"], ignore.keep)
     link.guest_path = reply.get("path") or link.guest_path
     agreed.confirm(link, reply, ignore.keep)              # what the VM has, not what we meant

@@ -257,7 +257,7 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
     if applied is not None:                 # the record of a push the VM completed (agreed.py)
         if not isinstance(applied, dict) or not isinstance(applied.get("id"), str):
             raise bad("applied")
-        check_state({**applied, "exists": True, "branches": {}}, path_bytes, path_depth, max_entries)
+        check_state({**applied, "exists": True, "branches": {}}, path_bytes, path_depth, max_entries, control_ok)
     return state
 
 

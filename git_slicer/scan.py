@@ -60,9 +60,9 @@ class KnownPaths:
     with control characters (tab, newline, ...) a VM may send back (see wire/paths.py). Read
     from the index only when such a name actually arrives."""
 
-    def __init__(self, worktree, overlay: dict = None):
+    def __init__(self, worktree, *overlays):
         self.wt = worktree
-        self.overlay = overlay or {"index": {}, "files": {}}
+        self.overlays = [o for o in overlays if o]
         self._paths = None
 
     def __bool__(self) -> bool:
@@ -71,7 +71,9 @@ class KnownPaths:
     def __contains__(self, path) -> bool:
         if self._paths is None:
             listed = self.wt.git(["ls-files", "-z"]).split(b"\0")
-            files = {os.fsdecode(p) for p in listed if p} | set(self.overlay["index"]) | set(self.overlay["files"])
+            files = {os.fsdecode(p) for p in listed if p}
+            for overlay in self.overlays:
+                files.update(overlay["index"], overlay["files"])
             self._paths = set(files)
             for name in files:                  # and the directories they are in
                 while "/" in name:

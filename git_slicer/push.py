@@ -32,6 +32,7 @@ class PushOptions:
     depth: int = None
     include_ignored: bool = None
     provider: str = None
+    allow: tuple = ()           # with launch: the new VM's egress allowlist
 
 
 def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
@@ -68,8 +69,9 @@ def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
                          "one namespace, so a new VM needs another name" % (options.vm, link.provider),
                          hint="git slicer push --launch OTHER-NAME, or `git slicer vm rm %s` first" % options.vm)
     provider = provider_for(settings, override=options.provider)
-    vm = provider.launch(options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root},
-                         avoid=taken)
+    from .egress.vms import launch
+    vm = launch(provider, options.vm, tags={"repo": worktree.name, "branch": branch, "worktree": worktree.root},
+                allow=options.allow, avoid=taken)
     if store.get(vm.name) is not None:           # a provider that names VMs itself chose a linked name
         _discard(provider, vm)
         raise UsageError("the new VM is called %s, a name this worktree already links" % vm.name)

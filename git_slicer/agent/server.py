@@ -259,12 +259,16 @@ class Agent:
         cwd = os.path.join(home, os.path.expanduser(request.get("cwd") or "~"))
         if not os.path.isdir(cwd):
             raise AgentError("no-dir", "no directory %s in the VM" % cwd)
+        extra = request.get("env") or {}
+        if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) and k
+                                                  and "=" not in k and "\0" not in k + v for k, v in extra.items()):
+            raise AgentError("bad-request", "exec env must map variable names to strings")
         enclosing = _enclosing_repo(cwd)
         if enclosing is not None:
             self._recover(enclosing)
         try:
             proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
+                                    stderr=subprocess.PIPE, env=dict(os.environ, **extra) if extra else None)
         except FileNotFoundError:
             raise AgentError("not-found", "command not found in the VM: %s" % argv[0]) from None
         except PermissionError:

@@ -24,13 +24,15 @@ class _DashDashCommand(click.Command):
 @click.option("--cwd", "cwd", help="Directory in the VM, relative to the synced repository "
                                    "(to the VM's home for a VM this worktree is not linked to).")
 @click.option("-C", "path", default=".", help="Host worktree whose link gives the repository path.")
+@click.option("--env", "env_names", multiple=True, metavar="NAME",
+              help="Hand the host's variable NAME to this command (repeatable); nothing else enters the VM.")
 @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def command(ctx, vm, cwd, path, argv):
+def command(ctx, vm, cwd, path, env_names, argv):
     """Run CMD in the VM (default: the worktree's linked VM), in the synced repository; stdout,
     stderr and the exit code pass through (127: no such command).
 
-    Usage: git slicer exec [VM] [--cwd DIR] -- CMD [ARGS...]
+    Usage: git slicer exec [VM] [--cwd DIR] [--env NAME]... -- CMD [ARGS...]
     """
     from ..config import Settings
     from ..errors import NotARepository, UsageError
@@ -39,6 +41,7 @@ def command(ctx, vm, cwd, path, argv):
     argv = list(argv) + ctx.meta.get("exec_argv", [])
     if not argv:
         raise UsageError("no command given", hint="git slicer exec [VM] -- CMD [ARGS...]")
+    passed = handed_env(env_names)
     settings = Settings()
     store = None
     try:
@@ -55,5 +58,23 @@ def command(ctx, vm, cwd, path, argv):
                          "VM's home) to run there anyway" % vm, hint="git slicer exec %s --cwd . -- CMD" % vm)
     base = link.guest_path if link and link.guest_path.startswith("/") else ""
     where = os.path.join(base, cwd) if cwd and base else (cwd or base)
-    code = provider.exec(machine, argv, where, interactive=sys.stdin.isatty())
+    if passed and not getattr(provider, "passes_env", False):
+        raise UsageError("provider %s cannot hand variables to one command (--env)" % provider.name)
+    extra = {"env": passed} if passed else {}
+    code = provider.exec(machine, argv, where, interactive=sys.stdin.isatty(), **extra)
     raise SystemExit(code)
+
+
+def handed_env(names) -> dict:
+    """The host variables `--env NAME` hands to the command: each must be set, by name only (a
+    value on the command line would show in `ps`)."""
+    from ..errors import UsageError
+    out = {}
+    for name in names:
+        if not name or "=" in name or not (name[0].isalpha() or name[0] == "_") \
+                or not all(c.isalnum() or c == "_" for c in name):
+            raise UsageError("--env takes a variable NAME (got %r); its value comes from the host's environment" % name)
+        if name not in os.environ:
+            raise UsageError("--env %s: the host has no variable %s" % (name, name))
+        out[name] = os.environ[name]
+    return out

@@ -14,15 +14,20 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 @click.option("--provider", help="Provider for --launch (default: slicer.provider).")
 @click.option("--all", "all_linked", is_flag=True, help="Push to every VM linked to the worktree, concurrently.")
 @click.option("--count", type=int, help="With --launch: launch N VMs and push to all of them.")
+@click.option("--allow", "allow", multiple=True, metavar="HOST[:PORT]",
+              help="With --launch: a host the new VM may reach through its egress proxy (repeatable).")
 @json_option
-def command(vm, path, launch, force, depth, include_ignored, provider, all_linked, count, as_json):
+def command(vm, path, launch, force, depth, include_ignored, provider, all_linked, count, allow, as_json):
     """Give VM a self-contained copy of the worktree at PATH: its branch, history, and every
     staged, unstaged and untracked change (minus .slicerignore)."""
     from ..fanout import push_many
+    from ..errors import UsageError
     from ..push import PushOptions, push
+    if allow and not launch:
+        raise UsageError("--allow sets a new VM's allowlist: use it with --launch, or `git slicer vm allow VM HOST`")
     worktree = worktree_at(path)
     options = PushOptions(vm=vm, launch=launch, force=force, depth=depth,
-                          include_ignored=include_ignored, provider=provider)
+                          include_ignored=include_ignored, provider=provider, allow=tuple(allow))
     if all_linked or count is not None:
         outcome = push_many(worktree, options, all_linked=all_linked, count=count)
         lines = [describe(r) if r["ok"] else "VM %s: error: %s" % (r["vm"] or "(new)", r["error"])

@@ -18,11 +18,14 @@ def command():
 @command.command("launch")
 @click.argument("name", required=False)
 @click.option("--provider", help="Provider (default: slicer.provider).")
+@click.option("--allow", "allow", multiple=True, metavar="HOST[:PORT]",
+              help="A host the VM may reach through its egress proxy (repeatable; default: no network).")
 @json_option
-def launch(name, provider, as_json):
+def launch(name, provider, allow, as_json):
     """Start a new VM (named NAME, or vm-N)."""
+    from ..egress.vms import launch as launch_vm
     Settings, _, provider_for = _core()
-    vm = provider_for(Settings(), override=provider).launch(name)
+    vm = launch_vm(provider_for(Settings(), override=provider), name, allow=allow)
     emit(as_json, vm.as_json(), "launched VM %s (%s)" % (vm.name, vm.provider))
 
 
@@ -143,3 +146,12 @@ def image_build(force, as_json):
             "rootfs_bytes": img.info.get("rootfs_bytes"), "built": found is None}
     emit(as_json, info, "%s image %s (kernel %s) in %s" % ("built" if found is None else "current",
                                                           img.id, img.kernel_version, img.dir))
+
+
+def _register_egress():
+    from . import vm_egress
+    for sub in vm_egress.commands:
+        command.add_command(sub)
+
+
+_register_egress()

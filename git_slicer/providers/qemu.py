@@ -452,23 +452,28 @@ class QemuProvider(DirectoryVMs):
                              alive=lambda: None if self._pid(name) else "VM %s stopped" % name,
                              handshake_timeout=self.settings.get("slicer.handshakeTimeout"))
 
-    def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:
-        """Run argv in the guest through the agent's exec op (no stdin, no terminal)."""
-        return self._run(vm, argv, cwd, sys.stdout.buffer, sys.stderr.buffer)
+    passes_env = True      # exec(env=...): the agent's exec op adds them for that one command
 
-    def _run(self, vm: VM, argv, cwd, out, err, timeout: float = None) -> int:
+    def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False, env=None) -> int:
+        """Run argv in the guest through the agent's exec op (no stdin, no terminal)."""
+        return self._run(vm, argv, cwd, sys.stdout.buffer, sys.stderr.buffer, env=env)
+
+    def _run(self, vm: VM, argv, cwd, out, err, timeout: float = None, env=None) -> int:
         from ..target import open_session
         with open_session(self, vm) as session:
             if timeout:
                 session.set_deadline(int(timeout))
-            return run_exec(session, argv, cwd, out, err)
+            return run_exec(session, argv, cwd, out, err, env)
 
 
-def run_exec(session, argv, cwd, out, err) -> int:
+def run_exec(session, argv, cwd, out, err, env=None) -> int:
     """The host side of the `exec` op: copy the output frames through, return the exit code."""
     conn = session.conn
     try:
-        conn.send({"op": "exec", "argv": list(argv), "cwd": cwd or ""})
+        request = {"op": "exec", "argv": list(argv), "cwd": cwd or ""}
+        if env:
+            request["env"] = dict(env)
+        conn.send(request)
         while True:
             kind, payload = conn.read_frame()
             if kind == b"D" and payload:

@@ -264,10 +264,13 @@ class Puller:
                     committed[path] = wt
         result["conflicts"] = conflicts
         if conflicts and not self.options.force:
+            # `git stash` alone leaves untracked files where they are: say -u when one is involved.
+            untracked = [p for p in conflicts if trees.index(ours, p) is None and trees.file(ours, p) is not None]
+            how = "git stash -u, as %s is untracked" % display(untracked[0]) if untracked else "git stash"
             raise WouldLoseWork("the VM and the host both changed: %s; nothing was written"
                                 % ", ".join(map(display, conflicts[:10])),
-                                hint="commit or stash the host's changes and pull again, or pull --force "
-                                     "(the host's versions are saved under refs/slicer/backup/)",
+                                hint="commit or stash the host's changes (%s) and pull again, or pull --force "
+                                     "(the host's versions are saved under refs/slicer/backup/)" % how,
                                 details={"conflicts": conflicts})
         staging = tempfile.mkdtemp(prefix="slicer-pull-%d-" % os.getpid(), dir=self.wt.git_dir)
         try:

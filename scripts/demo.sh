@@ -37,3 +37,6 @@ step git log --oneline -3
 step git status --short
 step git slicer list
 printf '\nDone. Remove the VM with: git slicer vm rm %s\n' "$vm"
+printf '\n`git slicer` is installed in %s/.venv/bin. To use it (and `git help slicer`) in your shell:\n' "$here"
+printf '    export PATH="%s/.venv/bin:$PATH"    # add to ~/.bashrc to keep it\n' "$here"
+printf '    pipx install %s                     # or: its own venv, on PATH through ~/.local/bin\n' "$here"

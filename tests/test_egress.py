@@ -25,11 +25,13 @@ class Server:
     def __init__(self, name: str):
         self.name = name
         self.hits = []
+        self.keys = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 owner.hits.append((self.path, self.headers.get("Host")))
+                owner.keys.append(self.headers.get("x-api-key"))
                 body = ("hello from %s\n" % owner.name).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -142,6 +144,7 @@ def test_tricks_do_not_reach_an_unlisted_target(repo, servers):
         "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (o, a),       # Host vs target
         "GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (o, a),   # absolute-form vs Host
         "GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (a, o),   # and the other way round
+        "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (a, o),       # and for CONNECT
         "GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % o,                          # origin-form, Host decides
         "GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nHost: 127.0.0.1:%d\r\n\r\n" % (a, o),
         "GET http://127.0.0.1:%d@127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % (a, o),            # userinfo
@@ -156,7 +159,7 @@ def test_tricks_do_not_reach_an_unlisted_target(repo, servers):
         "GET https://127.0.0.1:%d/ HTTP/1.1\r\n\r\n" % a,
     ]
     out = probe(repo, vm, *tricks)
-    assert [status(r) for r in out] == [403, 403, 403, 403, 400, 400, 400, 400, 400, 403, 403, 400, 400, 400, 400]
+    assert [status(r) for r in out] == [403, 403, 403, 403, 403, 400, 400, 400, 400, 400, 403, 403, 400, 400, 400, 400]
     assert other.hits == [] and allowed.hits == []
     refused = [e for e in repo.slicer_json("vm", "log", vm) if e["verdict"] == "refused"]
     assert len(refused) == len(tricks)
@@ -279,8 +282,66 @@ def test_exec_env_hands_exactly_the_named_variable(launched, monkeypatch):
     assert proc.returncode == 2
 
 
+# The "agent CLI" committed in the repository: asks the "model API" (with the key it was handed)
+# what to write, fetches a "package" from the "index", both through the proxy variables the VM
+# was given, and commits the result as an agent would.
+AGENT = r'''
+import os, subprocess, sys, urllib.request
+api, index = sys.argv[1], sys.argv[2]
+request = urllib.request.Request(api + "/v1/messages", headers={"x-api-key": os.environ.get("API_KEY", "")})
+answer = urllib.request.urlopen(request, timeout=10).read().decode()
+package = urllib.request.urlopen(index + "/simple/helper/", timeout=10).read().decode()
+with open("answer.txt", "w") as fh:
+    fh.write(answer + package)
+subprocess.run(["git", "add", "answer.txt"], check=True)
+subprocess.run(["git", "commit", "-qm", "agent: answer"], check=True)
+'''
+
+
 @needs_bwrap
-def test_the_vm_has_its_own_user_and_hostname(launched):
-    repo, vm = launched
-    out = repo.vm_sh(vm, "id -un; id -gn; hostname; echo $HOME; cut -d: -f1 /etc/passwd | tr '\\n' ' '")
-    assert out.splitlines() == ["agent", "agent", vm, "/home/agent", "root agent nobody "]
+def test_an_agent_in_a_vm_in_one_command(repo, servers, monkeypatch):
+    api, index = servers
+    repo.write("agent.py", AGENT)
+    repo.commit("add the agent")
+    # "localhost." is a name the proxy resolves on the host; it is not in the VM's NO_PROXY
+    # (which keeps the VM's own loopback direct), so clients take HTTPS_PROXY/HTTP_PROXY.
+    vm = repo.slicer_json("push", "--launch", "--allow", "localhost:%d" % api.port,
+                          "--allow", "localhost:%d" % index.port)["vm"]
+    monkeypatch.setenv("API_KEY", "sk-test-123")
+    repo.slicer("exec", "--env", "API_KEY", "--", "python3", "agent.py",
+                "http://localhost.:%d" % api.port, "http://localhost.:%d" % index.port)
+    assert [path for path, _ in api.hits] == ["/v1/messages"] and api.keys == ["sk-test-123"]
+    assert [path for path, _ in index.hits] == ["/simple/helper/"]
+    log = repo.slicer_json("log")
+    assert [c["subject"] for c in log["commits"]] == ["agent: answer"]
+    assert "answer.txt" in repo.slicer("diff", "--stat").stdout.decode()
+    repo.slicer("pull")
+    assert (repo.path / "answer.txt").read_text() == "hello from allowed\nhello from other\n"
+    assert repo.git("log", "-1", "--format=%s").strip() == "agent: answer"
+    assert {e["port"] for e in repo.slicer_json("vm", "log", vm) if e["verdict"] == "allowed"} == {api.port, index.port}
+    assert "sk-test-123" not in repo.vm_sh(vm, "env; cat ~/.bash_history 2>/dev/null; true")
+
+
+def test_exec_op_env_reaches_one_command_only(tmp_path, monkeypatch):
+    """qemu's `exec --env` rides on the agent's exec op: the variable is added for that command."""
+    import io
+    from git_slicer.providers import qemu
+    from git_slicer.wire.framing import Connection
+    monkeypatch.setenv("AGENT_OWN", "agent-env")
+    proc = subprocess.Popen([sys.executable, "-m", "git_slicer.agent", "--stdio"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=str(tmp_path))
+    conn = Connection(proc.stdout, proc.stdin)
+    conn.send({"op": "hello", "protocol": 1})
+    conn.recv_reply()
+    session = type("S", (), {"conn": conn, "vm": "t", "_fail": lambda self, e: e})()
+    show = ["sh", "-c", 'echo "${TOKEN-unset} ${AGENT_OWN-unset}"']
+    out = io.BytesIO()
+    assert qemu.run_exec(session, show, str(tmp_path), out, io.BytesIO(), {"TOKEN": "t0k"}) == 0
+    assert qemu.run_exec(session, show, str(tmp_path), out, io.BytesIO()) == 0
+    assert out.getvalue() == b"t0k agent-env\nunset agent-env\n"
+    conn.send({"op": "exec", "argv": ["true"], "cwd": "", "env": {"A=B": "x"}})
+    assert conn.recv()["error"]["code"] == "bad-request"
+    conn.send({"op": "bye"})
+    conn.recv_reply()
+    proc.stdin.close()
+    assert proc.wait(10) == 0

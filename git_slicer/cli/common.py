@@ -43,5 +43,18 @@ def complete_vm(ctx, param, incomplete):
     return [n for n in names if n.startswith(incomplete)]
 
 
-def vm_argument(required: bool = False):
-    return click.argument("vm", required=required, shell_complete=complete_vm)
+def complete_linked_vm(ctx, param, incomplete):
+    """For commands that need a link (pull): this worktree's linked VMs only, or every VM when
+    the worktree has none (the command will then say what is missing)."""
+    names = []
+    try:
+        from ..links import LinkStore
+        names = [link.vm for link in LinkStore.of(worktree_at(".")).all()]
+    except Exception:  # completion must never fail loudly
+        pass
+    names = [n for n in names if n.startswith(incomplete)]
+    return names or complete_vm(ctx, param, incomplete)
+
+
+def vm_argument(required: bool = False, linked: bool = False):
+    return click.argument("vm", required=required, shell_complete=complete_linked_vm if linked else complete_vm)

@@ -14,6 +14,7 @@ __git_slicer_ask() {
     local cword=$1; shift
     local IFS=$'\n' line type value
     COMPREPLY=()
+    compopt -o nosort 2>/dev/null     # keep our order: this worktree's linked VMs come first
     for line in $(COMP_WORDS="$*" COMP_CWORD=$cword _GIT_SLICER_COMPLETE=bash_complete git-slicer 2>/dev/null); do
         type=${line%%,*}; value=${line#*,}
         case $type in

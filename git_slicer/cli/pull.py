@@ -4,7 +4,7 @@ from .common import emit, json_option, short, vm_argument, worktree_at
 
 
 @click.command("pull", short_help="Bring the VM's commits and files home.", context_settings={"help_option_names": ["-h", "--help"]})
-@vm_argument()
+@vm_argument(linked=True)
 @click.argument("path", required=False, default=".")
 @click.option("-f", "--force", is_flag=True,
               help="Take the VM's branch and files even where the host differs (host state saved first).")

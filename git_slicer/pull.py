@@ -24,10 +24,10 @@ from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLose
 from .ignore import SlicerIgnore
 from .ignore_guard import check_ignore_changes
 from .links import LinkStore, now
-from .repo import run_git
 from .objects import ObjectReader, TreeReader
-from .quarantine import ImportLimits, Quarantine, remove_stale
-from .safewrite import DIRECTORY, Change, SafeWriter, read_journal
+from .quarantine import ImportLimits, Quarantine
+from .journal import HostWrite, Journal, recover_interrupted, set_index
+from .safewrite import DIRECTORY, Change, SafeWriter
 from .checkout_form import checkout_form
 from .scan import KnownPaths, host_overlay
 from .sparse import SparseCheckout
@@ -381,7 +381,8 @@ class Puller:
         """Move the branch (compare-and-swap), the files and the index together, under a journal:
         if the process dies part-way, the next pull or push rolls all three back."""
         ref = "refs/heads/" + self.branch
-        journal = journal_path(self.wt)
+        journal = Journal(self.wt, HostWrite(ref=ref, old=head, new=target, index=index_old or {},
+                                             skip=sorted(skip_worktree)))
         moved = []
 
         def move_ref():
@@ -396,72 +397,19 @@ class Puller:
                 crash_point("pull:ref-moved")
         writer = SafeWriter(self.wt.root, self.wt.algo)
         try:
-            writer.apply(changes, journal=journal, before_commit=move_ref,
-                         extra={"ref": ref, "old": head, "new": target, "index": index_old or {},
-                                "skip": sorted(skip_worktree)})
+            writer.apply(changes, journal=journal, before_commit=move_ref)
             crash_point("pull:files-written")
             if index_updates:
-                _set_index(self.wt, index_updates, head, skip_worktree)
+                set_index(self.wt, index_updates, head, skip_worktree)
             crash_point("pull:index-written")
         except BaseException:
-            data = read_journal(journal)
-            if data is not None:
-                writer.rollback(data)
-                os.unlink(journal)
-            if moved:
-                self.wt.git(["update-ref", "-m", "slicer pull: roll back", ref, head, target], check=False)
+            journal.roll_back(ref_moved=bool(moved))
             raise
-        SafeWriter.finish(journal)
+        journal.finish()
         result["to"] = target
         result["fast_forward"] = bool(moved) and not result.get("reset")
         result["files"] = {"written": [c.path for c in changes if c.new is not None],
                            "deleted": [c.path for c in changes if c.new is None]}
-
-
-def journal_path(worktree) -> str:
-    return os.path.join(worktree.git_path("slicer"), "pull-journal.json")
-
-
-def _set_index(worktree, entries: dict, some_oid: str, skip_worktree=()) -> None:
-    """Set index entries ({path: [mode, oid] or None}); `skip_worktree` paths (outside the sparse
-    cone) keep their skip-worktree bit, which a replaced entry would lose."""
-    zero = "0" * len(some_oid)
-    lines = b"".join(os.fsencode("%s %s\t%s" % ((e[0], e[1], p) if e else ("0", zero, p))) + b"\0"
-                     for p, e in sorted(entries.items()))
-    # Writing the index re-checks "racily clean" entries by reading the files through the clean
-    # filters that .gitattributes (maybe the VM's) names: point git at an empty worktree instead,
-    # so no driver runs; such entries are only marked for a refresh.
-    with tempfile.TemporaryDirectory(prefix="slicer-empty-") as empty:
-        run_git(["update-index", "-z", "--index-info"], cwd=empty, input=lines,
-                env={**worktree.env, "GIT_WORK_TREE": empty})
-        if skip_worktree:
-            run_git(["update-index", "-z", "--skip-worktree", "--stdin"], cwd=empty, check=False,
-                    input=b"".join(os.fsencode(p) + b"\0" for p in skip_worktree),
-                    env={**worktree.env, "GIT_WORK_TREE": empty})
-
-
-def recover_interrupted(worktree) -> None:
-    """Roll back a pull that was killed while writing (see Puller._write), and drop the
-    staging and quarantine directories of killed processes."""
-    remove_stale(worktree.git_dir, "slicer-pull-")
-    remove_stale(os.path.join(worktree.common_dir, "objects"), "incoming-slicer-")
-    journal = journal_path(worktree)
-    data = read_journal(journal)
-    if data is None:
-        return
-    writer = SafeWriter(worktree.root, data.get("algo", worktree.algo))
-    if data.get("committed"):
-        writer.cleanup(data)
-    else:
-        writer.rollback(data)
-        extra = data.get("extra", {})
-        if extra.get("new") and extra.get("old") and extra["new"] != extra["old"]:
-            worktree.git(["update-ref", "-m", "slicer: roll back an interrupted pull", extra["ref"],
-                          extra["old"], extra["new"]], check=False)
-        if extra.get("index"):
-            _set_index(worktree, extra["index"], extra.get("old") or "0" * 40, extra.get("skip", ()))
-        report.warn("rolled back an interrupted pull; the worktree is as it was before it")
-    os.unlink(journal)
 
 
 class _Trees:

@@ -14,7 +14,7 @@ from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore, host_excludes
 from .links import Link, LinkStore, now, repository_links
-from .pull import recover_interrupted
+from .journal import recover_interrupted
 from .scan import KnownPaths, host_overlay, ignored_files
 from .session import open_session
 from .target import default_guest_path, launch_vm, provider_for, resolve, vm_named

@@ -14,7 +14,6 @@ failure. Modes are only 0644/0755; setuid/setgid/sticky and group/other write ne
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -131,12 +130,12 @@ class SafeWriter:
         return found
 
     # -- applying ------------------------------------------------------------------
-    def apply(self, changes, journal: str = None, before_commit=None, extra=None) -> None:
+    def apply(self, changes, journal=None, before_commit=None) -> None:
         """Apply all changes or none.
 
-        With `journal` (a file path), the plan is recorded before anything visible happens, so a
-        process killed part-way can be rolled back by `rollback()`; the caller then ends the
-        operation with `finish(journal)`. `before_commit()` runs after every check and staging
+        With `journal` (a journal.Journal), the plan is recorded through `journal.record(entries)`
+        before anything visible happens, so a process killed part-way can be rolled back by
+        `rollback()`; the caller then ends the operation with `journal.finish()`. `before_commit()` runs after every check and staging
         succeeded and before the first rename (the pull moves its branch there).
 
         A file may become a directory and a directory a file in one apply (as in `git checkout`):
@@ -167,11 +166,7 @@ class SafeWriter:
                 for c in changes]
         entries = [{"path": c.path, "tmp": t, "backup": b, "new": c.written or c.new, "stage": None,
                     "dir": c.expect == DIRECTORY, "mkdirs": []} for c, t, b in plan]
-        if journal:
-            _write_journal(journal, {"root": self.root, "algo": self.algo, "committed": False,
-                                     "extra": extra or {}, "entries": entries})
-        record = (lambda: _write_journal(journal, {"root": self.root, "algo": self.algo, "committed": False,
-                                                   "extra": extra or {}, "entries": entries})) if journal else None
+        record = (lambda: journal.record(entries)) if journal is not None else None
         if record:
             record()
         staged = []      # [change, entry, parent fd (None until created), staging fd]
@@ -212,8 +207,8 @@ class SafeWriter:
                     os.rmdir(os.path.join(self.root, directory))
                 except OSError:
                     pass
-            if journal:
-                _remove_file(journal)
+            if journal is not None:
+                journal.discard()
             raise
         finally:
             for _, _, fd, stage_fd in staged:
@@ -267,7 +262,7 @@ class SafeWriter:
                         pass
             raise
         if record is None:
-            self.cleanup({"entries": [item[1] for item in staged]})
+            self.cleanup([item[1] for item in staged])
 
     def _make_parent(self, path: str, entry: dict, record=None) -> int:
         """Create the directories of `path` that a deleted file stood in the way of (journaled
@@ -307,22 +302,11 @@ class SafeWriter:
             return None
         return fd
 
-    @staticmethod
-    def finish(journal: str) -> None:
-        """The operation is complete: mark the journal committed, drop backups, remove it."""
-        data = read_journal(journal)
-        if data is None:
-            return
-        data["committed"] = True
-        _write_journal(journal, data)
-        SafeWriter(data["root"], data["algo"]).cleanup(data)
-        _remove_file(journal)
-
-    def cleanup(self, data: dict) -> None:
-        """Drop the backups (and leftover staged files) of a completed apply, and the directories
-        its deletions left empty (as git does)."""
+    def cleanup(self, entries: list) -> None:
+        """Drop the backups (and leftover staged files) of a completed apply (its journal
+        entries), and the directories its deletions left empty (as git does)."""
         emptied = set()
-        for entry in data["entries"]:
+        for entry in entries:
             fd, name = self._names(entry)
             if entry.get("dir") and fd is not None and entry["backup"]:
                 _remove_tree(fd, entry["backup"])
@@ -350,9 +334,10 @@ class SafeWriter:
                     os.close(fd)
                 parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
 
-    def rollback(self, data: dict) -> None:
-        """Undo a journaled apply that was killed part-way: every file back to its old state."""
-        for entry in reversed(data["entries"]):
+    def rollback(self, entries: list) -> None:
+        """Undo a journaled apply (its journal entries) that was killed part-way: every file
+        back to its old state."""
+        for entry in reversed(entries):
             fd, name = self._names(entry)
             stage_fd = self._stage_fd(entry)
             try:
@@ -384,26 +369,6 @@ class SafeWriter:
                 except OSError:
                     break
                 parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
-
-
-def read_journal(journal: str):
-    try:
-        with open(journal, "rb") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        return None
-
-
-def _write_journal(journal: str, data: dict) -> None:
-    from .links import write_atomic
-    write_atomic(journal, json.dumps(data).encode())
-
-
-def _remove_file(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _exists(fd: int, name: str) -> bool:

@@ -24,16 +24,15 @@ from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLose
 from .ignore import SlicerIgnore
 from .ignore_guard import check_ignore_changes
 from .links import LinkStore, now
-from .objects import ObjectReader, TreeReader
-from .quarantine import ImportLimits, Quarantine
+from .objects import TreeReader
+from .inbound import Inbound, limits_from, ref_parent, slicer_refs
 from .journal import HostWrite, Journal, recover_interrupted, set_index
 from .safewrite import DIRECTORY, Change, SafeWriter
 from .checkout_form import checkout_form
-from .scan import KnownPaths, host_overlay
+from .scan import host_overlay
 from .sparse import SparseCheckout
 from .target import resolve, vm_named
 from .wire import overlay as overlay_mod
-from .wire import tarstream
 from .wire.framing import crash_point
 from .wire.paths import display
 
@@ -50,20 +49,6 @@ class PullOptions:
 class State:
     commit: str
     overlay: dict
-
-
-def limits_from(settings: Settings):
-    return (ImportLimits(pack_bytes=settings.get("slicer.limit.packBytes"),
-                         objects=settings.get("slicer.limit.objects"),
-                         tree_depth=settings.get("slicer.limit.treeDepth"),
-                         path_bytes=settings.get("slicer.limit.pathBytes"),
-                         refs=settings.get("slicer.limit.refs")),
-            tarstream.Limits(max_entries=settings.get("slicer.limit.files"),
-                             max_file_bytes=settings.get("slicer.limit.fileBytes"),
-                             max_total_bytes=settings.get("slicer.limit.totalBytes"),
-                             max_path_bytes=settings.get("slicer.limit.pathBytes"),
-                             max_depth=settings.get("slicer.limit.pathDepth"),
-                             max_link_bytes=settings.get("slicer.limit.linkBytes")))
 
 
 def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
@@ -113,7 +98,7 @@ class Puller:
         self.file_limits = file_limits
         self.ignore = SlicerIgnore(worktree.root)
         self.store = None
-        self.known = KnownPaths(worktree, link.agreed_overlay)    # names with control characters allowed back
+        self.inbound = Inbound(worktree, session, link, pack_limits, file_limits)
 
     def run(self) -> dict:
         """Refs under refs/slicer/<vm>/ move only when nothing the VM sent failed validation."""
@@ -136,14 +121,9 @@ class Puller:
         crash_point("pull:imported")
 
     def _run(self) -> dict:
-        vm_state = self.session.state(self.link.guest_path, applied=agreed.pending_id(self.link),
-                                      max_entries=self.file_limits.max_entries,
-                                      known=self.known)
+        vm_state = self.inbound.state(applied=agreed.pending_id(self.link), max_entries=self.file_limits.max_entries)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
-        if not vm_state["exists"]:
-            raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(vm_state.get("path")))),
-                              hint="push it again with `git slicer push %s`" % self.link.vm)
-        branches = _valid_branches(self.wt, vm_state["branches"], self.pack_limits.refs)
+        branches = self.inbound.branches(vm_state)
         vm_tip = branches.get(self.link.branch)
         if vm_tip is None:
             raise AgentFailed("VM %s no longer has branch %s" % (self.link.vm, self.link.branch))
@@ -151,7 +131,7 @@ class Puller:
             report.warn("the VM is on branch %s, not %s: its uncommitted files are not pulled"
                         % (display(str(vm_state["branch"])), self.link.branch))
         vm_view = overlay_mod.filtered(vm_state["overlay"], self.ignore.keep)
-        imported = self._import(vm_tip, branches, vm_view)
+        imported = self._import(branches, vm_view)
 
         head = self.wt.rev("HEAD")
         result = {"imported": imported, "from": head, "to": head, "fast_forward": False, "reset": False,
@@ -182,26 +162,10 @@ class Puller:
         return result
 
     # -- objects -------------------------------------------------------------------
-    def _import(self, vm_tip: str, branches: dict, vm_view: dict) -> dict:
-        index_blobs = sorted({e[1] for e in vm_view["index"].values()
-                              if e is not None and e[0] != overlay_mod.MODE_GITLINK})
-        wanted = sorted(set(branches.values()))
-        missing = _missing(self.wt, wanted + index_blobs)
-        if missing:
-            haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
-            haves += _slicer_refs(self.wt, self.link.vm).values()
-            with Quarantine(self.wt, self.pack_limits, self.known) as q:
-                self.session.fetch(self.link.guest_path, wanted + [b for b in index_blobs if b in missing],
-                                   sorted(set(haves)), q.receive, self.pack_limits.pack_bytes + 1)
-                q.validate(wanted)
-                still = _missing(self.wt, wanted + index_blobs, env=q.env)
-                if still:
-                    raise UnsafeInput("the VM's pack lacks objects it announced (%s)" % still[0][:12])
-                crash_point("pull:validated")
-                q.migrate()
-                report.info("imported %d byte(s) of objects from VM %s through quarantine"
-                            % (self.session.conn.bytes_in, self.link.vm))
-        crash_point("pull:objects-in")
+    def _import(self, branches: dict, vm_view: dict) -> dict:
+        """The VM's branch tips and staged blobs, through quarantine (inbound.py)."""
+        self.inbound.import_objects(branches.values(), [e[1] for e in vm_view["index"].values()
+                                                        if e is not None and e[0] != overlay_mod.MODE_GITLINK])
         self._imported = branches
         return branches
 
@@ -273,7 +237,7 @@ class Puller:
                                 details={"conflicts": conflicts})
         staging = tempfile.mkdtemp(prefix="slicer-pull-%d-" % os.getpid(), dir=self.wt.git_dir)
         try:
-            self._stage_contents(changes, vm, staging)
+            self.inbound.fetch_files(changes, staging)
             self._to_checkout_form(changes, committed, target, staging)
             exposed = check_ignore_changes(self.wt, changes, self.link.vm, self.options.accept_ignore_changes)
             if exposed:
@@ -294,48 +258,6 @@ class Puller:
                 change.source = source
                 entry = overlay_mod.hash_worktree_file(source, self.wt.algo)
                 change.written = [change.new[0], entry[1]]
-
-    def _stage_contents(self, changes, vm: State, staging: str) -> None:
-        """Put the new contents of every change in `staging`: from the object store when the host
-        has the blob, otherwise from the VM's worktree (checked against its blob id)."""
-        needed = [c for c in changes if c.new is not None]
-        have = set(_present(self.wt, sorted({c.new[1] for c in needed})))
-        from_vm = {}
-        with ObjectReader(self.wt) as odb:                # one `git cat-file` for all files
-            for change in needed:
-                if change.new[1] in have:
-                    data = odb.read(change.new[1])[1]
-                    if change.new[0] == overlay_mod.MODE_LINK:
-                        change.target = os.fsdecode(data)
-                    else:
-                        change.source = os.path.join(staging, change.new[1] + ".blob")
-                        with open(change.source, "wb") as fh:
-                            fh.write(data)
-                else:
-                    from_vm[change.path] = change
-        if not from_vm:
-            return
-        files_dir = os.path.join(staging, "files")
-        os.mkdir(files_dir)
-        members = self.session.files(self.link.guest_path, {p: c.new for p, c in from_vm.items()},
-                                     files_dir, self.file_limits, control_ok=set(from_vm))
-        got = {m.path: m for m in members}
-        if set(got) != set(from_vm):
-            raise UnsafeInput("VM %s sent other files than were asked for" % self.link.vm)
-        for path, change in from_vm.items():
-            member = got[path]
-            if member.kind == "symlink":
-                actual = [overlay_mod.MODE_LINK, overlay_mod.blob_oid(os.fsencode(member.target), self.wt.algo)]
-                change.target = member.target
-            elif member.kind == "file":
-                entry = overlay_mod.hash_worktree_file(member.staged, self.wt.algo)
-                actual = [change.new[0], entry[1]]
-                change.source = member.staged
-            else:
-                actual = None
-            if actual != change.new:
-                raise UnsafeInput("file %s from VM %s does not match its announced contents"
-                                  % (display(path), self.link.vm))
 
     def _backup(self, head: str, target: str, changes, reset: bool) -> dict:
         """Before --force replaces anything, keep the host's side in ONE ref: a stash-like commit
@@ -446,57 +368,6 @@ class _Trees:
         return [os.fsdecode(p) for p in out.split(b"\0") if p]
 
 
-def _missing(worktree, oids, env=None) -> list:
-    if not oids:
-        return []
-    out = worktree.git(["cat-file", "--batch-check"], input="".join(o + "\n" for o in oids).encode(), env=env)
-    return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" missing")]
-
-
-def _present(worktree, oids) -> list:
-    missing = set(_missing(worktree, oids))
-    return [o for o in oids if o not in missing]
-
-
-def _valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
-    """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning.
-    More than `max_refs` branches, or two that cannot both be refs (`a` and `a/b`), is refused
-    before anything is written."""
-    if not isinstance(branches, dict):
-        raise UnsafeInput("the VM sent a malformed repository state: branches")
-    if len(branches) > max_refs:
-        raise UnsafeInput("the VM reports %d branches, over slicer.limit.refs (%d); nothing was written"
-                          % (len(branches), max_refs),
-                          hint="delete branches in the VM, or raise slicer.limit.refs")
-    valid = {}
-    from pygit2 import reference_is_valid_name     # git's check-ref-format rules, without a process per name
-    for name, oid in sorted(branches.items()):
-        ok = isinstance(name, str) and isinstance(oid, str) and len(oid) in (40, 64) and \
-            all(c in "0123456789abcdef" for c in oid) and "\n" not in name and \
-            reference_is_valid_name("refs/heads/" + name)
-        if ok:
-            valid[name] = oid
-        else:
-            report.warn("ignoring VM branch with an invalid name: %s" % display(str(name))[:100])
-    for name in valid:
-        parent = _parent_in(name, valid)
-        if parent:
-            raise UnsafeInput("the VM has branches %s and %s, which cannot both be refs (one would be a "
-                              "directory of the other); nothing was written" % (display(parent), display(name)),
-                              hint="rename or delete one of them in the VM and pull again")
-    return valid
-
-
-def _parent_in(name: str, names) -> str:
-    """The first of `names` that is a directory prefix of `name` (`a` for `a/b`), or ""."""
-    at = name.find("/")
-    while at > 0:
-        if name[:at] in names:
-            return name[:at]
-        at = name.find("/", at + 1)
-    return ""
-
-
 def record_refs(worktree, vm: str, branches: dict) -> None:
     """Point refs/slicer/<vm>/<name> at the VM's tips in one transaction (`update-ref --stdin`):
     all of them move or none. Earlier refs of that VM that are in the way of a new name (`a`
@@ -505,11 +376,11 @@ def record_refs(worktree, vm: str, branches: dict) -> None:
     if not branches:
         return
     prefix = "refs/slicer/%s/" % vm
-    existing = _slicer_refs(worktree, vm)
+    existing = slicer_refs(worktree, vm)
     names = {prefix + n for n in branches}
     dirs = {n[:i] for n in names for i in range(len(prefix), len(n)) if n[i] == "/"}
     stale = [b"delete %s\0%s\0" % (os.fsencode(ref), existing[ref].encode()) for ref in sorted(existing)
-             if ref not in names and (ref in dirs or _parent_in(ref, names))]
+             if ref not in names and (ref in dirs or ref_parent(ref, names))]
     updates = [b"update %s\0%s\0%s\0" % (os.fsencode(prefix + name), oid.encode(),
                                           existing.get(prefix + name, "").encode())
                for name, oid in sorted(branches.items()) if existing.get(prefix + name) != oid]
@@ -521,12 +392,3 @@ def record_refs(worktree, vm: str, branches: dict) -> None:
         except SlicerError as exc:
             raise SlicerError("could not record VM %s's branches under %s (%s)" % (vm, prefix, exc),
                               hint="see `git for-each-ref %s`" % prefix) from None
-
-
-def _slicer_refs(worktree, vm: str) -> dict:
-    out = worktree.git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/slicer/%s/" % vm])
-    refs = {}
-    for line in out.decode("utf-8", "surrogateescape").splitlines():
-        oid, ref = line.split(" ", 1)
-        refs[ref] = oid
-    return refs

@@ -215,7 +215,7 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
                 control_ok=False) -> dict:
     """Validate the shape of a `state` reply from the VM before anything uses it.
 
-    Branch names are checked separately (pull._valid_branches); here: types, oids, modes and
+    Branch names are checked separately (inbound.valid_branches); here: types, oids, modes and
     every overlay path (no absolute paths, '..', .git, control characters except in paths
     `control_ok` holds (scan.KnownPaths), limits).
     """

@@ -13,11 +13,9 @@ import sys
 from .config import Settings
 from .errors import SlicerError
 from .links import Link, check_vm_name
-from .pull import Puller, PullOptions, _valid_branches, limits_from
-from .quarantine import check_state
+from .inbound import Inbound, limits_from
 from .repo import Worktree
 from .target import resolve
-from .wire import overlay as overlay_mod
 
 
 def parse_url(url: str):
@@ -75,23 +73,21 @@ class Helper:
                 raise SlicerError("unsupported remote-helper command: %s" % line[:80])
 
     def list(self) -> str:
-        pack_limits, file_limits = limits_from(self.settings)
-        state = check_state(self.connect().state(self.link.guest_path), file_limits.max_path_bytes,
-                            file_limits.max_depth, file_limits.max_entries)
-        if not state["exists"]:
-            raise SlicerError("VM %s has no repository at %s" % (self.vm, self.link.guest_path))
-        self.branches = _valid_branches(self.worktree, state["branches"], pack_limits.refs)
+        inbound = self.inbound()
+        state = inbound.state(max_entries=inbound.file_limits.max_entries)
+        self.branches = inbound.branches(state)
         lines = ["%s refs/heads/%s\n" % (oid, name) for name, oid in sorted(self.branches.items())]
         if state["branch"] in self.branches:
             lines.append("@refs/heads/%s HEAD\n" % state["branch"])
         return "".join(lines) + "\n"
 
     def fetch(self, wanted) -> None:
-        pack_limits, file_limits = limits_from(self.settings)
-        puller = Puller(self.worktree, self.connect(), self.link, self.worktree.branch() or "",
-                        PullOptions(vm=self.vm, no_merge=True), pack_limits, file_limits)
         tips = {name: oid for name, oid in self.branches.items() if oid in set(wanted)}
-        puller._import(None, tips, overlay_mod.empty())
+        self.inbound().import_objects(tips.values())
+
+    def inbound(self) -> Inbound:
+        """What comes in from the VM: the same validation and quarantine as pull."""
+        return Inbound(self.worktree, self.connect(), self.link, *limits_from(self.settings))
 
     def close(self) -> None:
         if self.session is not None:

@@ -17,8 +17,7 @@ from .config import Settings
 from .errors import AgentFailed
 from .ignore import SlicerIgnore
 from .links import LinkStore
-from .quarantine import check_state
-from .pull import Puller, PullOptions, _valid_branches, limits_from
+from .inbound import Inbound, limits_from
 from .safewrite import Change
 from .scan import host_overlay
 from .target import resolve
@@ -46,12 +45,9 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
     scratch = tempfile.mkdtemp(prefix="slicer-review-", dir=os.path.join(worktree.common_dir, "objects"))
     try:
         with target.session() as session:
-            puller = Puller(worktree, session, link, worktree.branch() or link.branch,
-                            PullOptions(vm=name, no_merge=True), pack_limits, file_limits)
-            state = session.state(link.guest_path, max_entries=file_limits.max_entries)
-            if not state["exists"]:
-                raise AgentFailed("VM %s has no repository at %s" % (name, link.guest_path))
-            branches = _valid_branches(worktree, state["branches"], pack_limits.refs)
+            inbound = Inbound(worktree, session, link, pack_limits, file_limits)
+            state = inbound.state(max_entries=file_limits.max_entries)
+            branches = inbound.branches(state)
             vm_tip = branches.get(link.branch)
             if vm_tip is None:
                 raise AgentFailed("VM %s no longer has branch %s" % (name, link.branch))
@@ -59,11 +55,12 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
             view = overlay_mod.filtered(state["overlay"], ignore.keep)
             if state["branch"] != link.branch:
                 view = overlay_mod.empty()
-            puller._import(vm_tip, branches, view)
+            inbound.import_objects(branches.values(), [e[1] for e in view["index"].values()
+                                                       if e is not None and e[0] != overlay_mod.MODE_GITLINK])
             changes = [Change(path=p, expect=None, new=e) for p, e in sorted(view["files"].items()) if e]
             staging = os.path.join(scratch, "staging")
             os.mkdir(staging)
-            puller._stage_contents(changes, None, staging)
+            inbound.fetch_files(changes, staging)
         env = {"GIT_OBJECT_DIRECTORY": scratch,
                "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.join(worktree.common_dir, "objects"),
                "GIT_INDEX_FILE": os.path.join(scratch, "index")}

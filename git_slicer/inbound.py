@@ -1,0 +1,193 @@
+"""Everything that comes in from a VM passes here, for pull, diff/log and the remote helper alike:
+
+  - its repository state (validated by the session: types, object ids, modes, paths), its
+    branches (names git would accept, well-formed ids, at most slicer.limit.refs), and whether
+    the repository is there;
+  - its objects: a pack fetched into quarantine (quarantine.py), checked, then moved in;
+  - its worktree files: fetched into a staging directory and each checked against the blob id
+    the VM announced for it (or taken from the host's object store when the host has the blob).
+
+Nothing here writes into the host's worktree, index or refs: callers decide what lands where
+(pull.Puller merges and writes under a journal; review builds trees in a scratch object store).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pygit2 import reference_is_valid_name
+
+from . import report
+from .config import Settings
+from .errors import AgentFailed, UnsafeInput
+from .objects import ObjectReader
+from .quarantine import ImportLimits, Quarantine
+from .scan import KnownPaths
+from .session import STATE_ENTRIES
+from .wire import overlay as overlay_mod
+from .wire import tarstream
+from .wire.framing import crash_point
+from .wire.paths import display
+
+
+def limits_from(settings: Settings):
+    return (ImportLimits(pack_bytes=settings.get("slicer.limit.packBytes"),
+                         objects=settings.get("slicer.limit.objects"),
+                         tree_depth=settings.get("slicer.limit.treeDepth"),
+                         path_bytes=settings.get("slicer.limit.pathBytes"),
+                         refs=settings.get("slicer.limit.refs")),
+            tarstream.Limits(max_entries=settings.get("slicer.limit.files"),
+                             max_file_bytes=settings.get("slicer.limit.fileBytes"),
+                             max_total_bytes=settings.get("slicer.limit.totalBytes"),
+                             max_path_bytes=settings.get("slicer.limit.pathBytes"),
+                             max_depth=settings.get("slicer.limit.pathDepth"),
+                             max_link_bytes=settings.get("slicer.limit.linkBytes")))
+
+
+class Inbound:
+    """What one session brings in from the VM of `link` (its name, guest path, agreed state)."""
+
+    def __init__(self, worktree, session, link, pack_limits: ImportLimits, file_limits: tarstream.Limits):
+        self.wt = worktree
+        self.session = session
+        self.link = link
+        self.pack_limits = pack_limits
+        self.file_limits = file_limits
+        self.known = KnownPaths(worktree, link.agreed_overlay)    # names with control characters allowed back
+
+    def state(self, applied: str = None, max_entries: int = STATE_ENTRIES) -> dict:
+        """The VM repository's state, validated by the session (see AgentSession.state)."""
+        return self.session.state(self.link.guest_path, applied=applied, max_entries=max_entries, known=self.known)
+
+    def branches(self, state: dict) -> dict:
+        """The VM's branches that are safe to import; an error if it has no repository."""
+        if not state["exists"]:
+            raise AgentFailed("VM %s has no repository at %s" % (self.link.vm, display(str(state.get("path")))),
+                              hint="push it again with `git slicer push %s`" % self.link.vm)
+        return valid_branches(self.wt, state["branches"], self.pack_limits.refs)
+
+    def import_objects(self, tips, blobs=()) -> None:
+        """Bring the commits `tips` (and the blobs `blobs`) into the host's object store through
+        quarantine; nothing lands unless everything the VM sent passed validation."""
+        wanted = sorted(set(tips))
+        blobs = sorted(set(blobs))
+        absent = missing(self.wt, wanted + blobs)
+        if absent:
+            haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
+            haves += slicer_refs(self.wt, self.link.vm).values()
+            with Quarantine(self.wt, self.pack_limits, self.known) as q:
+                self.session.fetch(self.link.guest_path, wanted + [b for b in blobs if b in absent],
+                                   sorted(set(haves)), q.receive, self.pack_limits.pack_bytes + 1)
+                q.validate(wanted)
+                still = missing(self.wt, wanted + blobs, env=q.env)
+                if still:
+                    raise UnsafeInput("the VM's pack lacks objects it announced (%s)" % still[0][:12])
+                crash_point("pull:validated")
+                q.migrate()
+                report.info("imported %d byte(s) of objects from VM %s through quarantine"
+                            % (self.session.conn.bytes_in, self.link.vm))
+        crash_point("pull:objects-in")
+
+    def fetch_files(self, changes, staging: str) -> None:
+        """Put the new contents of every change (safewrite.Change) in `staging`: from the object
+        store when the host has the blob, otherwise from the VM's worktree (checked against its
+        blob id). Sets each change's `source` (regular files) or `target` (symlinks)."""
+        needed = [c for c in changes if c.new is not None]
+        have = set(present(self.wt, sorted({c.new[1] for c in needed})))
+        from_vm = {}
+        with ObjectReader(self.wt) as odb:                # one `git cat-file` for all files
+            for change in needed:
+                if change.new[1] in have:
+                    data = odb.read(change.new[1])[1]
+                    if change.new[0] == overlay_mod.MODE_LINK:
+                        change.target = os.fsdecode(data)
+                    else:
+                        change.source = os.path.join(staging, change.new[1] + ".blob")
+                        with open(change.source, "wb") as fh:
+                            fh.write(data)
+                else:
+                    from_vm[change.path] = change
+        if not from_vm:
+            return
+        files_dir = os.path.join(staging, "files")
+        os.mkdir(files_dir)
+        members = self.session.files(self.link.guest_path, {p: c.new for p, c in from_vm.items()},
+                                     files_dir, self.file_limits, control_ok=set(from_vm))
+        got = {m.path: m for m in members}
+        if set(got) != set(from_vm):
+            raise UnsafeInput("VM %s sent other files than were asked for" % self.link.vm)
+        for path, change in from_vm.items():
+            member = got[path]
+            if member.kind == "symlink":
+                actual = [overlay_mod.MODE_LINK, overlay_mod.blob_oid(os.fsencode(member.target), self.wt.algo)]
+                change.target = member.target
+            elif member.kind == "file":
+                entry = overlay_mod.hash_worktree_file(member.staged, self.wt.algo)
+                actual = [change.new[0], entry[1]]
+                change.source = member.staged
+            else:
+                actual = None
+            if actual != change.new:
+                raise UnsafeInput("file %s from VM %s does not match its announced contents"
+                                  % (display(path), self.link.vm))
+
+
+
+def missing(worktree, oids, env=None) -> list:
+    if not oids:
+        return []
+    out = worktree.git(["cat-file", "--batch-check"], input="".join(o + "\n" for o in oids).encode(), env=env)
+    return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" missing")]
+
+
+def present(worktree, oids) -> list:
+    absent = set(missing(worktree, oids))
+    return [o for o in oids if o not in absent]
+
+
+def valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
+    """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning.
+    More than `max_refs` branches, or two that cannot both be refs (`a` and `a/b`), is refused
+    before anything is written."""
+    if not isinstance(branches, dict):
+        raise UnsafeInput("the VM sent a malformed repository state: branches")
+    if len(branches) > max_refs:
+        raise UnsafeInput("the VM reports %d branches, over slicer.limit.refs (%d); nothing was written"
+                          % (len(branches), max_refs),
+                          hint="delete branches in the VM, or raise slicer.limit.refs")
+    valid = {}
+    for name, oid in sorted(branches.items()):
+        ok = isinstance(name, str) and isinstance(oid, str) and len(oid) in (40, 64) and \
+            all(c in "0123456789abcdef" for c in oid) and "\n" not in name and \
+            reference_is_valid_name("refs/heads/" + name)      # git's check-ref-format rules
+        if ok:
+            valid[name] = oid
+        else:
+            report.warn("ignoring VM branch with an invalid name: %s" % display(str(name))[:100])
+    for name in valid:
+        parent = ref_parent(name, valid)
+        if parent:
+            raise UnsafeInput("the VM has branches %s and %s, which cannot both be refs (one would be a "
+                              "directory of the other); nothing was written" % (display(parent), display(name)),
+                              hint="rename or delete one of them in the VM and pull again")
+    return valid
+
+
+def ref_parent(name: str, names) -> str:
+    """The first of `names` that is a directory prefix of `name` (`a` for `a/b`), or ""."""
+    at = name.find("/")
+    while at > 0:
+        if name[:at] in names:
+            return name[:at]
+        at = name.find("/", at + 1)
+    return ""
+
+
+def slicer_refs(worktree, vm: str) -> dict:
+    """refs/slicer/<vm>/* -> object id: the VM's branches as last imported."""
+    out = worktree.git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/slicer/%s/" % vm])
+    refs = {}
+    for line in out.decode("utf-8", "surrogateescape").splitlines():
+        oid, ref = line.split(" ", 1)
+        refs[ref] = oid
+    return refs

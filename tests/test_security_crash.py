@@ -19,7 +19,7 @@ PULL_HOST = ["pull:recovered", "pull:pack-received", "pull:validated", "pull:mig
 PULL_AGENT = ["agent:fetch", "agent:files"]
 PUSH_HOST = ["push:pack-sent", "push:before-link"]
 PUSH_AGENT = ["agent:push-received", "agent:push-journaled", "agent:push-applying", "agent:push-placing",
-              "agent:push-applied", "agent:push-recorded"]
+              "agent:push-applied", "agent:push-recorded", "agent:scan-index-locked"]
 
 
 def locks(repo):
@@ -146,3 +146,117 @@ def test_pull_after_a_push_killed_while_applying_keeps_host_edits(launched):
     assert repo.vm_sh(vm, "cat src/app.py") == "print('host edit')\n"
     repo.slicer("push", vm)
     assert repo.vm_status(vm) == repo.status()
+
+
+# -- kill -9 at spread-out moments of a large push -------------------------------------------
+SWEEP_FILES, SWEEP_DIRTY, SWEEP_POINTS = 3000, 300, 8
+
+
+def _children() -> dict:
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry, "rb") as fh:
+                    ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list:
+    children, todo, found = _children(), [pid], []
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            found.append(child)
+    return found
+
+
+def wait_gone(pids) -> None:
+    """Wait until processes a killed command left running (its git children) have exited."""
+    import time
+    for pid in pids:
+        while os.path.exists("/proc/%d" % pid) and not _zombie(pid):
+            time.sleep(0.02)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def agent_of(pid: int):
+    """The agent process (python running git_slicer.agent) below the host command `pid`."""
+    children, todo = _children(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                with open("/proc/%d/cmdline" % child, "rb") as fh:
+                    argv = fh.read().split(b"\0")
+            except OSError:
+                continue
+            if os.path.basename(argv[0]).startswith(b"python") and b"git_slicer.agent" in argv:
+                return child
+    return None
+
+
+def sweep_round(repo, n: int) -> None:
+    """A commit of many files, then hundreds of dirty tracked files, untracked files, deletions."""
+    for i in range(n % 7, SWEEP_FILES, 97):
+        repo.write("d%02d/f%04d.txt" % (i % 30, i), "committed in round %d\n" % n)
+    repo.git("add", "-A")
+    repo.git("commit", "-qm", "round %d" % n)
+    for k in range(SWEEP_DIRTY):
+        i = (k * 11 + n) % SWEEP_FILES
+        repo.write("d%02d/f%04d.txt" % (i % 30, i), "dirty in round %d\n" % n)
+    for k in range(20):
+        repo.write("new%d/u%02d.txt" % (n, k), "untracked %d\n" % k)
+    for i in range(n + 1, SWEEP_FILES, 600):
+        path = repo.path / ("d%02d/f%04d.txt" % (i % 30, i))
+        if path.exists():
+            path.unlink()
+
+
+def test_kill_9_at_spread_out_moments_of_a_large_push(repo):
+    """`kill -9` of the host command (its sandboxed VM dies with it, as a crashed VM) or of the
+    agent alone (its git children live on), at moments spread over a push of 3,000 files with
+    hundreds dirty. After each: the host is byte-identical, a pull writes nothing, the next push
+    completes with the VM's status equal to the host's, and nothing is left over in the VM."""
+    import signal
+    import subprocess
+    import time
+    from conftest import SLICER
+    for i in range(SWEEP_FILES):
+        repo.write("d%02d/f%04d.txt" % (i % 30, i), "line %d\n" % i * 20)
+    repo.commit("many files")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    sweep_round(repo, 0)
+    started = time.monotonic()
+    repo.slicer("push", vm)                       # how long a round's push takes here (not asserted)
+    took = time.monotonic() - started
+    interrupted = 0
+    for point in range(SWEEP_POINTS):
+        sweep_round(repo, point + 1)
+        before = host_view(repo)
+        proc = subprocess.Popen(SLICER + ["push", vm], cwd=repo.path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        time.sleep(took * (point + 0.5) / SWEEP_POINTS)
+        victim = agent_of(proc.pid) if point % 2 else None
+        left = descendants(proc.pid)
+        try:
+            os.kill(victim or proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        wait_gone(left)
+        interrupted += proc.returncode != 0
+        assert host_view(repo) == before, "kill %d changed the host" % point
+        assert locks(repo) == []
+        assert_recovers(repo, vm)
+    assert interrupted, "no push was interrupted: the sweep tested nothing"

@@ -81,8 +81,11 @@ class Repo:
             cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
             cache = overlay_mod.StatCache.load(cache_path)
             where = {"head": None, "branch": None}      # HEAD and its branch, from the same `git status`
-            overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), cache=cache,
-                                       branch=where)
+            # `git status` refreshes a private copy of the index: a VM killed mid-scan never
+            # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).
+            with transaction.scan_index(self) as env:
+                overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
+                                           self.excludes(), cache=cache, branch=where)
             try:
                 cache.dump(cache_path)
             except OSError:

@@ -87,6 +87,47 @@ def applied(repo, push_id) -> dict:
     return None
 
 
+@contextmanager
+def scan_index(repo):
+    """Environment for a `git status` that may refresh stat data: it works on a copy of the
+    index, installed back (through index.lock, as git does) only if git rewrote the copy and
+    nobody changed the index meanwhile. A stale .git/index.lock that is a link of that copy is
+    ours (the VM died between the two steps) and is removed first."""
+    git_dir = _git_dir(repo)
+    real, private = os.path.join(git_dir, "index"), os.path.join(git_dir, "slicer-scan-index")
+    lock = os.path.join(git_dir, "index.lock")
+    if _same_file(lock, private):
+        os.unlink(lock)
+    for name in (private, private + ".lock"):
+        if os.path.lexists(name):
+            os.unlink(name)
+    try:
+        before = os.stat(real)
+        shutil.copyfile(real, private)
+    except FileNotFoundError:
+        yield {}
+        return
+    copied = os.stat(private)
+    try:
+        yield {"GIT_INDEX_FILE": private}
+        after = os.stat(private)
+        if (after.st_ino, after.st_mtime_ns, after.st_size) != (copied.st_ino, copied.st_mtime_ns, copied.st_size):
+            try:
+                os.link(private, lock)
+            except FileExistsError:
+                return                                # the VM's own git is at work: keep its index
+            crash_point("agent:scan-index-locked")
+            now = os.stat(real)
+            if (now.st_ino, now.st_mtime_ns, now.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size):
+                os.rename(lock, real)
+            else:
+                os.unlink(lock)
+    finally:
+        for name in (private, private + ".lock"):
+            if os.path.lexists(name):
+                os.unlink(name)
+
+
 # -- before the first write -------------------------------------------------------------------
 def staging(repo) -> str:
     """A fresh `.git/slicer-push/files/` for the host's files (call after recover())."""

@@ -157,3 +157,18 @@ def _has_open(pid: int, path: str) -> bool:
         except OSError:
             pass
     return False
+
+
+def test_kept_files_with_control_characters_in_their_names(launched):
+    """Files the VM already has are not sent again; a name git can track with a newline or a
+    tab is kept safely too (it cannot be asked about line by line)."""
+    repo, vm = launched
+    repo.write("odd\nname.txt", "tracked\n")
+    repo.commit("odd name")
+    repo.slicer("push", vm)
+    repo.write("odd\nname.txt", "dirty, already in the VM\n")
+    repo.write("tab\there.txt", "untracked, already in the VM\n")
+    repo.slicer("push", vm)
+    repo.write("README.md", "commit something else\n")
+    repo.git("commit", "-qm", "other", "README.md")
+    push_and_check(repo, vm)

@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 
 from ..wire.framing import crash_point
-from ..wire.paths import check_relpath
+from ..wire.paths import check_relpath, has_control
 from .errors import AgentError
 
 WORK = "slicer-push"
@@ -200,14 +200,15 @@ def _touched_by_checkout(repo, commit: str, paths) -> set:
     for path in paths:
         parts = path.split("/")
         candidates.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    names = sorted(candidates)
+    names = sorted(n for n in candidates if not has_control(n))   # batch-check reads lines
     query = "".join("%s:%s\n" % (commit, n) for n in names) + "".join(":%s\n" % n for n in names)
-    out = repo.git(["cat-file", "--batch-check=%(objecttype)"], input=query.encode()).decode().splitlines()
+    out = repo.git(["cat-file", "--batch-check=%(objecttype)"],
+                   input=os.fsencode(query)).decode("utf-8", "replace").split("\n") if names else []
     kinds = {}
     for name, line in zip(names + names, out):
         if not line.endswith("missing"):
             kinds.setdefault(name, set()).add(line.strip())
-    risky = set()
+    risky = {p for p in paths if has_control(p)}             # not asked: linked aside, to be safe
     for path in paths:
         parts = path.split("/")
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]

@@ -268,8 +268,8 @@ class Agent:
                                                   and "=" not in k and "\0" not in k + v for k, v in extra.items()):
             raise AgentError("bad-request", "exec env must map variable names to strings")
         enclosing = _enclosing_repo(cwd)
-        if enclosing is not None:
-            self._recover(enclosing)
+        if enclosing is not None and transaction.interrupted(enclosing):
+            self._recover(enclosing)        # (no lock file is made in repositories that are not ours)
         try:
             proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=dict(os.environ, **extra) if extra else None)

@@ -79,6 +79,11 @@ def recover(repo):
     return finish(repo, journal)
 
 
+def interrupted(repo) -> bool:
+    """Whether a push's journal is waiting in this repository (a cheap check before the lock)."""
+    return os.path.exists(os.path.join(_work(repo), JOURNAL))
+
+
 def applied(repo, push_id) -> dict:
     """The record of the last completed push if it is `push_id`, else None."""
     record = _read_json(os.path.join(_git_dir(repo), APPLIED))

@@ -21,7 +21,8 @@ class Key:
     env: str = ""      # environment variable that overrides it
     help: str = ""
     choices: tuple = ()            # "str" keys: the only values accepted
-    maximum: int = 1 << 53         # "int" keys: the largest value accepted (the smallest is 1)
+    maximum: int = 1 << 53         # "int" keys: the largest value accepted
+    minimum: int = 1               # "int" keys: the smallest
 
 
 _MB = 1024 * 1024
@@ -67,8 +68,10 @@ KEYS = [
         "File with the Slicer API bearer token (or set SLICER_TOKEN); not needed on a unix socket."),
     Key("slicer.hostgroup", "str", "", "SLICER_HOSTGROUP",
         "Slicer host group VMs are launched in (needed when the daemon has several; `--hostgroup`)."),
-    Key("slicer.uid", "int", 1000, "", "Slicer VMs: the user id commands and the agent run as (1000: the images' `ubuntu`)."),
-    Key("slicer.gid", "int", 1000, "", "Slicer VMs: the group id commands and the agent run as."),
+    Key("slicer.uid", "int", 1000, "", "Slicer VMs: the user id commands and the agent run as (1000: the images' `ubuntu`).",
+        minimum=0, maximum=(1 << 32) - 2),
+    Key("slicer.gid", "int", 1000, "", "Slicer VMs: the group id commands and the agent run as.",
+        minimum=0, maximum=(1 << 32) - 2),
     Key("slicer.limit.packBytes", "int", 2048 * _MB, "", "Largest pack accepted from a VM."),
     Key("slicer.limit.objects", "int", 1_000_000, "", "Most objects in one pack from a VM."),
     Key("slicer.limit.files", "int", 100_000, "", "Most files in one file stream from a VM."),
@@ -138,8 +141,9 @@ class Settings:
                 value = _parse_int(text)
             except ValueError:
                 raise UsageError("bad number %r for %s" % (_shown(text), key.name)) from None
-            if not 1 <= value <= key.maximum:
-                raise UsageError("%s must be between 1 and %d (got %s)" % (key.name, key.maximum, _shown(text)))
+            if not key.minimum <= value <= key.maximum:
+                raise UsageError("%s must be between %d and %d (got %s)"
+                                 % (key.name, key.minimum, key.maximum, _shown(text)))
             return value
         if key.kind == "path":
             return os.path.expanduser(text)

@@ -103,3 +103,44 @@ def test_a_stale_ref_in_the_way_of_a_new_branch_is_replaced(launched):
     refs = repo.git("for-each-ref", "--format=%(refname)", "refs/slicer/%s/" % vm).split()
     assert refs == ["refs/slicer/%s/a" % vm, "refs/slicer/%s/main" % vm]
 
+
+
+BIG_STATE = scenario("state", overlay_files={"p%05d" % i: ["100644", "ab" * 20] for i in range(3000)})
+SILENT = {"name": "raw-state", "mode": "silent"}
+LIMITED = {
+    "frame-status": (BIG_STATE, ["status"], "exceeds the limit of 65536"),
+    "frame-diff": (BIG_STATE, ["diff"], "exceeds the limit of 65536"),
+    "frame-log": (BIG_STATE, ["log"], "exceeds the limit of 65536"),
+    "frame-fetch": (BIG_STATE, ["fetch"], "exceeds the limit of 65536"),
+    "deadline-status": (SILENT, ["status"], r"did not finish within slicer\.limit\.seconds \(3 s\)"),
+    "deadline-diff": (SILENT, ["diff"], r"did not finish within slicer\.limit\.seconds \(3 s\)"),
+    "deadline-log": (SILENT, ["log"], r"did not finish within slicer\.limit\.seconds \(3 s\)"),
+    "deadline-fetch": (SILENT, ["fetch"], r"did not finish within slicer\.limit\.seconds \(3 s\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIMITED))
+def test_every_command_is_under_the_frame_and_deadline_limits(launched, case):
+    """status, diff, log and the remote helper (`git fetch slicer::VM`) apply the same
+    slicer.limit.frameBytes and slicer.limit.seconds as push and pull."""
+    repo, vm = launched
+    scene, argv, expect = LIMITED[case]
+    repo.git("config", "slicer.limit.frameBytes", "64k")
+    repo.git("config", "slicer.limit.seconds", "3")
+    install(repo, vm, scene)
+    skip = (".git/FETCH_HEAD",) if argv == ["fetch"] else ()     # git's own record of the attempt
+    before = repo.fingerprint(skip)
+    if argv == ["fetch"]:
+        proc = run_git_fetch(repo, vm)
+    else:
+        proc = repo.slicer(*argv, vm, check=False)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode != 0, err
+    assert re.search(expect, err), err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert repo.fingerprint(skip) == before, "the host changed: " + err
+
+
+def run_git_fetch(repo, vm):
+    from conftest import run
+    return run(["git", "fetch", "-q", "slicer::%s" % vm], cwd=repo.path, check=False)

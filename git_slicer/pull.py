@@ -31,6 +31,7 @@ from .safewrite import DIRECTORY, Change, SafeWriter
 from .checkout_form import checkout_form
 from .scan import host_overlay
 from .sparse import SparseCheckout
+from .submodules import pull_all
 from .target import resolve, vm_named
 from .wire import overlay as overlay_mod
 from .wire.framing import crash_point
@@ -43,6 +44,7 @@ class PullOptions:
     no_files: bool = False
     no_merge: bool = False
     accept_ignore_changes: bool = False     # take VM changes to ignore files that widen what push sends
+    detached_ok: bool = False       # a detached HEAD moves like a branch (submodules.py)
 
 
 @dataclass
@@ -59,7 +61,9 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
         raise UsageError("this worktree is not linked to VM %s" % options.vm,
                          hint="push to it first: git slicer push %s" % options.vm)
     with locks.hold(worktree, options.vm, exclusive_worktree=True):
-        return _pull_locked(worktree, options, settings, store)
+        result = _pull_locked(worktree, options, settings, store)
+    result["submodules"] = pull_all(worktree, options.vm, options, pull)
+    return result
 
 
 def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> dict:
@@ -67,7 +71,7 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> d
     if link is None or not link.agreed_commit:
         raise UsageError("this worktree is not linked to VM %s" % options.vm,
                          hint="push to it first: git slicer push %s" % options.vm)
-    branch = worktree.branch()
+    branch = worktree.branch() or ("HEAD" if options.detached_ok else None)
     if branch is None:
         raise SlicerError("HEAD is detached; check out %s to pull into it" % link.branch)
     recover_interrupted(worktree)
@@ -302,7 +306,7 @@ class Puller:
                skip_worktree=()) -> None:
         """Move the branch (compare-and-swap), the files and the index together, under a journal:
         if the process dies part-way, the next pull or push rolls all three back."""
-        ref = "refs/heads/" + self.branch
+        ref = "HEAD" if self.branch == "HEAD" else "refs/heads/" + self.branch     # HEAD: detached
         journal = Journal(self.wt, HostWrite(ref=ref, old=head, new=target, index=index_old or {},
                                              skip=sorted(skip_worktree)))
         moved = []

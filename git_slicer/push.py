@@ -16,6 +16,7 @@ from .ignore import SlicerIgnore, host_excludes
 from .links import Link, LinkStore, now, repository_links
 from .journal import recover_interrupted
 from .scan import KnownPaths, host_overlay, ignored_files
+from .submodules import push_all
 from .session import open_session
 from .target import default_guest_path, launch_vm, provider_for, resolve, vm_named
 from .wire import overlay as overlay_mod
@@ -35,11 +36,12 @@ class PushOptions:
     tags: dict = None           # --tag KEY=VALUE for a launched VM
     hostgroup: str = None       # --hostgroup (Slicer)
     allow: tuple = ()           # with launch: the new VM's egress allowlist
+    detached_branch: str = None     # a detached HEAD is pushed as this branch (submodules.py)
 
 
 def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
-    branch = worktree.branch()
+    branch = worktree.branch() or options.detached_branch
     if branch is None:
         raise SlicerError("HEAD is detached; check out a branch to push", hint="git switch -c NAME")
     head = worktree.rev("HEAD")
@@ -49,16 +51,19 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
         raise UsageError("--depth must be at least 1")
     store = LinkStore.of(worktree)
     if options.launch:
-        return _launch_and_push(worktree, settings, store, head, branch, options)
-    name = vm_named(worktree, options.vm)
-    # HEAD, the branch and the overlay are read again under the lock (a pull or a commit may
-    # move them meanwhile): a push sends the state of the moment it holds the lock.
-    with locks.hold(worktree, name):
-        recover_interrupted(worktree)
-        # The link is read under the lock: another push may have just saved it.
-        target = resolve(settings, name, worktree=worktree, provider=options.provider)
-        return _push_locked(worktree, settings, store, target.provider, target.vm, target.link, branch,
-                            options, False)
+        result = _launch_and_push(worktree, settings, store, head, branch, options)
+    else:
+        name = vm_named(worktree, options.vm)
+        # HEAD, the branch and the overlay are read again under the lock (a pull or a commit may
+        # move them meanwhile): a push sends the state of the moment it holds the lock.
+        with locks.hold(worktree, name):
+            recover_interrupted(worktree)
+            # The link is read under the lock: another push may have just saved it.
+            target = resolve(settings, name, worktree=worktree, provider=options.provider)
+            result = _push_locked(worktree, settings, store, target.provider, target.vm, target.link, branch,
+                                  options, False)
+    result["submodules"] = push_all(worktree, store.get(result["vm"]), result["guest_path"], options, push)
+    return result
 
 
 def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
@@ -107,7 +112,7 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     ignore = SlicerIgnore(worktree.root)
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        scanning = pool.submit(_host_state, worktree, ignore)
+        scanning = pool.submit(_host_state, worktree, ignore, options.detached_branch)
         with open_session(provider, vm, settings, link.vm_id) as session:
             link.vm_id = session.vm_id or link.vm_id
             result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)
@@ -123,10 +128,11 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     return result
 
 
-def _host_state(worktree, ignore: SlicerIgnore):
+def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None):
     """(HEAD, branch, overlay) from one `git status`, so the three always belong together."""
     where = {}
     ours = host_overlay(worktree, ignore, True, where=where)
+    where["branch"] = where.get("branch") or detached_branch
     if where.get("branch") is None or where.get("head") is None:
         raise SlicerError("HEAD is detached or has no commits (did a rebase or a checkout start?); "
                           "check out a branch to push", hint="git switch -c NAME")

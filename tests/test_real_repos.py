@@ -291,3 +291,44 @@ def test_vm_cannot_bring_home_a_new_name_with_control_characters(launched):
     proc = repo.slicer("pull", vm, check=False)
     assert proc.returncode == 1 and "unsafe path" in proc.stderr.decode() and "c\\x09name" in proc.stderr.decode()
     assert repo.git("rev-parse", "HEAD") != repo.vm_git(vm, "rev-parse", "HEAD")
+
+
+def test_submodules_travel_recursively_and_their_commits_come_home(tmp_path):
+    def make(name, files):
+        r = Repo(tmp_path / name)
+        r.path.mkdir()
+        r.git("init", "-q", "-b", "main")
+        for rel, text in files.items():
+            r.write(rel, text)
+        r.commit(name)
+        return r
+    make("nested", {"n.txt": "n\n"})
+    lib = make("lib", {"l.txt": "l\n"})
+    lib.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../nested", "nested")
+    lib.commit("lib: nested")
+    app = make("app", {"a.txt": "a\n"})
+    app.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../lib", "lib")
+    app.commit("app: lib")
+    app.git("-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init", "--recursive")
+    assert app.git("-C", "lib/nested", "symbolic-ref", "-q", "HEAD", check=False) == ""     # detached
+    app.write("lib/l.txt", "l\nhost wip\n")
+    vm = app.slicer_json("push", "--launch")["vm"]
+    # The VM has every submodule's contents at its commit, and the same status.
+    assert app.vm_sh(vm, "cat lib/l.txt lib/nested/n.txt") == "l\nhost wip\nn\n"
+    assert app.vm_git(vm, "-C", "lib/nested", "rev-parse", "HEAD") == app.git("-C", "lib/nested", "rev-parse", "HEAD")
+    assert app.vm_status(vm) == app.status()
+    # The agent commits inside both submodules and records them in the parent.
+    app.vm_sh(vm, "cd lib/nested && echo vm >> n.txt && git commit -qam 'vm: nested' && cd .. && "
+                  "git add nested l.txt && git commit -qm 'vm: lib' && cd .. && git add lib && "
+                  "git commit -qm 'vm: bump lib' && echo wip > lib/nested/wip.txt")
+    result = app.slicer_json("pull", vm)
+    assert result["fast_forward"] is True
+    for path in ("lib", "lib/nested"):
+        vm_head = app.vm_git(vm, "-C", path, "rev-parse", "HEAD").strip()
+        assert app.git("-C", path, "rev-parse", "HEAD").strip() == vm_head
+        refs = app.git("-C", path, "for-each-ref", "--format=%(objectname)", "refs/slicer/%s/" % vm).split()
+        assert vm_head in refs
+    assert (app.path / "lib" / "nested" / "n.txt").read_text() == "n\nvm\n"
+    assert (app.path / "lib" / "nested" / "wip.txt").read_text() == "wip\n"
+    assert app.status() == app.vm_status(vm)
+    assert app.git("-C", "lib", "status", "--porcelain") == app.vm_git(vm, "-C", "lib", "status", "--porcelain")

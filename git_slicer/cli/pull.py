@@ -43,4 +43,15 @@ def command(vm, path, force, no_files, no_merge, accept_ignore_changes, as_json)
     if result.get("backup"):
         lines.append("host state saved under %s" % result["backup"]["ref"])
         lines.append("restore with: %s" % result["backup"]["restore"])
+    for sub in _flat(result.get("submodules", [])):
+        lines.append("submodule %s: %s (%d file(s) written)" % (
+            display(sub["path"]), "fast-forwarded to " + short(sub["to"]) if sub["fast_forward"]
+            else "stays at " + short(sub["to"]), len(sub["files"]["written"]) + len(sub["files"]["deleted"])))
     emit(as_json, result, "\n".join(lines))
+
+
+def _flat(subs, prefix=""):
+    """Nested submodule results, depth first, with their full paths."""
+    for sub in subs:
+        yield {**sub, "path": prefix + sub["path"]}
+        yield from _flat(sub.get("submodules", []), prefix + sub["path"] + "/")

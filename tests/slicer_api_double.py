@@ -9,6 +9,7 @@ relies on nothing undocumented:
   by `/bin/bash -lc` (so arguments with spaces or quotes break);
 - `legacy_frames`: untyped `{stdout, stderr, exit_code}` frames, as older in-VM agents send;
   a start failure is `{"error", "exit_code"}` without a type in every mode;
+- `no_forward`: a daemon without `/forward` (404);
 - `no_background`: an older agent: no exec list (404) and `background=true` ignored (the command
   runs in the foreground and streams);
 - background exec (201 {exec_id}), exec list, logs (follow), kill; cp (binary) in both directions;
@@ -61,6 +62,7 @@ class _State:
         self.legacy_frames = False
         self.text_only = False
         self.no_background = False
+        self.no_forward = False         # a daemon without /forward (404)
         self.create_status = 201
         self.create_timeout = False
         self.delete_error = ""
@@ -564,6 +566,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def forward(self, segments, query):
         hostname = segments[1]
+        if self.state.no_forward:
+            return self._error(404, "no route for GET %s" % self.path)
         if self.headers.get("X-Inlets-Mode") != "local":
             return self._error(400, "X-Inlets-Mode must be local")
         upstream = self.headers.get("X-Inlets-Upstream", "")

@@ -285,3 +285,15 @@ def test_push_with_older_agents_works_or_fails_in_one_line(repo, unix_api, knob)
     else:
         assert proc.returncode == 1 and len(err.splitlines()) <= 2
         assert err.startswith("error: VM old: the VM's Slicer agent sent text output although base64 was asked for")
+
+
+def test_daemon_without_forward_fails_in_one_line_and_leaves_no_agent(repo, unix_api):
+    repo.slicer_json("vm", "launch", "nofwd")
+    unix_api.state.no_forward = True
+    proc = repo.slicer("push", "nofwd", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.splitlines()[0] == ("error: VM nofwd: the Slicer API failed: GET /vm/agents-1/forward: "
+                                   "HTTP 404: no route for GET /vm/agents-1/forward")
+    agents = unix_api.background("agents-1")
+    assert len(agents) == 1 and agents[0].proc.wait(10) is not None

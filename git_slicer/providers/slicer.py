@@ -287,8 +287,20 @@ class SlicerProvider:
         socket_path = "%s/%s.sock" % (directory, nonce)
         argv = ["python3", zip_path, "--listen", "unix:" + socket_path, "--token-file", token_path]
         exec_id = self._background(who, hostname, argv, directory, budget)
-        self._wait_listening(who, hostname, exec_id, budget)
-        return socket_path, token
+        try:
+            self._wait_listening(who, hostname, exec_id, budget)
+        except SlicerError:
+            self._kill(hostname, exec_id)
+            raise
+        return socket_path, token, exec_id
+
+    def _kill(self, hostname: str, exec_id: str) -> None:
+        """Stop an agent this session started but cannot use (best effort)."""
+        try:
+            self.api.send("POST", vm_path(hostname, "exec", exec_id, "kill"), body=b"{}",
+                          content_type="application/json", timeout=self.connect_timeout)
+        except SlicerError:
+            pass
 
     def _background(self, who: str, hostname: str, argv, cwd: str, timeout: float) -> str:
         conn, response = self.api.open_stream("POST", vm_path(hostname, "exec"),
@@ -364,8 +376,12 @@ class SlicerProvider:
                     return self._open(vm, hostname, found[0], token)
                 except AgentFailed:
                     pass                    # gone or stuck: start a fresh one below
-        socket_path, token = self._start_agent(vm.name, hostname, zip_name, zip_data)
-        return self._open(vm, hostname, socket_path, token)
+        socket_path, token, exec_id = self._start_agent(vm.name, hostname, zip_name, zip_data)
+        try:
+            return self._open(vm, hostname, socket_path, token)
+        except SlicerError:
+            self._kill(hostname, exec_id)   # a daemon without a working /forward: leave nothing running
+            raise
 
     # -- commands ----------------------------------------------------------------
     def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:

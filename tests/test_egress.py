@@ -340,3 +340,22 @@ def test_exec_op_env_reaches_one_command_only(tmp_path, monkeypatch):
     assert session.conn.recv()["error"]["code"] == "bad-request"
     session.close()
     assert channel.proc.wait(10) == 0
+
+
+def test_the_proxy_starts_under_a_long_tmpdir_and_fails_in_one_line(tmp_path, monkeypatch):
+    import tempfile
+    from git_slicer.egress.log import EgressLog
+    from git_slicer.egress.proxy import EgressProxy
+    from git_slicer.errors import SlicerError
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))     # a socket path there would be too long
+    with EgressProxy("vm-x", lambda: [], EgressLog(str(tmp_path / "log"))) as proxy:
+        assert len(proxy.path) < 108 and os.path.exists(proxy.path)
+    broken = EgressProxy("vm-x", lambda: [], EgressLog(str(tmp_path / "log")))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(os, "chmod", lambda *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(SlicerError, match="cannot start the egress proxy of VM vm-x"):
+        broken.start()
+    monkeypatch.undo()
+    assert not os.path.exists(broken.dir)

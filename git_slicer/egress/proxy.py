@@ -23,6 +23,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+from ..errors import SlicerError
 from .allowlist import BadHost, find_rule, parse_rule, parse_target
 
 MAX_HEAD = 64 * 1024          # a request head larger than this is refused
@@ -164,12 +165,18 @@ class EgressProxy:
         self._stopped = threading.Event()
 
     def start(self) -> str:
-        self.dir = tempfile.mkdtemp(prefix="git-slicer-egress-")       # 0700: only this user
+        # 0700: only this user. A unix socket path has at most 107 bytes: a long TMPDIR falls back to /tmp.
+        base = None if len(tempfile.gettempdir()) < 64 else "/tmp"
+        self.dir = tempfile.mkdtemp(prefix="git-slicer-egress-", dir=base)
         self.path = os.path.join(self.dir, "proxy.sock")
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(self.path)
-        os.chmod(self.path, 0o600)
-        self._server.listen(MAX_CONNECTIONS)
+        try:
+            self._server.bind(self.path)
+            os.chmod(self.path, 0o600)
+            self._server.listen(MAX_CONNECTIONS)
+        except OSError as exc:
+            self.stop()
+            raise SlicerError("cannot start the egress proxy of VM %s: %s" % (self.vm, exc.strerror or exc)) from None
         self._server.settimeout(POLL)
         threading.Thread(target=self._accept_loop, name="egress-%s" % self.vm, daemon=True).start()
         return self.path

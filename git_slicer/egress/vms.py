@@ -13,8 +13,8 @@ from .allowlist import BadHost, merge, remove
 
 def _check(provider) -> None:
     if not hasattr(provider, "set_egress"):
-        where = " (see docs/qemu.md)" if provider.name == "qemu" else ""
-        raise UsageError("provider %s has no egress allowlist: its VMs have no network%s" % (provider.name, where))
+        why = "; its VMs have no network (see docs/qemu.md)" if provider.name == "qemu" else ""
+        raise UsageError("provider %s cannot enforce an egress allowlist (--allow)%s" % (provider.name, why))
 
 
 def checked_rules(texts) -> list:

@@ -94,8 +94,11 @@ class LocalProvider(DirectoryVMs):
         from ..egress.proxy import EgressProxy
 
         def rules():
+            # Gone, or replaced by a new VM of the same name (another id): this command's way out ends.
             current = self._record(vm.name)
-            return None if current is None else current.get("egress", [])
+            if current is None or current.get("id") != record.get("id"):
+                return None
+            return current.get("egress", [])
         with EgressProxy(vm.name, rules, self.egress_log(vm.name)) as proxy:
             yield proxy.path
 

@@ -17,6 +17,7 @@ from . import __version__, report
 from .errors import AgentFailed, SlicerError, StaleLink, UnsafeInput, WouldLoseWork
 from .links import new_vm_id
 from .quarantine import check_state
+from .transport import Channel
 from .wire import tarstream
 from .wire.framing import AGENT_NAME, DEFAULT_MAX_JSON, PROTOCOL_VERSION, ProtocolError, RemoteError
 from .wire.paths import display
@@ -75,8 +76,7 @@ def open_session(provider, vm, settings, link_id: str = "", deadline: int = None
     try:
         info = session.hello(vm_id=offer)
     except SlicerError as exc:
-        diagnose = getattr(channel, "diagnose", None)
-        reason = diagnose() if diagnose else None
+        reason = channel.diagnose()
         channel.close()
         if reason:
             raise AgentFailed("VM %s: %s" % (vm.name, reason), hint=exc.hint) from None
@@ -88,9 +88,7 @@ def open_session(provider, vm, settings, link_id: str = "", deadline: int = None
         raise stale(vm.name, "the VM answering as %s is not the one it was linked to (it reports %s)"
                     % (vm.name, "no identity" if not answered else "another identity"))
     session.vm_id = answered if isinstance(answered, str) else ""
-    done = getattr(channel, "handshake_done", None)
-    if done:
-        done()
+    channel.handshake_done()
     session.start_deadline()
     report.info("VM %s (%s, %s): agent %s, %s, python %s, answered in %.0f ms" % (
         vm.name, provider.name, vm.address or "-", info.get("version"), info.get("git"), info.get("python"),
@@ -99,7 +97,7 @@ def open_session(provider, vm, settings, link_id: str = "", deadline: int = None
 
 
 class AgentSession:
-    def __init__(self, channel, vm: str, limits: SessionLimits = None):
+    def __init__(self, channel: Channel, vm: str, limits: SessionLimits = None):
         self.channel = channel
         self.conn = channel.conn
         self.vm = vm
@@ -118,11 +116,7 @@ class AgentSession:
         def expire():
             self.conn.closed_reason = ("VM %s did not finish within slicer.limit.seconds (%d s); "
                                        "the operation was stopped" % (self.vm, seconds))
-            stop = getattr(self.channel, "abort", None)
-            if stop is not None:
-                stop()
-            elif getattr(self.channel, "proc", None) is not None:
-                self.channel.proc.kill()
+            self.channel.abort()
         if seconds and seconds > 0 and self._timer is None:
             self._timer = threading.Timer(seconds, expire)
             self._timer.daemon = True
@@ -132,7 +126,7 @@ class AgentSession:
     def failure(self, exc) -> AgentFailed:
         """The one-line error for a broken exchange: the deadline, the agent's own error, or
         the last words of a dead agent."""
-        tail = self.channel.stderr_tail() if hasattr(self.channel, "stderr_tail") else ""
+        tail = self.channel.stderr_tail()
         if self.conn.closed_reason:
             return AgentFailed(self.conn.closed_reason)
         if isinstance(exc, RemoteError):
@@ -269,11 +263,8 @@ class AgentSession:
                 self.conn.recv_reply()
             except (ProtocolError, RemoteError, OSError):
                 pass
-        elif getattr(self.channel, "proc", None) is not None:
-            try:
-                self.channel.proc.stdout.close()    # a writer still streaming gets EPIPE at once
-            except OSError:
-                pass
+        else:
+            self.channel.hang_up()
         self._bar.close()
         self.channel.close()
         if self._timer is not None:

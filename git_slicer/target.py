@@ -17,7 +17,8 @@ from .config import Settings
 from .egress.vms import launch as launch_with_allowlist
 from .errors import UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
-from .providers import VM, get_provider
+from .providers import VM
+from .providers.registry import get_provider
 from .session import AgentSession, check_identity, open_session, stale
 
 

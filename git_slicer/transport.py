@@ -25,6 +25,7 @@ import subprocess
 import threading
 import zipfile
 from dataclasses import dataclass, field
+from typing import Optional, Protocol
 
 from .errors import AgentFailed, UsageError
 from .wire.framing import Connection, ProtocolError, RemoteError
@@ -132,7 +133,7 @@ try:
     sys.path.insert(0, p)
     for m in [m for m in sys.modules if m == "git_slicer" or m.startswith("git_slicer.")]:
         del sys.modules[m]
-    from git_slicer.agent.server import main
+    from git_slicer.agent.entry import main
     code = main(["--stdio"])
 finally:
     shutil.rmtree(d, ignore_errors=True)
@@ -172,6 +173,32 @@ def bundle_preamble() -> bytes:
 
 
 # -- channels ----------------------------------------------------------------
+class Channel(Protocol):
+    """A byte stream to one agent, as a session uses it. Every channel implements all of it:
+    ProcessChannel and SocketChannel here, qemu's SerialChannel, Slicer's ForwardChannel."""
+
+    conn: Connection            # framed protocol v1, ready for `hello`
+    description: str            # what it connects to, for messages
+
+    def handshake_done(self) -> None:
+        """The agent answered `hello`: drop the handshake's timeouts."""
+
+    def abort(self) -> None:
+        """Cut the connection at once (a deadline expired): blocked reads and writes fail."""
+
+    def hang_up(self) -> None:
+        """After a failure mid-stream: stop reading, so a writer still streaming fails at once."""
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The last words the agent wrote outside the protocol ("" when the channel has none)."""
+
+    def diagnose(self) -> Optional[str]:
+        """Why the agent did not answer, in one line, or None when unknown."""
+
+    def close(self) -> None:
+        """Release the stream (and the process behind it)."""
+
+
 class ProcessChannel:
     """An agent reached through a child process's stdin/stdout.
 
@@ -224,6 +251,12 @@ class ProcessChannel:
 
     def abort(self) -> None:
         self._kill()
+
+    def hang_up(self) -> None:
+        try:
+            self.proc.stdout.close()    # a writer still streaming gets EPIPE at once
+        except OSError:
+            pass
 
     def stderr_tail(self, limit: int = 2000) -> str:
         return self._stderr.text()[-limit:]
@@ -337,6 +370,12 @@ class SocketChannel:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def hang_up(self) -> None:
+        pass                            # close() shuts the socket down in both directions
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        return ""                       # a socket carries only the protocol
 
     def diagnose(self):
         return None

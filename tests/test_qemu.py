@@ -170,6 +170,9 @@ class _Synced:
     def abort(self) -> None:
         pass
 
+    def hang_up(self) -> None:
+        pass
+
     def diagnose(self):
         return None
 

@@ -19,6 +19,7 @@ import sys
 import threading
 
 from ..wire.framing import DEFAULT_MAX_JSON, Connection, ProtocolError, error_reply
+from .server import Agent
 
 HANDSHAKE_SECONDS = 30
 AUTH_FRAME_BYTES = 4096
@@ -105,7 +106,6 @@ def describe(sock, kind: str, target) -> str:
 
 
 def handle(sock, token: str) -> None:
-    from .server import Agent
     sock.settimeout(HANDSHAKE_SECONDS)
     conn = Connection(sock.makefile("rb"), sock.makefile("wb", buffering=1024 * 1024), max_json=AUTH_FRAME_BYTES)
     try:

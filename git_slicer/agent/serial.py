@@ -26,6 +26,7 @@ import sys
 import time
 
 from ..wire.framing import Connection
+from .server import Agent
 
 SYNC_RE = re.compile(rb"GIT-SLICER-SYNC ([0-9a-f]{32})\n")
 ACK = b"GIT-SLICER-ACK %s\n"
@@ -88,7 +89,6 @@ def wait_for_sync(fd: int):
 
 
 def serve_port(path: str) -> int:
-    from .server import Agent
     fd = os.open(path, os.O_RDWR)
     sys.stderr.write("git-slicer agent: serving %s\n" % path)
     sys.stderr.flush()

@@ -403,21 +403,3 @@ def _enclosing_repo(path: str):
         if parent == path:
             return None
         path = parent
-
-
-def main(argv=None) -> int:
-    """`--stdio` (the default): serve stdin/stdout. `--listen ADDR`: serve a socket (agent/listen.py)."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="git-slicer agent")
-    parser.add_argument("--stdio", action="store_true")
-    parser.add_argument("--listen", metavar="ADDR")
-    parser.add_argument("--token-file", metavar="FILE")
-    parser.add_argument("--once", action="store_true")
-    args = parser.parse_args(list(argv or []))
-    if args.listen:
-        from .listen import serve
-        return serve(args.listen, args.token_file, args.once)
-    conn = Connection(sys.stdin.buffer, sys.stdout.buffer)
-    # Nothing else may write to the protocol stream.
-    sys.stdout = sys.stderr
-    return Agent(conn).serve()

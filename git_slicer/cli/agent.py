@@ -10,7 +10,7 @@ import click
 @click.option("--once", is_flag=True, help="With --listen: serve one connection, then exit.")
 def command(stdio, listen, token_file, once):
     """Run the guest agent (inside a VM)."""
-    from ..agent.server import main
+    from ..agent.entry import main
     if stdio and listen:
         raise click.UsageError("--stdio and --listen are exclusive")
     argv = ["--listen", listen] if listen else ["--stdio"]

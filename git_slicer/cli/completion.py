@@ -45,5 +45,5 @@ def command(shell):
         click.echo(BASH, nl=False)
         return
     from click.shell_completion import get_completion_class
-    from . import cli
-    click.echo(get_completion_class(shell)(cli, {}, "git-slicer", COMPLETE_VAR).source())
+    root = click.get_current_context().find_root().command      # the `git slicer` group
+    click.echo(get_completion_class(shell)(root, {}, "git-slicer", COMPLETE_VAR).source())

@@ -93,14 +93,10 @@ def _owner(settings, name, provider):
 
 
 def _lifecycle(provider, name, verb):
-    from ..errors import UsageError
     Settings, find_vm, _, _ = _core()
     owner = _owner(Settings(), name, provider)
     find_vm(owner, name)
-    action = getattr(owner, verb, None)
-    if action is None:
-        raise UsageError("provider %s cannot %s VMs" % (owner.name, verb))
-    return action(name)
+    return owner.stop(name) if verb == "stop" else owner.start(name)
 
 
 @command.command("stop")

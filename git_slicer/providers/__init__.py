@@ -1,10 +1,14 @@
 """Where VMs come from. A provider launches, lists and removes VMs, opens a channel to the
 agent in one, and runs commands there. `local` (a bubblewrap sandbox) is the embedded default.
+
+This package module holds what every provider shares (`VM`, `DirectoryVMs`);
+`providers/registry.py` picks a provider by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..errors import UsageError
 from ..links import new_vm_id  # noqa: F401  (providers make ids at launch)
@@ -29,6 +33,48 @@ def record_roots(vm_root: str) -> dict:
     """Where each VM-record provider keeps `<name>/vm.json`: one namespace of names across them."""
     import os
     return {"local": vm_root, "qemu": os.path.join(vm_root, ".qemu")}
+
+
+class Provider(Protocol):
+    """What every provider (local, qemu, slicer, ssh, address) implements, all of it."""
+
+    name: str
+
+    def get(self, name: str) -> VM:
+        """The VM called `name` (VMNotFound if there is none)."""
+
+    def list(self) -> list:
+        """Every VM of this provider."""
+
+    def launch(self, name: str = None, tags=None, avoid=()) -> VM:
+        """A new VM (named `name`, or a free name not in `avoid`), or a UsageError saying why not."""
+
+    def remove(self, name: str) -> None:
+        """Stop and delete the VM and its disk (or a UsageError saying why not)."""
+
+    def stop(self, name: str) -> VM:
+        """Stop the VM, keeping its disk (or a UsageError: the provider cannot)."""
+
+    def start(self, name: str) -> VM:
+        """Start a stopped VM again (or a UsageError: the provider cannot)."""
+
+    def connect(self, vm: VM):
+        """A transport.Channel to the agent in `vm`, ready for `hello`."""
+
+    def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:
+        """Run `argv` in the VM at `cwd`, stdio passed through; its exit code."""
+
+
+class AlwaysRunning:
+    """stop/start for providers whose VMs git-slicer does not stop and start."""
+
+    name = ""
+
+    def stop(self, name: str) -> VM:
+        raise UsageError("provider %s cannot stop VMs" % self.name)
+
+    def start(self, name: str) -> VM:
+        raise UsageError("provider %s cannot start VMs" % self.name)
 
 
 class DirectoryVMs:
@@ -104,22 +150,3 @@ class DirectoryVMs:
             return []
         records = [self._record(n) for n in names if not n.startswith(".")]
         return [self._vm(r) for r in records if r]
-
-
-def get_provider(name: str, settings):
-    if name == "local":
-        from .local import LocalProvider
-        return LocalProvider(settings)
-    if name == "qemu":
-        from .qemu import QemuProvider
-        return QemuProvider(settings)
-    if name == "address":
-        from .address import AddressProvider
-        return AddressProvider(settings)
-    if name == "ssh":
-        from .address import SSHProvider
-        return SSHProvider(settings)
-    if name == "slicer":
-        from .slicer import SlicerProvider
-        return SlicerProvider(settings)
-    raise UsageError("unknown provider %r (known: local, qemu, slicer, ssh, address)" % name)

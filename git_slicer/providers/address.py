@@ -13,7 +13,7 @@ import subprocess
 from .. import transport
 from ..errors import UsageError, VMNotFound
 from ..links import check_vm_name
-from . import VM
+from . import VM, AlwaysRunning
 
 
 def transport_options(settings, vm_name: str) -> dict:
@@ -39,7 +39,7 @@ def vm_token(settings, vm_name: str):
     return token or None
 
 
-class AddressProvider:
+class AddressProvider(AlwaysRunning):
     name = "address"
 
     def __init__(self, settings):

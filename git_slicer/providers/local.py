@@ -28,7 +28,7 @@ from ..config import vm_dir
 from ..errors import UsageError
 from ..links import now, write_atomic
 from ..transport import ProcessChannel
-from . import VM, DirectoryVMs, new_vm_id
+from . import VM, AlwaysRunning, DirectoryVMs, new_vm_id
 
 GUEST_HOME = "/home/agent"
 GUEST_LIB = "/opt/git-slicer"
@@ -40,7 +40,7 @@ EGRESS_SOCKET = "/run/git-slicer/egress.sock"
 NO_PROXY = "localhost,127.0.0.1,::1"
 
 
-class LocalProvider(DirectoryVMs):
+class LocalProvider(AlwaysRunning, DirectoryVMs):
     name = "local"
 
     def __init__(self, settings):

@@ -28,7 +28,7 @@ from .. import transport, wsclient
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import check_vm_name
 from ..wire.framing import Connection, ProtocolError, RemoteError
-from . import VM, new_vm_id
+from . import VM, AlwaysRunning, new_vm_id
 from .slicer_api import APIError, ExecOutput, SlicerAPI, exec_query, is_unix_url, run, vm_path, why
 
 DEFAULT_TOKEN_FILE = "/var/lib/slicer/auth/token"
@@ -52,7 +52,7 @@ PREPARE_SCRIPT = _HOME + (
 _MAIN = b'''import sys
 for m in [m for m in sys.modules if m == "git_slicer" or m.startswith("git_slicer.")]:
     del sys.modules[m]
-from git_slicer.agent.server import main
+from git_slicer.agent.entry import main
 sys.exit(main(sys.argv[1:]))
 '''
 _zip_cache = []
@@ -120,6 +120,12 @@ class ForwardChannel:
         except OSError:
             pass
 
+    def hang_up(self) -> None:
+        pass                            # close() ends the WebSocket
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        return ""                       # the agent's stderr stays in the VM (its log)
+
     def diagnose(self):
         return None
 
@@ -127,7 +133,7 @@ class ForwardChannel:
         self.ws.close()
 
 
-class SlicerProvider:
+class SlicerProvider(AlwaysRunning):
     name = "slicer"
 
     def __init__(self, settings):

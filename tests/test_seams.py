@@ -1,0 +1,42 @@
+"""The seams between modules (docs/architecture.md): every provider and every channel implements
+its whole interface, so no caller has to probe for what it may call. (That every command gets
+the same limits, deadline and state validation from `open_session` is tested in
+test_security_frames.py.)"""
+
+import inspect
+import re
+
+import pytest
+
+from git_slicer import transport
+from git_slicer.providers import AlwaysRunning, Provider
+from git_slicer.providers.address import AddressProvider, SSHProvider
+from git_slicer.providers.local import LocalProvider
+from git_slicer.providers.qemu import QemuProvider, SerialChannel
+from git_slicer.providers.slicer import ForwardChannel, SlicerProvider
+
+
+def _methods(protocol) -> set:
+    return {name for name, value in vars(protocol).items() if inspect.isfunction(value) and not name.startswith("_")}
+
+
+@pytest.mark.parametrize("cls", [LocalProvider, QemuProvider, AddressProvider, SSHProvider, SlicerProvider])
+def test_every_provider_implements_the_whole_provider_interface(cls):
+    missing = [name for name in sorted(_methods(Provider)) if getattr(cls, name, None) is getattr(Provider, name)
+               or not callable(getattr(cls, name, None))]
+    assert not missing, "%s lacks %s" % (cls.__name__, missing)
+    assert isinstance(cls.name, str) and cls.name
+
+
+@pytest.mark.parametrize("cls", [LocalProvider, AddressProvider, SSHProvider, SlicerProvider])
+def test_providers_without_stop_say_so(cls):
+    assert issubclass(cls, AlwaysRunning)
+    with pytest.raises(Exception, match=re.escape("provider %s cannot stop VMs" % cls.name)):
+        AlwaysRunning.stop(cls.__new__(cls), "x")
+
+
+@pytest.mark.parametrize("cls", [transport.ProcessChannel, transport.SocketChannel, SerialChannel, ForwardChannel])
+def test_every_channel_implements_the_whole_channel_interface(cls):
+    missing = [name for name in sorted(_methods(transport.Channel)) if not callable(getattr(cls, name, None))
+               or getattr(cls, name) is getattr(transport.Channel, name)]
+    assert not missing, "%s lacks %s" % (cls.__name__, missing)

@@ -93,7 +93,7 @@ PER_VM_KEYS = [
     Key("slicer.<vm>.tokenFile", "path", "", "", "File holding that token (instead of slicer.<vm>.token)."),
 ]
 _BY_NAME = {k.name.lower(): k for k in KEYS}
-RESERVED_VM_NAMES = {"limit", "local", "qemu"}
+RESERVED_VM_NAMES = {"limit", "local", "qemu", "backup"}   # config sections; refs/slicer/backup/
 
 
 def _parse_bool(text: str, name: str) -> bool:

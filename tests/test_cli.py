@@ -75,6 +75,8 @@ def test_vm_launch_list_rm(tmp_path):
     proc = slicer(tmp_path, "vm", "rm", "vm-1", check=False)
     assert proc.returncode == 1 and b"does not exist" in proc.stderr
     assert slicer(tmp_path, "vm", "launch", "../evil", check=False).returncode == 2
+    # `backup` would share refs/slicer/backup/ with pull --force's backups
+    assert slicer(tmp_path, "vm", "launch", "backup", check=False).returncode == 2
 
 
 def test_vm_dir_is_configurable(tmp_path):

@@ -130,7 +130,7 @@ def test_qemu_argv_has_no_network_and_a_serial_agent_port(tmp_path, repo):
 def test_accel_setting_is_checked(repo):
     repo.git("config", "slicer.qemu.accel", "fast")
     proc = repo.slicer("vm", "list", "--provider", "qemu", check=False)
-    assert proc.returncode != 0 and b"slicer.qemu.accel must be auto, kvm or tcg" in proc.stderr
+    assert proc.returncode != 0 and b"slicer.qemu.accel must be auto, kvm, tcg" in proc.stderr
     assert b"Traceback" not in proc.stderr
 
 

@@ -235,11 +235,8 @@ def test_broken_channel_is_refused(launched, case):
 
 def test_37_silent_vm_hits_the_time_limit(launched):
     repo, vm = launched
-    import time
-    start = time.monotonic()
     attack(repo, vm, {"name": "raw-state", "mode": "silent"}, r"did not finish within slicer.limit.seconds \(3 s\)",
            config=[("slicer.limit.seconds", "3")])
-    assert time.monotonic() - start < 30
 
 
 def test_frame_limit_is_configurable(launched):

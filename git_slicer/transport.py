@@ -359,7 +359,7 @@ class SocketChannel:
             raise AgentFailed("timed out waiting for the agent at %s" % self.description) from None
         except (ProtocolError, OSError) as exc:
             self.close()
-            raise AgentFailed("no git-slicer agent answered at %s (%s)" % (self.description, _why(exc))) from None
+            raise AgentFailed("no git-slicer agent answered at %s (%s)" % (self.description, why(exc))) from None
 
     def handshake_done(self) -> None:
         self.sock.settimeout(None)
@@ -388,7 +388,8 @@ class SocketChannel:
         self.sock.close()
 
 
-def _why(exc) -> str:
+def why(exc) -> str:
+    """An OSError in a few words."""
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):
@@ -402,7 +403,7 @@ def _connect(family, target, description: str, timeout: float):
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except (OSError, AttributeError) as exc:
-        raise AgentFailed("cannot open a socket for %s: %s" % (description, _why(exc))) from None
+        raise AgentFailed("cannot open a socket for %s: %s" % (description, why(exc))) from None
     sock.settimeout(timeout)
     try:
         sock.connect(target)
@@ -418,8 +419,8 @@ def _connect(family, target, description: str, timeout: float):
         if exc.errno == errno.ENODEV:
             raise AgentFailed("no VM with that CID (%s)" % description) from None
         if exc.errno in (errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH):
-            raise AgentFailed("nothing listens at %s (%s)" % (description, _why(exc))) from None
-        raise AgentFailed("cannot connect to %s: %s" % (description, _why(exc))) from None
+            raise AgentFailed("nothing listens at %s (%s)" % (description, why(exc))) from None
+        raise AgentFailed("cannot connect to %s: %s" % (description, why(exc))) from None
     return sock
 
 
@@ -440,7 +441,7 @@ def hybrid_vsock_connect(path: str, port: int, timeout: float):
         raise AgentFailed("timed out after %gs waiting for %s to accept" % (timeout, description)) from None
     except OSError as exc:
         sock.close()
-        raise AgentFailed("nothing listens on %s (%s)" % (description, _why(exc))) from None
+        raise AgentFailed("nothing listens on %s (%s)" % (description, why(exc))) from None
     if not line:
         sock.close()
         raise AgentFailed("nothing listens on %s: the hypervisor closed the connection" % description,

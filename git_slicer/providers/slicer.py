@@ -27,9 +27,10 @@ import zipfile
 from .. import transport, wsclient
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import check_vm_name
+from ..transport import why
 from ..wire.framing import Connection, ProtocolError, RemoteError
 from . import VM, AlwaysRunning, new_vm_id
-from .slicer_api import APIError, ExecOutput, SlicerAPI, exec_query, is_unix_url, run, vm_path, why
+from .slicer_api import APIError, ExecOutput, SlicerAPI, exec_query, is_unix_url, run, vm_path
 
 DEFAULT_TOKEN_FILE = "/var/lib/slicer/auth/token"
 LAUNCH_WAIT = 120                   # seconds the daemon may wait for a new VM's agent

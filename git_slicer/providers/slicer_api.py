@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from .. import wsclient
 from ..errors import SlicerError, UsageError
+from ..transport import why
 
 
 class APIError(SlicerError):
@@ -43,17 +44,6 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def is_unix_url(url: str) -> bool:
     return url.startswith(("/", "./", "../", "~/", "unix://")) or url.endswith(".sock")
-
-
-def why(exc) -> str:
-    """An OSError in a few words."""
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, FileNotFoundError):
-        return "no such socket"
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def vm_path(hostname: str, *rest: str) -> str:

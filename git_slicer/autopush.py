@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+from .wire.files import utc_now, write_atomic   # os and time only: cheap on the hooks' path
+
 PENDING = "autopush.pending"
 LOCK = "autopush.lock"
 RUNNING = "autopush.running"
@@ -35,14 +37,10 @@ def log_path(slicer_dir: str) -> str:
     return os.path.join(slicer_dir, LOG)
 
 
-def _stamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def _log(slicer_dir: str, message: str) -> None:
     try:
         with open(log_path(slicer_dir), "a") as fh:
-            fh.write("%s [%d] %s\n" % (_stamp(), os.getpid(), message))
+            fh.write("%s [%d] %s\n" % (utc_now(), os.getpid(), message))
     except OSError:
         pass
 
@@ -72,7 +70,6 @@ def read_state(slicer_dir: str) -> dict:
 
 
 def _record(slicer_dir: str, vm: str, entry: dict) -> None:
-    from .links import write_atomic
     state = read_state(slicer_dir)
     state.setdefault("vms", {})[vm] = entry
     write_atomic(os.path.join(slicer_dir, STATE), json.dumps(state, indent=1, sort_keys=True).encode())
@@ -187,7 +184,7 @@ def _push_all(slicer_dir: str, hook: str) -> None:
         return
     for link in links:
         started = time.monotonic()
-        entry = {"at": _stamp(), "hook": hook, "branch": branch, "commit": None}
+        entry = {"at": utc_now(), "hook": hook, "branch": branch, "commit": None}
         if branch is None:
             entry.update(result="skipped", message="HEAD is detached (a rebase in progress?)")
         elif link.branch and link.branch != branch:

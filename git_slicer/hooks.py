@@ -23,6 +23,7 @@ import sys
 import sysconfig
 
 from .errors import SlicerError
+from .wire.files import write_atomic
 
 HOOKS = ("post-commit", "post-merge", "post-rewrite")
 TEMPLATE_VERSION = 1
@@ -172,7 +173,6 @@ def inspect(directory: str, hook: str, python: str = None) -> dict:
 # -- writing -------------------------------------------------------------------------------
 def _write(path: str, data: bytes, mode: int) -> None:
     """Replace `path` atomically with `data`, keeping `mode` (permission bits)."""
-    from .links import write_atomic
     write_atomic(path, data, stat.S_IMODE(mode))
 
 

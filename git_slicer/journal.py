@@ -29,10 +29,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 
 from . import report
-from .links import write_atomic
 from .quarantine import remove_stale
 from .repo import run_git
 from .safewrite import SafeWriter
+from .wire.files import write_atomic
 
 STAGING_PREFIX = "slicer-pull-"       # <git-dir>/slicer-pull-<pid>-*: contents staged by a pull
 

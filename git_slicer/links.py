@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
 from .errors import SlicerError, UsageError
+from .wire.files import utc_now, write_atomic
 
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -27,13 +26,13 @@ def check_vm_name(name: str) -> str:
     return name
 
 
+# providers/local.py imports `now` and `write_atomic` from here; the helpers live in wire/files.py
+now = utc_now
+
+
 def new_vm_id() -> str:
     """A VM's identity: links name it, so a VM that later takes the same name is not mistaken for it."""
     return uuid.uuid4().hex
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 @dataclass
@@ -47,34 +46,12 @@ class Link:
     agreed_overlay: dict = field(default_factory=lambda: {"index": {}, "files": {}})
     pushed_at: str = ""
     pulled_at: str = ""
-    created_at: str = field(default_factory=now)
+    created_at: str = field(default_factory=utc_now)
     last_result: str = ""                         # "ok" | a one-line failure (for status/hooks)
     vm_id: str = ""                               # the VM's identity (made at launch): a VM that
                                                   # later takes the same name is not this one
     launched: bool = False                        # this worktree launched the VM (`push --launch`)
     pending: dict = None                          # a push sent but not yet confirmed: {id, commit, branch}
-
-
-def write_atomic(path: str, data: bytes, mode: int = None) -> None:
-    """Write `path` so readers see the old or the new contents, never a mix (with `mode`: those
-    permission bits, e.g. a hook's executable bit)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class LinkStore:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 
 from . import agreed, locks, report
@@ -23,7 +22,7 @@ from .config import Settings
 from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .ignore_guard import check_ignore_changes
-from .links import LinkStore, now
+from .links import LinkStore
 from .objects import TreeReader
 from .inbound import Inbound, limits_from, ref_parent, slicer_refs
 from .journal import HostWrite, Journal, recover_interrupted, set_index
@@ -34,6 +33,7 @@ from .sparse import SparseCheckout
 from .submodules import pull_all
 from .target import resolve, vm_named
 from .wire import overlay as overlay_mod
+from .wire.files import utc_now
 from .wire.framing import crash_point
 from .wire.paths import display
 
@@ -84,7 +84,7 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> d
         puller = Puller(worktree, session, link, branch, options, pack_limits, file_limits)
         puller.store = store            # a push this link lost track of is settled (and saved) first
         result = puller.run()
-    link.pulled_at = now()
+    link.pulled_at = utc_now()
     link.last_result = "ok"
     store.save(link)
     result.update({"vm": options.vm, "worktree": worktree.root, "branch": branch})
@@ -289,7 +289,7 @@ class Puller:
             parents += ["-p", wt.git(["commit-tree", "-m", "untracked files", files]).strip().decode()]
         message = "slicer pull --force from VM %s: the host's %s before the pull" % (self.link.vm, self.branch)
         commit = wt.git(["commit-tree"] + parents + ["-m", message, tree]).strip().decode()
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = utc_now(compact=True)
         for attempt in range(1, 100):
             ref = "refs/slicer/backup/%s/%s%s" % (self.branch, stamp, "" if attempt == 1 else "-%d" % attempt)
             # Create-only: two forced pulls in one second get two refs, never one overwritten.

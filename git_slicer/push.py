@@ -13,7 +13,7 @@ from . import agreed, locks, report
 from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore, host_excludes
-from .links import Link, LinkStore, now, repository_links
+from .links import Link, LinkStore, repository_links
 from .journal import recover_interrupted
 from .scan import KnownPaths, host_overlay, ignored_files
 from .submodules import push_all
@@ -21,6 +21,7 @@ from .session import open_session
 from .target import default_guest_path, launch_vm, provider_for, resolve, vm_named
 from .wire import overlay as overlay_mod
 from .wire import tarstream
+from .wire.files import utc_now
 from .wire.framing import ProtocolError, StreamAborted, crash_point
 from .wire.paths import display
 
@@ -120,7 +121,7 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     crash_point("push:before-link")
     link.branch = branch
     link.address = vm.address
-    link.pushed_at = now()
+    link.pushed_at = utc_now()
     link.last_result = "ok"
     store.save(link)
     result.update({"vm": vm.name, "provider": provider.name, "worktree": worktree.root, "branch": branch,

@@ -4,6 +4,7 @@ the same limits, deadline and state validation from `open_session` is tested in
 test_security_frames.py.)"""
 
 import inspect
+import os
 import re
 
 import pytest
@@ -40,3 +41,21 @@ def test_every_channel_implements_the_whole_channel_interface(cls):
     missing = [name for name in sorted(_methods(transport.Channel)) if not callable(getattr(cls, name, None))
                or getattr(cls, name) is getattr(transport.Channel, name)]
     assert not missing, "%s lacks %s" % (cls.__name__, missing)
+
+
+def test_write_atomic_replaces_whole_or_not_at_all(tmp_path):
+    from git_slicer.wire.files import write_atomic
+    path = str(tmp_path / "sub" / "f.json")
+    write_atomic(path, b"old")                              # makes the directory
+    assert open(path, "rb").read() == b"old" and os.stat(path).st_mode & 0o777 == 0o600
+    with pytest.raises(TypeError):
+        write_atomic(path, "not bytes")                     # fails mid-write
+    assert open(path, "rb").read() == b"old" and os.listdir(tmp_path / "sub") == ["f.json"]
+    write_atomic(path, b"new", mode=0o755, durable=False, sync_dir=True)
+    assert open(path, "rb").read() == b"new" and os.stat(path).st_mode & 0o777 == 0o755
+
+
+def test_one_timestamp_format():
+    from git_slicer.wire.files import utc_now
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", utc_now())
+    assert re.fullmatch(r"\d{8}T\d{6}Z", utc_now(compact=True))

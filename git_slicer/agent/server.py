@@ -14,6 +14,7 @@ import tempfile
 from .. import __version__
 from ..wire import overlay as overlay_mod
 from ..wire import tarstream
+from ..wire.files import write_atomic
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
                             crash_point, error_reply)
 from ..wire.paths import UnsafePath
@@ -306,11 +307,8 @@ class Agent:
             # The host's core.excludesFile and info/exclude patterns (never a host path): git in
             # the VM then ignores what the host's git ignores, so both statuses agree.
             path = os.path.join(repo.root, ".git", "info", "exclude")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes)
-            with open(path + ".tmp", "wb") as fh:
-                fh.write(text.encode("utf-8", "surrogateescape"))
-            os.replace(path + ".tmp", path)
+            write_atomic(path, text.encode("utf-8", "surrogateescape"), mode=0o644, durable=False)
         for key, value in sorted(request.get("config", {}).items()):
             if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
                 repo.git(["config", key, value])

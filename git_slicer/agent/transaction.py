@@ -35,6 +35,7 @@ import stat
 import time
 from contextlib import contextmanager
 
+from ..wire.files import write_atomic
 from ..wire.framing import crash_point
 from ..wire.paths import check_relpath, has_control
 from .errors import AgentError
@@ -291,7 +292,8 @@ def _apply(repo, j: dict) -> None:
     # 4. stat data, history boundary, refs
     repo.git(["update-index", "-q", "--refresh"], env=env, check=False)
     if j.get("shallow"):
-        _write_file(os.path.join(_git_dir(repo), "shallow"), "".join(o + "\n" for o in j["shallow"]).encode())
+        write_atomic(os.path.join(_git_dir(repo), "shallow"), "".join(o + "\n" for o in j["shallow"]).encode(),
+                     mode=0o644)
     repo.git(["update-ref", "-m", "slicer push", "refs/heads/" + branch, commit])
     repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
     # 5. the index, installed as git installs one
@@ -418,22 +420,5 @@ def _read_json(path: str):
         return None
 
 
-def _write_file(path: str, data: bytes) -> None:
-    tmp = path + ".slicer-tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write_json(path: str, data: dict) -> None:
-    _write_file(path, json.dumps(data, separators=(",", ":")).encode())
-    try:
-        fd = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode(), sync_dir=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
+
+from ..wire.files import utc_now
 
 MAX_BYTES = 8 * 1024 * 1024
 
@@ -19,7 +20,7 @@ class EgressLog:
         self.path = path
 
     def write(self, **entry) -> None:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
+        entry = {"time": utc_now(), **entry}
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
         try:
             if os.path.getsize(self.path) > MAX_BYTES:

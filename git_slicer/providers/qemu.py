@@ -34,7 +34,7 @@ import time
 from .. import report
 from ..config import vm_dir
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
-from ..links import now, write_atomic
+from ..wire.files import utc_now, write_atomic
 from ..wire.framing import Connection, ProtocolError
 from ..session import open_session
 from ..transport import SocketChannel
@@ -259,7 +259,7 @@ class QemuProvider(DirectoryVMs):
         name = self.claim(name, avoid)
         try:
             memory = self.settings.get("slicer.qemu.memory") // _MB
-            record = {"name": name, "id": new_vm_id(), "provider": self.name, "created_at": now(),
+            record = {"name": name, "id": new_vm_id(), "provider": self.name, "created_at": utc_now(),
                       "tags": dict(tags or {}),
                       "cpus": self.settings.get("slicer.qemu.cpus"), "memory_mib": memory,
                       "disk_bytes": self.settings.get("slicer.qemu.diskSize")}
@@ -424,7 +424,7 @@ class QemuProvider(DirectoryVMs):
         finally:
             channel.close()
         record["boot_seconds"] = round(time.monotonic() - started, 1)
-        record["booted_at"] = now()
+        record["booted_at"] = utc_now()
         self._save(record)
         _say("VM %s is up: agent answered %.1fs after QEMU started (%s)" % (name, record["boot_seconds"], accel.upper()))
 

@@ -34,6 +34,7 @@ import time
 import urllib.request
 
 from ..errors import SlicerError, UsageError
+from ..wire.files import utc_now
 
 RECIPE = {
     "format": 1,                    # bump when the build steps below change meaning
@@ -360,7 +361,7 @@ def _build(recipe: dict, work: str, say) -> None:
     size = os.path.getsize(os.path.join(work, "rootfs.cpio"))
     info = {"recipe": recipe, "kernel_version": version, "kernel_package": package["Package"] + " " + package["Version"],
             "rootfs_bytes": size, "build_seconds": round(time.monotonic() - started, 1),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "built_at": utc_now()}
     with open(os.path.join(work, "image.json"), "w") as fh:
         json.dump(info, fh, indent=1)
     say("image built in %.0fs: kernel %s, root filesystem %d MiB"

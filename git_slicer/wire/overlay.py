@@ -17,6 +17,8 @@ import hashlib
 import os
 import stat
 
+from .files import write_atomic
+
 MODE_FILE = "100644"
 MODE_EXEC = "100755"
 MODE_LINK = "120000"
@@ -96,10 +98,7 @@ class StatCache:
         if self.used == self.entries:
             return
         import json
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        with open(tmp, "w") as fh:
-            json.dump(self.used, fh, separators=(",", ":"))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.used, separators=(",", ":")).encode(), durable=False)
 
 
 def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = None, rel: str = None):

@@ -22,10 +22,10 @@ import tempfile
 from .errors import UnsafeInput
 from .ignore import IGNORE_FILE, BadIgnoreFile, SlicerIgnore, read_regular
 from .repo import run_git
+from .wire.gitobj import MODE_LINK
 from .wire.paths import display
 
 GITIGNORE = ".gitignore"
-MODE_LINK = "120000"
 SHOWN = 10
 
 

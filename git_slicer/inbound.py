@@ -27,6 +27,7 @@ from .session import STATE_ENTRIES
 from .wire import overlay as overlay_mod
 from .wire import tarstream
 from .wire.framing import crash_point
+from .wire.gitobj import is_oid
 from .wire.paths import display
 
 
@@ -157,8 +158,7 @@ def valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
                           hint="delete branches in the VM, or raise slicer.limit.refs")
     valid = {}
     for name, oid in sorted(branches.items()):
-        ok = isinstance(name, str) and isinstance(oid, str) and len(oid) in (40, 64) and \
-            all(c in "0123456789abcdef" for c in oid) and "\n" not in name and \
+        ok = isinstance(name, str) and is_oid(oid) and "\n" not in name and \
             reference_is_valid_name("refs/heads/" + name)      # git's check-ref-format rules
         if ok:
             valid[name] = oid

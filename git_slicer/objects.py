@@ -9,6 +9,9 @@ from __future__ import annotations
 import subprocess
 
 from .errors import SlicerError, UnsafeInput
+from .wire.gitobj import MODE_TREE, mode_bits
+
+_TREE = mode_bits(MODE_TREE)
 
 
 class ObjectReader:
@@ -89,8 +92,8 @@ class TreeReader(ObjectReader):
             item = self._tree(tree).get(part) if tree else None
             if item is None:
                 return None
-            tree = item[1] if item[0] == 0o040000 else None
-        return None if item[0] == 0o040000 else ["%06o" % item[0], item[1]]
+            tree = item[1] if item[0] == _TREE else None
+        return None if item[0] == _TREE else ["%06o" % item[0], item[1]]
 
 
 def parse_tree(data: bytes, oid_len: int = 20):

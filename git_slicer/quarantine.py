@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 from .errors import UnsafeInput
 from .objects import ObjectReader, parse_tree
+from .wire import gitobj
 from .wire.framing import crash_point
+from .wire.gitobj import ENTRY_MODES, is_oid, mode_bits
 from .wire.paths import UnsafePath, check_relpath, display
 
-MODE_TREE = 0o040000
-MODE_LINK = 0o120000
-MODE_GITLINK = 0o160000
-_ALLOWED_MODES = {0o100644, 0o100755, MODE_LINK, MODE_GITLINK, MODE_TREE}
+MODE_TREE = mode_bits(gitobj.MODE_TREE)        # tree entries' modes as pygit2 gives them
+MODE_LINK = mode_bits(gitobj.MODE_LINK)
+_ALLOWED_MODES = {mode_bits(m) for m in gitobj.ENTRY_MODES} | {MODE_TREE}
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Quarantine:
 
     def validate(self, tips) -> list:
         """Walk commits and trees new to the host; return the new commits."""
-        tips = [t for t in tips if _is_oid(t)]
+        tips = [t for t in tips if is_oid(t)]
         if not tips:
             return []
         out = self.git(["rev-list", "--stdin", "--not", "--all"],
@@ -208,9 +209,6 @@ def remove_stale(directory: str, prefix: str) -> None:
 
 
 
-_MODES = {"100644", "100755", "120000", "160000"}
-
-
 def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries: int = 1_000_000,
                 control_ok=False) -> dict:
     """Validate the shape of a `state` reply from the VM before anything uses it.
@@ -230,7 +228,7 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
     for key in ("head", "branch"):
         if state.get(key) is not None and not isinstance(state[key], str):
             raise bad(key)
-    if state.get("head") is not None and not _is_oid(state["head"]):
+    if state.get("head") is not None and not is_oid(state["head"]):
         raise bad("head")
     for key in ("ahead", "behind"):
         value = state.get(key)
@@ -256,7 +254,7 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
             except UnsafePath as exc:
                 raise UnsafeInput("the VM reports an unsafe path: %s" % exc) from None
             if entry is not None and not (isinstance(entry, list) and len(entry) == 2
-                                          and entry[0] in _MODES and _is_oid(entry[1])):
+                                          and entry[0] in ENTRY_MODES and is_oid(entry[1])):
                 raise bad("entry for %s" % display(path))
     applied = state.get("applied")
     if applied is not None:                 # the record of a push the VM completed (agreed.py)
@@ -266,7 +264,3 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
     return state
 
 
-
-
-def _is_oid(value) -> bool:
-    return isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 
 from .errors import SlicerError, UnsafeInput, WouldLoseWork
 from .wire.framing import crash_point
-from .wire.overlay import MODE_EXEC, MODE_LINK, blob_oid
+from .wire.gitobj import MODE_EXEC, MODE_FILE, MODE_LINK, MODE_TREE
+from .wire.overlay import blob_oid
 from .wire.paths import UnsafePath, check_relpath, display
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-DIRECTORY = ["040000", ""]       # what current() reports for a directory
+DIRECTORY = [MODE_TREE, ""]       # what current() reports for a directory
 
 
 @dataclass
@@ -108,7 +109,7 @@ class SafeWriter:
             file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             with os.fdopen(file_fd, "rb") as fh:
                 data = fh.read()
-            return [MODE_EXEC if st.st_mode & 0o100 else "100644", blob_oid(data, self.algo)]
+            return [MODE_EXEC if st.st_mode & 0o100 else MODE_FILE, blob_oid(data, self.algo)]
         finally:
             os.close(fd)
 

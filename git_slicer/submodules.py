@@ -18,6 +18,7 @@ from dataclasses import replace
 from .errors import SlicerError
 from .links import Link, LinkStore
 from .repo import Worktree
+from .wire.gitobj import MODE_GITLINK
 from .wire.paths import display
 
 DETACHED_BRANCH = "slicer-detached"
@@ -30,7 +31,7 @@ def initialized(worktree) -> list:
     out = worktree.git(["ls-files", "-s", "-z"])
     found = []
     for record in out.split(b"\0"):
-        if not record.startswith(b"160000 "):
+        if not record.startswith(MODE_GITLINK.encode() + b" "):
             continue
         path = os.fsdecode(record.split(b"\t", 1)[1])
         full = os.path.join(worktree.root, path)

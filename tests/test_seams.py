@@ -59,3 +59,10 @@ def test_one_timestamp_format():
     from git_slicer.wire.files import utc_now
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", utc_now())
     assert re.fullmatch(r"\d{8}T\d{6}Z", utc_now(compact=True))
+
+
+def test_one_object_id_check_and_one_set_of_modes():
+    from git_slicer.wire.gitobj import ENTRY_MODES, MODE_TREE, is_oid, mode_bits
+    assert is_oid("a" * 40) and is_oid("0123456789abcdef" * 4)
+    assert not any(is_oid(v) for v in ("A" * 40, "a" * 39, "a" * 41, "g" * 40, None, 40 * b"a", ["a" * 40]))
+    assert ENTRY_MODES == {"100644", "100755", "120000", "160000"} and mode_bits(MODE_TREE) == 0o040000

@@ -15,6 +15,7 @@ from .. import __version__
 from ..wire import overlay as overlay_mod
 from ..wire import tarstream
 from ..wire.files import write_atomic
+from ..wire.gitobj import is_oid
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
                             crash_point, error_reply)
 from ..wire.paths import UnsafePath
@@ -155,7 +156,7 @@ class Agent:
             if request.get("applied"):
                 reply["applied"] = transaction.applied(repo, request["applied"])
         base = request.get("base")
-        if repo.exists and _is_oid(base) and reply["head"] and repo.rev(base):
+        if repo.exists and is_oid(base) and reply["head"] and repo.rev(base):
             counts = repo.git(["rev-list", "--left-right", "--count", "%s...%s" % (base, reply["head"])]).split()
             reply["behind"], reply["ahead"] = int(counts[0]), int(counts[1])
             # What the VM's commits changed since `base`: lets the host tell the VM's own changes
@@ -168,7 +169,7 @@ class Agent:
         branch = request["branch"]
         commit = request["commit"]
         new_overlay = request["overlay"]
-        if not _is_oid(commit) or subprocess.run(
+        if not is_oid(commit) or subprocess.run(
                 ["git", "check-ref-format", "refs/heads/" + str(branch)], env=repo.env).returncode != 0:
             raise AgentError("bad-request", "invalid branch name %r or commit %r" % (branch, commit))
         expect = request.get("expect")
@@ -219,8 +220,8 @@ class Agent:
         if not repo.exists:
             raise AgentError("no-repo", "no repository at %s in the VM" % repo.root)
         self._recover(repo)
-        wants = [w for w in request.get("wants", []) if _is_oid(w)]
-        haves = [h for h in request.get("haves", []) if _is_oid(h)]
+        wants = [w for w in request.get("wants", []) if is_oid(w)]
+        haves = [h for h in request.get("haves", []) if is_oid(h)]
         present = set()
         if haves:
             out = repo.git(["cat-file", "--batch-check=%(objectname) %(objecttype)"],
@@ -380,10 +381,6 @@ def _vm_identity(offered):
         except OSError:
             pass
     return stored()
-
-
-def _is_oid(value) -> bool:
-    return isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)
 
 
 def _hash_file(path: str, algo: str) -> str:

@@ -18,11 +18,8 @@ import os
 import stat
 
 from .files import write_atomic
+from .gitobj import MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK  # noqa: F401  (the overlay's vocabulary)
 
-MODE_FILE = "100644"
-MODE_EXEC = "100755"
-MODE_LINK = "120000"
-MODE_GITLINK = "160000"
 ZERO_MODE = "000000"
 _HASH_CHUNK = 1024 * 1024
 

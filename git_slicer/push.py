@@ -42,17 +42,14 @@ class PushOptions:
 
 def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
-    branch = worktree.branch() or options.detached_branch
-    if branch is None:
-        raise SlicerError("HEAD is detached; check out a branch to push", hint="git switch -c NAME")
-    head = worktree.rev("HEAD")
-    if head is None:
-        raise SlicerError("branch %s has no commits yet; commit something first" % branch)
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
     store = LinkStore.of(worktree)
     if options.launch:
-        result = _launch_and_push(worktree, settings, store, head, branch, options)
+        # Checked before a VM is made for nothing; a plain push learns both from its scan.
+        branch = worktree.branch() or options.detached_branch
+        _check_head(branch, worktree.rev("HEAD"))
+        result = _launch_and_push(worktree, settings, store, branch, options)
     else:
         name = vm_named(worktree, options.vm)
         # HEAD, the branch and the overlay are read again under the lock (a pull or a commit may
@@ -61,13 +58,20 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
             recover_interrupted(worktree)
             # The link is read under the lock: another push may have just saved it.
             target = resolve(settings, name, worktree=worktree, provider=options.provider)
-            result = _push_locked(worktree, settings, store, target.provider, target.vm, target.link, branch,
+            result = _push_locked(worktree, settings, store, target.provider, target.vm, target.link, None,
                                   options, False)
     result["submodules"] = push_all(worktree, store.get(result["vm"]), result["guest_path"], options, push)
     return result
 
 
-def _launch_and_push(worktree, settings, store, head, branch, options) -> dict:
+def _check_head(branch, head) -> None:
+    if branch is None:
+        raise SlicerError("HEAD is detached; check out a branch to push", hint="git switch -c NAME")
+    if head is None:
+        raise SlicerError("branch %s has no commits yet; commit something first" % branch)
+
+
+def _launch_and_push(worktree, settings, store, branch, options) -> dict:
     """Launch a VM and push to it; if anything fails before the link is saved, the new VM is
     removed again (no orphan VMs). A name this worktree already links is never reused."""
     taken = {link.vm for _, link in repository_links(worktree)}
@@ -134,9 +138,7 @@ def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None):
     where = {}
     ours = host_overlay(worktree, ignore, True, where=where)
     where["branch"] = where.get("branch") or detached_branch
-    if where.get("branch") is None or where.get("head") is None:
-        raise SlicerError("HEAD is detached or has no commits (did a rebase or a checkout start?); "
-                          "check out a branch to push", hint="git switch -c NAME")
+    _check_head(where.get("branch"), where.get("head"))
     return where["head"], where["branch"], ours
 
 

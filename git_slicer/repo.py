@@ -51,15 +51,19 @@ class Worktree:
                                  hint="run it inside a repository, or pass the worktree's path")
         self.root, self.git_dir, self.common_dir, self.object_format = lines
         self.env = clean_env({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.root})
+        self._git_paths = {}
 
     def git(self, args, input=None, check=True, env=None) -> bytes:
         run_env = self.env if env is None else {**self.env, **env}
         return run_git(args, cwd=self.root, input=input, env=run_env, check=check)
 
     def git_path(self, name: str) -> str:
-        """`git rev-parse --git-path NAME`: per-worktree for most names, common for hooks etc."""
-        out = self.git(["rev-parse", "--path-format=absolute", "--git-path", name]).decode().strip()
-        return out
+        """`git rev-parse --git-path NAME`: per-worktree for most names, common for hooks etc.
+        Asked once per name (it does not change while a command runs)."""
+        if name not in self._git_paths:
+            out = self.git(["rev-parse", "--path-format=absolute", "--git-path", name])
+            self._git_paths[name] = out.decode("utf-8", "surrogateescape").strip()
+        return self._git_paths[name]
 
     @property
     def name(self) -> str:

@@ -83,9 +83,9 @@ class _NoBar:
         pass
 
 
-def attach(conn, desc: str):
+def attach(conn, desc: str, setting: str = None):
     """Show a byte-count bar for the streams on `conn`; returns the bar (close it when done)."""
-    bar = progress(desc=desc)
+    bar = progress(desc=desc, setting=setting)
     if not isinstance(bar, _NoBar):
         conn.on_progress = bar.update
     return bar

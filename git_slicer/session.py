@@ -33,6 +33,7 @@ class SessionLimits:
     path_bytes: int = 4096
     path_depth: int = 64
     entries: int = STATE_ENTRIES        # changed paths one state may list (slicer.limit.files)
+    progress: str = "auto"              # slicer.progress: byte-count bars for long transfers
 
     @classmethod
     def from_settings(cls, settings) -> "SessionLimits":
@@ -40,7 +41,8 @@ class SessionLimits:
                    seconds=settings.get("slicer.limit.seconds"),
                    path_bytes=settings.get("slicer.limit.pathBytes"),
                    path_depth=settings.get("slicer.limit.pathDepth"),
-                   entries=min(settings.get("slicer.limit.files"), STATE_ENTRIES))
+                   entries=min(settings.get("slicer.limit.files"), STATE_ENTRIES),
+                   progress=settings.get("slicer.progress"))
 
 
 def stale(name: str, why: str) -> StaleLink:
@@ -105,7 +107,7 @@ class AgentSession:
         self.conn.max_json = self.limits.frame_bytes
         self.info = {}
         self.vm_id = ""          # the identity the VM confirmed at hello (see open_session)
-        self._bar = report.attach(self.conn, "VM %s" % vm)   # tqdm on a TTY for long transfers
+        self._bar = report.attach(self.conn, "VM %s" % vm, self.limits.progress)   # tqdm on a TTY
         self._timer = None
 
     def start_deadline(self) -> None:

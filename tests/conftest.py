@@ -47,6 +47,17 @@ def hermetic_seal(tmp_path_factory, monkeypatch):
     (home / ".gitconfig").write_text("[user]\n\tname = Test User\n\temail = test@example.com\n"
                                      "[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
     yield home
+    stop_warm_agents(home / ".local" / "share" / "git-slicer" / "vms")
+
+
+def stop_warm_agents(vm_root) -> None:
+    """The local VMs' warm agents outlive the commands that started them (for
+    slicer.local.agentIdle seconds): end this test's now instead of letting them idle."""
+    from git_slicer.providers.local_agent import WarmAgent
+    if vm_root.is_dir():
+        for directory in vm_root.iterdir():
+            if (directory / "agent.json").exists():
+                WarmAgent(str(directory), "", 0, 0).stop()
 
 
 def run(args, cwd=None, input=None, check=True, env=None):

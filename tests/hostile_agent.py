@@ -172,16 +172,26 @@ def _endless_dirs():
         yield block
 
 
-def main():
+def load_scenario():
     with open(os.path.join(HERE, "scenario.json")) as fh:
-        scenario = json.load(fh)
+        return json.load(fh)
+
+
+def main(argv):
+    """Serve stdio, or (`--listen ADDR --idle S`, as the local VM starts its warm agent) the
+    real agent's listener with a hostile agent behind each connection."""
+    if "--listen" in argv:
+        from git_slicer.agent.listen import serve
+        idle = float(argv[argv.index("--idle") + 1]) if "--idle" in argv else 0
+        return serve(argv[argv.index("--listen") + 1], idle=idle,
+                     agent=lambda conn: HostileAgent(conn, load_scenario()))
     conn = Connection(sys.stdin.buffer, sys.stdout.buffer)
     sys.stdout = sys.stderr
-    return HostileAgent(conn, scenario).serve()
+    return HostileAgent(conn, load_scenario()).serve()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
 
 
 # ------------------------------------------------------------------ host side (used by the tests)
@@ -214,11 +224,12 @@ def install(repo, vm, scenario=None, env=None):
     if scenario is None:
         body = 'exec %s "$@"\n' % python
     else:
-        body = "exec %s %s/.hostile/hostile_agent.py\n" % (python, home)
-    run = directory / "run"
+        body = 'exec %s %s/.hostile/hostile_agent.py "$@"\n' % (python, home)
+    # A new wrapper name each time: the VM's warm agent runs another python, so it is replaced.
+    run = directory / ("run-%d" % len(list(directory.glob("run-*"))))
     run.write_text("#!/bin/sh\n" + exports + body)
     run.chmod(0o755)
-    repo.git("config", "slicer.local.python", "%s/.hostile/run" % home)
+    repo.git("config", "slicer.local.python", "%s/.hostile/%s" % (home, run.name))
     return directory
 
 

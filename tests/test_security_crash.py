@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from hostile_agent import install, uninstall
+from hostile_agent import install, uninstall, vm_home
 
 PULL_HOST = ["pull:recovered", "pull:pack-received", "pull:validated", "pull:migrating", "pull:objects-in",
              "pull:staged", "pull:ref-moved", "pull:writing", "pull:files-written", "pull:index-written",
@@ -190,9 +190,12 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def agent_of(pid: int):
-    """The agent process (python running git_slicer.agent) below the host command `pid`."""
-    children, todo = _children(), [pid]
+def warm_agent(vm: str):
+    """(sandbox pid, agent pid) of the VM's warm agent: the sandbox's first process (SIGKILL
+    ends the whole sandbox, as a VM crash) and the python serving the protocol inside it."""
+    import json
+    info = json.loads((vm_home(vm).parent / "agent.json").read_text())
+    children, todo = _children(), [info["pid"]]
     while todo:
         for child in children.get(todo.pop(), []):
             todo.append(child)
@@ -202,8 +205,8 @@ def agent_of(pid: int):
             except OSError:
                 continue
             if os.path.basename(argv[0]).startswith(b"python") and b"git_slicer.agent" in argv:
-                return child
-    return None
+                return info["pid"], child
+    return info["pid"], None
 
 
 def sweep_round(repo, n: int) -> None:
@@ -224,10 +227,11 @@ def sweep_round(repo, n: int) -> None:
 
 
 def test_kill_9_at_spread_out_moments_of_a_large_push(repo):
-    """`kill -9` of the host command (its sandboxed VM dies with it, as a crashed VM) or of the
-    agent alone (its git children live on), at moments spread over a push of 3,000 files with
-    hundreds dirty. After each: the host is byte-identical, a pull writes nothing, the next push
-    completes with the VM's status equal to the host's, and nothing is left over in the VM."""
+    """`kill -9`, at moments spread over a push of 3,000 files with hundreds dirty, of the host
+    command alone (the VM's warm agent lives on and sees the connection drop), of the agent alone
+    (its git children live on), or of both and the whole sandbox (a crashed VM). After each: the
+    host is byte-identical, a pull writes nothing, the next push completes with the VM's status
+    equal to the host's, and nothing is left over in the VM."""
     import signal
     import subprocess
     import time
@@ -247,12 +251,17 @@ def test_kill_9_at_spread_out_moments_of_a_large_push(repo):
         proc = subprocess.Popen(SLICER + ["push", vm], cwd=repo.path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         time.sleep(took * (point + 0.5) / SWEEP_POINTS)
-        victim = agent_of(proc.pid) if point % 2 else None
-        left = descendants(proc.pid)
-        try:
-            os.kill(victim or proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        sandbox, agent = warm_agent(vm)
+        kind = ("cli", "agent", "vm")[point % 3]
+        victims = {"cli": [proc.pid], "agent": [agent], "vm": [sandbox, proc.pid]}[kind]
+        # What lives on after the kill and must end first: the command's git children, and the
+        # dead agent's (a running agent serializes the next request itself, by its lock).
+        left = descendants(proc.pid) + {"cli": [], "agent": descendants(agent or 0), "vm": descendants(sandbox)}[kind]
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except (ProcessLookupError, TypeError):
+                pass
         proc.communicate()
         wait_gone(left)
         interrupted += proc.returncode != 0

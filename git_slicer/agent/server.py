@@ -6,6 +6,7 @@ is trusted here (it started us); requests are still checked so a confused host f
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -133,7 +134,7 @@ class Agent:
 
     # -- requests ----------------------------------------------------------
     def op_hello(self, request):
-        version = subprocess.run(["git", "--version"], stdout=subprocess.PIPE).stdout.decode().strip()
+        version = _git_version()
         if request.get("protocol") != PROTOCOL_VERSION:
             raise AgentError("version", "agent speaks protocol %d, host asked for %r"
                              % (PROTOCOL_VERSION, request.get("protocol")))
@@ -351,6 +352,12 @@ class Agent:
                 got = _hash_file(member.staged, algo)
             if got != want[1]:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
+
+
+@functools.lru_cache(maxsize=None)
+def _git_version() -> str:
+    """Asked once per agent process (a warm agent answers many hellos)."""
+    return subprocess.run(["git", "--version"], stdout=subprocess.PIPE).stdout.decode().strip()
 
 
 def _vm_identity(offered):

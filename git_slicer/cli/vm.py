@@ -104,7 +104,7 @@ def _lifecycle(provider, name, verb):
 @click.option("--provider", help="Provider (default: the VM's).")
 @json_option
 def stop(name, provider, as_json):
-    """Stop a VM, keeping its disk (qemu provider)."""
+    """Stop a VM, keeping its disk (qemu), or end a local VM's warm agent."""
     vm = _lifecycle(provider, name, "stop")
     emit(as_json, vm.as_json(), "stopped VM %s" % vm.name)
 
@@ -114,7 +114,7 @@ def stop(name, provider, as_json):
 @click.option("--provider", help="Provider (default: the VM's).")
 @json_option
 def start(name, provider, as_json):
-    """Start a stopped VM again, with its disk (qemu provider)."""
+    """Start a stopped VM again, with its disk (qemu; local VMs start on demand)."""
     vm = _lifecycle(provider, name, "start")
     emit(as_json, vm.as_json(), "started VM %s (%s)" % (vm.name, vm.details.get("accel", "").upper() or vm.provider))
 

@@ -28,7 +28,8 @@ from ..config import vm_dir
 from ..errors import UsageError
 from ..links import now, write_atomic
 from ..transport import ProcessChannel
-from . import VM, AlwaysRunning, DirectoryVMs, new_vm_id
+from . import VM, DirectoryVMs, new_vm_id
+from .local_agent import WarmAgent, code_stamp, spawn_detached
 
 GUEST_HOME = "/home/agent"
 GUEST_LIB = "/opt/git-slicer"
@@ -40,7 +41,7 @@ EGRESS_SOCKET = "/run/git-slicer/egress.sock"
 NO_PROXY = "localhost,127.0.0.1,::1"
 
 
-class LocalProvider(AlwaysRunning, DirectoryVMs):
+class LocalProvider(DirectoryVMs):
     name = "local"
 
     def __init__(self, settings):
@@ -127,6 +128,7 @@ class LocalProvider(AlwaysRunning, DirectoryVMs):
 
     def remove(self, name: str) -> None:
         self.get(name)
+        self.stop_agent(name)
         directory = self._dir(name)
         # Rename first so a half-removed VM never looks like a live one.
         doomed = os.path.join(self.root, ".removing-%s-%d" % (name, os.getpid()))
@@ -152,12 +154,14 @@ class LocalProvider(AlwaysRunning, DirectoryVMs):
         return os.path.realpath(sys.executable)
 
     def _command(self, vm: VM, argv, cwd: str = "", interactive: bool = False, extra_env=None,
-                 egress: str = None):
+                 egress: str = None, info_fd: int = None):
         """(argv, env, host cwd) that run `argv` inside the VM with `cwd` (a guest path).
 
         The environment is built from nothing: no host variable enters the VM except TERM and
         those in `extra_env` (`exec --env NAME`). With `egress` (the proxy's socket), the
-        command runs behind the in-sandbox forwarder with the proxy variables set."""
+        command runs behind the in-sandbox forwarder with the proxy variables set. With
+        `info_fd` the sandbox outlives its parent (the warm agent) and bubblewrap writes the
+        sandbox's pid to that descriptor."""
         record = self._record(vm.name)
         home = os.path.join(self._dir(vm.name), "home")
         package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +190,8 @@ class LocalProvider(AlwaysRunning, DirectoryVMs):
             report.warn_once("local VMs run UNSANDBOXED: bubblewrap (bwrap) is not installed "
                              "(apt-get install bubblewrap)")
             return list(argv), env, cwd if os.path.isdir(cwd) else home
-        args = ["bwrap", "--die-with-parent", "--unshare-all", "--unshare-user",
+        lifetime = ["--info-fd", str(info_fd)] if info_fd is not None else ["--die-with-parent"]
+        args = ["bwrap", *lifetime, "--unshare-all", "--unshare-user",
                 "--uid", "1000", "--gid", "1000", "--cap-drop", "ALL",
                 "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for link in ("bin", "lib", "lib64", "sbin"):
@@ -213,13 +218,39 @@ class LocalProvider(AlwaysRunning, DirectoryVMs):
             args.append("--new-session")    # no TIOCSTI into the user's terminal
         return args + ["--"] + list(argv), env, None
 
-    def connect(self, vm: VM) -> ProcessChannel:
-        record = self._record(vm.name)
-        python = self._python(record.get("sandbox", "bwrap"))
-        argv, env, cwd = self._command(vm, [python, "-S", "-m", "git_slicer.agent", "--stdio"])
-        if cwd:
-            argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", cwd] + argv
-        return ProcessChannel(argv, env=env, description="the agent of VM %s" % vm.name)
+    def connect(self, vm: VM):
+        record = self._record(vm.name) or {}
+        sandbox = record.get("sandbox", "bwrap")
+        python = self._python(sandbox)
+        agent = [python, "-S", "-m", "git_slicer.agent"]
+        description = "the agent of VM %s" % vm.name
+        idle = self.settings.get("slicer.local.agentIdle")
+        if not idle:
+            argv, env, cwd = self._command(vm, agent + ["--stdio"])
+            if cwd:
+                argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", cwd] + argv
+            return ProcessChannel(argv, env=env, description=description)
+
+        def spawn(extra_argv, extra_env, pass_fds, log, info_fd):
+            argv, env, cwd = self._command(vm, agent + extra_argv, info_fd=info_fd)
+            env.update(extra_env)
+            return spawn_detached(argv, env, cwd, pass_fds, log)
+        warm = WarmAgent(self._dir(vm.name), description, idle, self.settings.get("slicer.handshakeTimeout"))
+        return warm.channel(code_stamp(python, sandbox, record.get("id", "")), spawn)
+
+    def stop_agent(self, name: str) -> bool:
+        """End the VM's warm agent, if one runs (`vm rm`, `vm stop`)."""
+        return WarmAgent(self._dir(name), "", 0, 0).stop()
+
+    def stop(self, name: str) -> VM:
+        """A local VM has nothing to power off: stopping ends its warm agent (the next command
+        starts another)."""
+        vm = self.get(name)
+        self.stop_agent(name)
+        return vm
+
+    def start(self, name: str) -> VM:
+        return self.get(name)
 
     passes_env = True      # exec(env=...) hands variables to one command, nothing else
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 
 from .errors import SlicerError, UsageError
@@ -32,7 +31,7 @@ now = utc_now
 
 def new_vm_id() -> str:
     """A VM's identity: links name it, so a VM that later takes the same name is not mistaken for it."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()        # 128 random bits (uuid4 would cost an import per command)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import agreed, locks, report
@@ -15,7 +14,7 @@ from .errors import SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore, host_excludes
 from .links import Link, LinkStore, repository_links
 from .journal import recover_interrupted
-from .scan import KnownPaths, host_overlay, ignored_files
+from .scan import InBackground, KnownPaths, host_overlay, ignored_files
 from .submodules import push_all
 from .session import open_session
 from .target import default_guest_path, launch_vm, provider_for, resolve, vm_named
@@ -116,8 +115,7 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
 
     ignore = SlicerIgnore(worktree.root)
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        scanning = pool.submit(_host_state, worktree, ignore, options.detached_branch)
+    with InBackground(_host_state, worktree, ignore, options.detached_branch) as scanning:
         with open_session(provider, vm, settings, link.vm_id) as session:
             link.vm_id = session.vm_id or link.vm_id
             result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)

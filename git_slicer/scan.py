@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from .errors import SlicerError
 from .ignore import SlicerIgnore
 from .wire import overlay as overlay_mod
 from .wire.paths import display
+
+
+class InBackground:
+    """`fn(*args)` on a thread while the caller talks to the VM (the host scan overlaps the
+    agent's); `result()` returns what it returned or raises what it raised. Leaving the block
+    waits for it, so no scan outlives the command. (Not concurrent.futures: its imports cost
+    more than a no-op push's whole host side.)"""
+
+    def __init__(self, fn, *args):
+        self._outcome = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._outcome = (True, fn(*args))
+        except BaseException as exc:            # handed to result() in the caller's thread
+            self._outcome = (False, exc)
+
+    def __enter__(self) -> "InBackground":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._thread.join()
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
 
 
 def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = False, where: dict = None) -> dict:

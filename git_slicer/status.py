@@ -11,7 +11,7 @@ from .agreed import pending_id, settle
 from .config import Settings
 from .ignore import SlicerIgnore
 from .objects import TreeReader
-from .scan import KnownPaths, host_overlay
+from .scan import InBackground, KnownPaths, host_overlay
 from .target import resolve
 from .wire import overlay as overlay_mod
 
@@ -21,19 +21,20 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     target = resolve(settings, vm_name, worktree=worktree, require_link=True)
     name, link = target.name, target.link
     ignore = SlicerIgnore(worktree.root)
-    head = worktree.rev("HEAD")
-    ours = host_overlay(worktree, ignore)
-    with target.session() as session:
-        theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link),
-                               known=KnownPaths(worktree, link.agreed_overlay))
+    where = {}          # HEAD and its branch, from the scan's own `git status`
+    with InBackground(host_overlay, worktree, ignore, False, where) as scanning:
+        with target.session() as session:
+            theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link),
+                                   known=KnownPaths(worktree, link.agreed_overlay))
+        ours = scanning.result()
+    head = where.get("head")
+    ahead, behind = _ahead_behind(worktree, base=link.agreed_commit, head=head)
     settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep) if theirs["exists"] else overlay_mod.empty()
     base = link.agreed_commit
     agreed = _Side(worktree, base, link.agreed_overlay, {})
     host_commits = overlay_mod.tree_changes(worktree.git, base, head) if head else {}
-    host = {"head": head, "branch": worktree.branch(),
-            "ahead": worktree.count(["%s..%s" % (base, head)]) if head else 0,
-            "behind": worktree.count(["%s..%s" % (head, base)]) if head else 0,
+    host = {"head": head, "branch": where.get("branch"), "ahead": ahead, "behind": behind,
             "dirty": _paths(ours),
             "changed_since_sync": agreed.changed(_Side(worktree, base, ours, host_commits), ignore.keep)}
     vm_head = theirs.get("head")
@@ -50,6 +51,14 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     return {"vm": name, "worktree": worktree.root, "branch": link.branch, "agreed_commit": base,
             "guest_path": link.guest_path, "host": host, "vm_side": guest, "in_sync": in_sync,
             "pushed_at": link.pushed_at, "pulled_at": link.pulled_at}
+
+
+def _ahead_behind(worktree, base: str, head: str):
+    """(commits on head not in base, commits in base not on head): one rev-list, none when equal."""
+    if not head or head == base:
+        return 0, 0
+    out = worktree.git(["rev-list", "--left-right", "--count", "%s...%s" % (head, base)], check=False).split()
+    return (int(out[0]), int(out[1])) if len(out) == 2 else (0, 0)
 
 
 class _Side:

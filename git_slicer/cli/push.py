@@ -23,7 +23,6 @@ def command(vm, path, launch, force, depth, include_ignored, provider, all_linke
             as_json):
     """Give VM a self-contained copy of the worktree at PATH: its branch, history, and every
     staged, unstaged and untracked change (minus .slicerignore)."""
-    from ..fanout import push_many
     from ..errors import UsageError
     from ..push import PushOptions, push
     if allow and not launch:
@@ -33,6 +32,7 @@ def command(vm, path, launch, force, depth, include_ignored, provider, all_linke
                           include_ignored=include_ignored, provider=provider, tags=parse_tags(tags),
                           hostgroup=hostgroup, allow=tuple(allow))
     if all_linked or count is not None:
+        from ..fanout import push_many          # threads for many VMs; a single push needs none
         outcome = push_many(worktree, options, all_linked=all_linked, count=count)
         lines = [describe(r) if r["ok"] else "VM %s: error: %s" % (r["vm"] or "(new)", r["error"])
                  for r in outcome["results"]]

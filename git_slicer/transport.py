@@ -21,6 +21,7 @@ import io
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import threading
 import zipfile
@@ -457,6 +458,29 @@ def vsock_connect(cid: int, port: int, timeout: float):
     if family is None:
         raise AgentFailed("AF_VSOCK is not available on this host (needs Linux with vhost-vsock)")
     return _connect(family, (cid, port), "vsock CID %d port %d" % (cid, port), timeout)
+
+
+def ssh_reuse_options(seconds: int) -> list:
+    """ssh options that keep one connection per host open for `seconds` after its last command
+    (ControlMaster), so the next command skips the handshake; [] when off. The sockets live in
+    /tmp/git-slicer-ssh-UID (a socket path must stay short: ssh adds 58 bytes to the directory),
+    used only when it is a real directory of ours with mode 0700."""
+    if not seconds:
+        return []
+    directory = os.path.join("/tmp", "git-slicer-ssh-%d" % os.getuid())
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return []
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return []
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        return []                   # made by someone else: never share a socket directory
+    return ["-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % directory, "-o", "ControlPersist=%d" % seconds]
 
 
 def ssh_argv(ssh_command, address: Address, remote: str, connect_timeout: float = None,

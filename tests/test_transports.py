@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import stat
 import socket
 import subprocess
 import sys
@@ -382,6 +383,35 @@ def test_ssh_push_pull_exec(repo, guest, sshd):
     repo.commit("host change")
     assert repo.slicer_json("push", "box")["up_to_date"] is False
     assert repo.vm_git("box", "log", "-1", "--format=%s").strip() == "host change"
+
+
+def test_ssh_commands_reuse_one_connection(repo, guest, sshd):
+    """One ssh connection per host stays open for slicer.sshPersist seconds (ControlMaster):
+    the commands after the first skip the handshake; 0 turns it off."""
+    from git_slicer.transport import ssh_reuse_options
+    repo.git("config", "slicer.sshCommand", sshd["ssh"])
+    register(repo, "box", "ssh:%s@127.0.0.1:%d" % (sshd["user"], sshd["port"]), guest)
+    options = ssh_reuse_options(60)
+    control = [o for o in options if o.startswith("ControlPath=")][0]
+    directory = os.path.dirname(control[len("ControlPath="):])
+    assert stat.S_IMODE(os.lstat(directory).st_mode) == 0o700
+    ssh = sshd["ssh"].split() + ["-o", control, "-p", str(sshd["port"]), "-l", sshd["user"]]
+
+    def master() -> bool:
+        return run(ssh + ["-O", "check", "127.0.0.1"], check=False).returncode == 0
+    run(ssh + ["-O", "exit", "127.0.0.1"], check=False)
+    repo.slicer("push", "box")
+    assert master(), "no ssh connection was kept for the next command"
+    assert repo.vm_sh("box", "echo reused") == "reused\n"
+    repo.write("src/lib.py", "VALUE = 3\n")
+    repo.commit("through the same connection")
+    assert repo.slicer_json("push", "box")["up_to_date"] is False
+    run(ssh + ["-O", "exit", "127.0.0.1"], check=False)
+    repo.git("config", "slicer.sshPersist", "0")
+    repo.write("src/lib.py", "VALUE = 4\n")
+    repo.commit("a fresh connection")
+    assert repo.slicer_json("push", "box")["up_to_date"] is False
+    assert not master()
 
 
 def test_ssh_provider_uses_host_names(repo, guest, sshd):

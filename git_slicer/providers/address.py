@@ -21,7 +21,7 @@ def transport_options(settings, vm_name: str) -> dict:
         ssh_command = shlex.split(settings.get("slicer.sshCommand") or "ssh")
     except ValueError as exc:
         raise UsageError("bad slicer.sshCommand: %s" % exc) from None
-    return {"ssh_command": ssh_command or ["ssh"],
+    return {"ssh_command": (ssh_command or ["ssh"]) + transport.ssh_reuse_options(settings.get("slicer.sshPersist")),
             "connect_timeout": settings.get("slicer.connectTimeout"),
             "handshake_timeout": settings.get("slicer.handshakeTimeout")}
 

@@ -7,11 +7,16 @@ state becomes the agreed one. When it never arrives (the host command, the agent
 killed), the next push, pull or status asks the VM about the pending id: if the VM completed
 that push, its record becomes the agreed state; if not, nothing of it is in the VM (the agent
 finishes or never starts an apply), and the agreed state stays as it was.
+
+A first push is recorded the same way: its link is saved, pending and with no agreed state yet,
+before the VM sees anything, so a first push killed after the VM applied it is settled like any
+other (never mistaken for a repository this worktree did not push).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from .wire import overlay as overlay_mod
 
@@ -20,14 +25,40 @@ def pending_id(link):
     return link.pending.get("id") if isinstance(link.pending, dict) else None
 
 
-def begin(store, link, commit: str, branch: str) -> str:
-    """Record a push about to be sent (saved before the VM sees anything); return its id.
-    A first push saves no link until it succeeds (a failed `push --launch` removes its VM)."""
+def pushed(link) -> bool:
+    """Whether a link has an agreed state, or a push that may have made one."""
+    return link is not None and bool(link.agreed_commit or pending_id(link))
+
+
+@dataclass
+class Attempt:
+    """How far one push got: its id once recorded in the link, and whether the VM may have it
+    (the request and all its streams went out: from then on the agent may apply it)."""
+    push_id: str = None
+    delivered: bool = False
+
+
+def begin(store, link, commit: str, branch: str, attempt: Attempt = None) -> str:
+    """Record a push about to be sent (saved before the VM sees anything, a first push too);
+    return its id."""
     push_id = os.urandom(12).hex()
     link.pending = {"id": push_id, "commit": commit, "branch": branch}
-    if link.agreed_commit:
-        store.save(link)
+    store.save(link)
+    if attempt is not None:
+        attempt.push_id = push_id
     return push_id
+
+
+def abandon(store, link, attempt: Attempt, created: bool) -> None:
+    """A push failed before the VM could have it: forget it, and the link too if this push
+    `created` it (nothing of the push is in the VM). A push the VM may have stays pending."""
+    if attempt.push_id is None or attempt.delivered or pending_id(link) != attempt.push_id:
+        return
+    link.pending = None
+    if created:
+        store.remove(link.vm)
+    else:
+        store.save(link)
 
 
 def confirm(link, vm_state: dict, keep) -> None:

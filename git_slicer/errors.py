@@ -20,6 +20,11 @@ class NotARepository(SlicerError):
     pass
 
 
+class NotLinked(UsageError):
+    """The worktree has no agreed state with the VM (never pushed, or its first push never
+    reached the VM)."""
+
+
 class VMNotFound(SlicerError):
     pass
 

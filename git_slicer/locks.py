@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from .errors import SlicerError
 
@@ -50,6 +50,20 @@ def hold(worktree, vm: str, exclusive_worktree: bool = False, wait: float = None
     finally:
         for fd in reversed(fds):
             os.close(fd)
+
+
+@contextmanager
+def attempt(worktree, vm: str):
+    """hold() without waiting: yields True holding both locks, or False holding none (another
+    operation has one)."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(hold(worktree, vm, wait=0))
+        held = True
+    except SlicerError:
+        held = False
+    with stack:
+        yield held
 
 
 def pid_alive(pid: int) -> bool:

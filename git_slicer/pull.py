@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import agreed, locks, report
 from .config import Settings
-from .errors import AgentFailed, SlicerError, UnsafeInput, UsageError, WouldLoseWork
+from .errors import AgentFailed, NotLinked, SlicerError, UnsafeInput, WouldLoseWork
 from .ignore import SlicerIgnore
 from .ignore_guard import check_ignore_changes
 from .links import LinkStore
@@ -58,7 +58,7 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
     store = LinkStore.of(worktree)
     options.vm = vm_named(worktree, options.vm)
     if store.get(options.vm) is None:
-        raise UsageError("this worktree is not linked to VM %s" % options.vm,
+        raise NotLinked("this worktree is not linked to VM %s" % options.vm,
                          hint="push to it first: git slicer push %s" % options.vm)
     with locks.hold(worktree, options.vm, exclusive_worktree=True):
         result = _pull_locked(worktree, options, settings, store)
@@ -68,9 +68,9 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
 
 def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> dict:
     link = store.get(options.vm)
-    if link is None or not link.agreed_commit:
-        raise UsageError("this worktree is not linked to VM %s" % options.vm,
-                         hint="push to it first: git slicer push %s" % options.vm)
+    if not agreed.pushed(link):
+        raise NotLinked("this worktree is not linked to VM %s" % options.vm,
+                        hint="push to it first: git slicer push %s" % options.vm)
     branch = worktree.branch() or ("HEAD" if options.detached_ok else None)
     if branch is None:
         raise SlicerError("HEAD is detached; check out %s to pull into it" % link.branch)
@@ -127,6 +127,9 @@ class Puller:
     def _run(self) -> dict:
         vm_state = self.inbound.state(applied=agreed.pending_id(self.link), max_entries=self.file_limits.max_entries)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
+        if not self.link.agreed_commit:          # a first push that never reached the VM
+            raise NotLinked("VM %s has no state agreed with this worktree yet: its first push did not complete"
+                            % self.link.vm, hint="push to it first: git slicer push %s" % self.link.vm)
         branches = self.inbound.branches(vm_state)
         vm_tip = branches.get(self.link.branch)
         if vm_tip is None:

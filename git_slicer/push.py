@@ -91,8 +91,14 @@ def _launch_and_push(worktree, settings, store, branch, options) -> dict:
             recover_interrupted(worktree)
             return _push_locked(worktree, settings, store, provider, vm, None, branch, options, True)
     except BaseException:
-        if store.get(vm.name) is None:           # not linked: nobody would ever find this VM again
+        # The link is saved (pending) before the VM sees anything, and removed again while the
+        # push cannot have reached it: a linked VM may hold the push, so it stays, to be settled
+        # by the next push; an unlinked one holds nothing and nobody would find it again.
+        if store.get(vm.name) is None:
             _discard(provider, vm)
+        else:
+            report.warn("kept new VM %s: it may hold this push; `git slicer push %s` completes it, "
+                        "`git slicer vm rm %s` removes it" % (vm.name, vm.name, vm.name))
         raise
 
 
@@ -105,7 +111,8 @@ def _discard(provider, vm) -> None:
 
 
 def _push_locked(worktree, settings, store, provider, vm, link, branch, options, launched) -> dict:
-    if link is None:
+    created = link is None
+    if created:
         link = Link(vm=vm.name, provider=provider.name, address=vm.address,
                     guest_path=default_guest_path(settings, worktree, vm.name), branch=branch,
                     launched=launched)
@@ -114,11 +121,17 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
         include_ignored = settings.get("slicer.includeIgnored")
 
     ignore = SlicerIgnore(worktree.root)
+    attempt = agreed.Attempt()
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
-    with InBackground(_host_state, worktree, ignore, options.detached_branch) as scanning:
-        with open_session(provider, vm, settings, link.vm_id) as session:
-            link.vm_id = session.vm_id or link.vm_id
-            result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)
+    try:
+        with InBackground(_host_state, worktree, ignore, options.detached_branch) as scanning:
+            with open_session(provider, vm, settings, None if created else link.vm_id) as session:
+                link.vm_id = session.vm_id or link.vm_id
+                result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning,
+                               attempt)
+    except BaseException:
+        agreed.abandon(store, link, attempt, created)
+        raise
     head, branch = result.pop("head"), result.pop("branch")
     crash_point("push:before-link")
     link.branch = branch
@@ -141,7 +154,7 @@ def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None):
 
 
 def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
-          ignore: SlicerIgnore, scanning):
+          ignore: SlicerIgnore, scanning, attempt: agreed.Attempt):
     vm_state = session.state(link.guest_path, applied=agreed.pending_id(link),
                              known=KnownPaths(worktree, link.agreed_overlay))
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
@@ -177,8 +190,9 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
     if first and options.depth:
         within, shallow = _shallow_history(worktree, head, options.depth)
 
-    push_id = agreed.begin(store, link, head, branch)     # saved before the VM sees anything
+    push_id = agreed.begin(store, link, head, branch, attempt)     # saved before the VM sees anything
     tar = bool(send or extra)
+    attempt.delivered = not (need_pack or tar)         # with no stream, the request is the whole push
     session.push(link.guest_path, push_id=push_id, branch=branch, commit=head, object_format=worktree.algo,
                  overlay=ours, reuse=reuse, extra=extra, pack=need_pack, tar=tar, shallow=shallow,
                  expect={"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,
@@ -186,14 +200,19 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
                  excludes=host_excludes(worktree))  # "ready", or a refusal
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
     try:
+        # From the start of the last stream on, the VM may end up with the push (whatever
+        # breaks then, it may have got every byte), unless we abandon the stream ourselves.
         if need_pack:
+            attempt.delivered = not tar
             sent["pack_bytes"] = _send_pack(worktree, session, head, haves, index_blobs, within)
             crash_point("push:pack-sent")
         if tar:
+            attempt.delivered = True
             before = session.conn.bytes_out
             session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra))
             sent["file_bytes"] = session.conn.bytes_out - before
     except StreamAborted as exc:
+        attempt.delivered = False       # the agent drops an abandoned stream: nothing of it applies
         session.reply()  # the agent reports the abort; surface our own reason instead
         raise SlicerError(str(exc)) from None
     except (BrokenPipeError, ConnectionError, ProtocolError):

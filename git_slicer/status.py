@@ -7,9 +7,12 @@ change, whichever side committed since.
 
 from __future__ import annotations
 
+from . import locks
 from .agreed import pending_id, settle
 from .config import Settings
+from .errors import NotLinked
 from .ignore import SlicerIgnore
+from .links import LinkStore
 from .objects import TreeReader
 from .scan import InBackground, KnownPaths, host_overlay
 from .target import resolve
@@ -19,17 +22,42 @@ from .wire import overlay as overlay_mod
 def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
     settings = settings or Settings(worktree.root)
     target = resolve(settings, vm_name, worktree=worktree, require_link=True)
+    if pending_id(target.link) is None:
+        return _status(worktree, target, None)
+    # A push the link lost track of (killed before its reply). Settled and saved as push and pull
+    # settle it: under the link's lock, so the VM's answer is final (no push of that id can
+    # still be on its way). With the lock taken by a running push or pull, only this report
+    # settles it. Status writes nothing but the link (never the worktree, index or refs).
+    with locks.attempt(worktree, target.name) as held:
+        store = None
+        if held:
+            store = LinkStore.of(worktree)
+            target.link = store.get(target.name)     # as saved now: a push may just have finished
+            if target.link is None:
+                raise NotLinked("this worktree is not linked to VM %s" % target.name,
+                                hint="git slicer push %s" % target.name)
+        return _status(worktree, target, store)
+
+
+def _status(worktree, target, store) -> dict:
     name, link = target.name, target.link
     ignore = SlicerIgnore(worktree.root)
     where = {}          # HEAD and its branch, from the scan's own `git status`
+    asked = link.agreed_commit
     with InBackground(host_overlay, worktree, ignore, False, where) as scanning:
         with target.session() as session:
-            theirs = session.state(link.guest_path, base=link.agreed_commit, applied=pending_id(link),
+            theirs = session.state(link.guest_path, base=asked, applied=pending_id(link),
                                    known=KnownPaths(worktree, link.agreed_overlay))
         ours = scanning.result()
+    settle(store, link, theirs, ignore.keep)     # an interrupted push the VM completed
+    if link.agreed_commit != asked:              # the VM measured itself against the old base
+        for key in ("ahead", "behind", "since_base"):
+            theirs.pop(key, None)
+    if not link.agreed_commit:
+        raise NotLinked("VM %s has no state agreed with this worktree yet: its first push did not complete"
+                        % name, hint="git slicer push %s" % name)
     head = where.get("head")
     ahead, behind = _ahead_behind(worktree, base=link.agreed_commit, head=head)
-    settle(None, link, theirs, ignore.keep)     # an interrupted push the VM completed (not saved here)
     vm_view = overlay_mod.filtered(theirs["overlay"], ignore.keep) if theirs["exists"] else overlay_mod.empty()
     base = link.agreed_commit
     agreed = _Side(worktree, base, link.agreed_overlay, {})

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .agreed import pushed
 from .config import Settings
 from .egress.vms import launch as launch_with_allowlist
-from .errors import UsageError, VMNotFound
+from .errors import NotLinked, UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
 from .providers import VM
 from .providers.registry import get_provider
@@ -53,12 +54,12 @@ class Target:
 def resolve(settings: Settings, vm_name: str = None, *, worktree=None, provider: str = None,
             require_link: bool = False, guest_path: str = None, find: bool = True) -> Target:
     """The VM a command means. `vm_name` may be None when `worktree` has exactly one link.
-    `require_link`: the worktree must have pushed to the VM. `find`: look the VM up now (an
-    unknown VM is an error here)."""
+    `require_link`: the worktree must have pushed to the VM (a first push still in doubt
+    counts). `find`: look the VM up now (an unknown VM is an error here)."""
     name = vm_named(worktree, vm_name)
     link = LinkStore.of(worktree).get(name) if worktree is not None else None
-    if require_link and (link is None or not link.agreed_commit):
-        raise UsageError("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
+    if require_link and not pushed(link):
+        raise NotLinked("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
     owner = provider_for(settings, name, link, provider)
     path = guest_path or (link.guest_path if link else None) or \
         (default_guest_path(settings, worktree, name) if worktree is not None else "")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import SlicerError, StaleLink, WouldLoseWork
+from .agreed import pushed
+from .errors import NotLinked, SlicerError, StaleLink, WouldLoseWork
 from .links import LinkStore, repository_links
 from .repo import Worktree
 from .status import status
@@ -41,10 +42,12 @@ def links_to(vm, worktrees) -> list:
 def unpulled_work(worktree, link):
     """None if the VM holds nothing this link has not pulled; otherwise a short description
     (also when the VM's state cannot be read: work that cannot be seen may be there)."""
-    if not link.agreed_commit:
+    if not pushed(link):
         return None
     try:
         report = status(worktree, link.vm)
+    except NotLinked:
+        return None             # a first push that never reached the VM: nothing of ours there
     except StaleLink:
         return None             # the VM is gone, or its name is another VM's now: nothing of ours there
     except SlicerError as exc:

@@ -125,6 +125,104 @@ def test_push_killed_at_every_phase(launched, phase):
     assert (repo.path / "src" / "lib.py").read_text() == "VALUE = 2\n"
 
 
+def crash_the_agent_of_a_vm_to_launch(repo, tmp_path, phase):
+    """The next launched VM's agent dies at `phase`. `install` needs the VM's disk, which a VM
+    to be launched does not have yet: an unsandboxed local VM runs its agent through this host
+    wrapper instead (the real agent, with GIT_SLICER_TEST_CRASH_AT set)."""
+    import sys
+    wrapper = tmp_path / "crashing-python"
+    wrapper.write_text("#!/bin/sh\nexport GIT_SLICER_TEST_CRASH_AT='%s'\nexec '%s' \"$@\"\n"
+                       % (phase, os.path.realpath(sys.executable)))
+    wrapper.chmod(0o755)
+    repo.git("config", "slicer.local.sandbox", "none")
+    repo.git("config", "slicer.local.python", str(wrapper))
+
+
+def names(rows, key):
+    return sorted(r[key] for r in rows if r[key])
+
+
+@pytest.mark.parametrize("how", ["launch", "new-vm"])
+@pytest.mark.parametrize("phase", PUSH_HOST + PUSH_AGENT)
+def test_first_push_killed_at_every_phase(repo, tmp_path, how, phase):
+    """A FIRST push (`push --launch`, or `push VM` to a freshly launched VM) killed at every
+    phase, the host command or the agent. Its link was saved, pending, before the VM saw
+    anything: the next plain `push` completes without --force, a pull writes nothing on the host,
+    and the VM's status equals the host's. A `push --launch` that fails keeps its VM and link
+    once the VM may hold the push; only a push that cannot have reached it removes both."""
+    repo.write("src/app.py", "print('wip')\n")         # dirty and untracked files travel too
+    repo.write("notes.txt", "untracked\n")
+    args = ("push", "--launch")
+    if how == "new-vm":
+        args = ("push", repo.slicer_json("vm", "launch")["name"])
+    before = repo.fingerprint(skip=(".git/",))
+    if phase.startswith("agent:"):
+        if how == "launch":
+            crash_the_agent_of_a_vm_to_launch(repo, tmp_path, phase)
+        else:
+            install(repo, args[1], None, env={"GIT_SLICER_TEST_CRASH_AT": phase})
+        proc = repo.slicer(*args, check=False)
+        uninstall(repo)
+    else:
+        proc = repo.slicer(*args, check=False, env=crash_env(phase))
+    assert proc.returncode != 0, "the push did not reach phase %s" % phase
+    assert b"Traceback" not in proc.stderr
+    assert locks(repo) == []
+    assert repo.fingerprint(skip=(".git/",)) == before
+    links, vms = names(repo.slicer_json("list"), "vm"), names(repo.slicer_json("vm", "list"), "name")
+    if not links:
+        # Only an agent that died before it had the whole push may leave no link (the host then
+        # knows nothing of it reached the VM): a launched VM is removed again, nothing is left.
+        assert phase == "agent:push-received", "killed at %s: the first push left no link" % phase
+        if how == "launch":
+            assert vms == [] and b"removed new VM" in proc.stderr
+            return
+        repo.slicer(*args)
+        links = names(repo.slicer_json("list"), "vm")
+    assert links == vms and len(vms) == 1
+    vm = vms[0]
+    repo.write("src/lib.py", "VALUE = 2\n")              # the host moves on before the next command
+    view = host_view(repo)
+    proc = repo.slicer("pull", check=False)             # nothing to bring, or: the push never got there
+    assert proc.returncode == 0 or b"its first push did not complete" in proc.stderr, proc.stderr
+    assert host_view(repo) == view, "a pull after the interrupted first push changed the host"
+    repo.slicer("push")                                 # plain: no VM named, no --force
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status()
+    repo.slicer("pull")
+    assert host_view(repo) == view
+    assert vm_leftovers(repo, vm) == []
+
+
+def test_status_saves_the_settlement_of_a_lost_push_under_the_links_lock(launched):
+    """A push killed after the VM applied it (its reply lost) is settled by `status` too, and
+    saved in the link when status can take the link's lock; while a push or pull holds that lock
+    it only reports. Status writes nothing but the link: never the worktree, index or refs."""
+    import fcntl
+    import json
+    repo, vm = launched
+    repo.write("README.md", "changed\n")
+    repo.git("commit", "-qm", "host", "README.md")
+    repo.write("notes.txt", "untracked\n")
+    assert repo.slicer("push", vm, check=False, env=crash_env("push:before-link")).returncode == 99
+    link_file = repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)
+    pending = json.loads(link_file.read_text())["pending"]
+    assert pending and pending["commit"] == repo.git("rev-parse", "HEAD").strip()
+    refs, view = repo.git("for-each-ref"), host_view(repo)
+    with open(repo.path / ".git" / "slicer" / "vms" / ("%s.flock" % vm), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)              # as a running push or pull holds it
+        busy = repo.slicer_json("status", vm)
+    assert busy["in_sync"] and busy["agreed_commit"] == pending["commit"]
+    assert json.loads(link_file.read_text())["pending"] == pending
+    assert repo.slicer_json("status", vm) == busy
+    saved = json.loads(link_file.read_text())
+    assert saved["pending"] is None and saved["agreed_commit"] == pending["commit"]
+    assert "notes.txt" in saved["agreed_overlay"]["files"]
+    assert repo.git("for-each-ref") == refs and host_view(repo) == view
+    repo.slicer("push", vm)                           # and the link is a good base for the next push
+    assert repo.vm_status(vm) == repo.status()
+
+
 def test_pull_after_a_push_killed_while_applying_keeps_host_edits(launched):
     """The issue's reproduction: the agent dies between checking out the commit and putting the
     VM's kept files back; the refusal's hint was `pull`, which deleted the host's edit."""

@@ -51,20 +51,34 @@ def stale(name: str, why: str) -> StaleLink:
                           "it), then `git slicer push %s` starts over" % (name, name))
 
 
-def check_identity(vm, link_id: str) -> None:
-    """The provider's record of `vm` must carry the id the link remembers (when both have one)."""
+def unproven(name: str, why: str) -> StaleLink:
+    """A link saved before VMs had ids, to a VM that has one: it may be another VM of that name."""
+    return StaleLink("this worktree's link to VM %s was made before VMs had ids, and %s: it may be another "
+                     "VM of that name; nothing was sent" % (name, why),
+                     hint="if it is yours: `git slicer unlink %s`, `git fetch slicer::%s` keeps its commits, "
+                          "then `git slicer push --force %s`" % (name, name, name))
+
+
+def check_identity(vm, link_id) -> None:
+    """The provider's record of `vm` must carry the id the link remembers (when both have one).
+    `link_id` "" is a link saved before VMs had ids: a VM whose record has one was made later."""
     if link_id and vm.id and vm.id != link_id:
         raise stale(vm.name, "the VM now called %s (%s) is not the one it was linked to" % (vm.name, vm.provider))
+    if link_id == "" and vm.id:
+        raise unproven(vm.name, "VM %s (%s) was made with one since" % (vm.name, vm.provider))
 
 
-def open_session(provider, vm, settings, link_id: str = "", deadline: int = None) -> "AgentSession":
+def open_session(provider, vm, settings, link_id: str = None, deadline: int = None,
+                 adopt: bool = True) -> "AgentSession":
     """One long-lived connection for the operation, with every limit applied; a failed handshake
     becomes one line that says why (refused, no agent, wrong version, auth failed, timeout, no
     python3/git). `deadline` shortens slicer.limit.seconds for this session.
 
-    `link_id` is the VM id the caller's link remembers ("" for a new link): the record and the
-    agent (which keeps the id in the VM) must both answer with it. `session.vm_id` is the id the
-    VM confirmed, for the link to keep."""
+    `link_id` is the VM id the caller's saved link remembers (None: no link yet; "": a link
+    saved before VMs had ids): the record and the agent (which keeps the id in the VM) must both
+    answer with it. A link without an id takes one only from a VM that had none either (and
+    only with `adopt`): the VM keeps the id offered now. `session.vm_id` is the id the VM
+    confirmed, for the link to keep."""
     check_identity(vm, link_id)
     started = time.monotonic()
     limits = SessionLimits.from_settings(settings)
@@ -74,7 +88,7 @@ def open_session(provider, vm, settings, link_id: str = "", deadline: int = None
     session = AgentSession(channel, vm.name, limits)
     # The VM may take an id it lacks only when the provider's record vouches for it, or when no
     # link expects one yet: a replaced VM must not adopt the old VM's identity.
-    offer = vm.id or ("" if link_id else new_vm_id())
+    offer = vm.id or (new_vm_id() if not link_id and adopt else "")
     try:
         info = session.hello(vm_id=offer)
     except SlicerError as exc:
@@ -89,6 +103,9 @@ def open_session(provider, vm, settings, link_id: str = "", deadline: int = None
         session.close(polite=False)
         raise stale(vm.name, "the VM answering as %s is not the one it was linked to (it reports %s)"
                     % (vm.name, "no identity" if not answered else "another identity"))
+    if link_id == "" and answered and answered != offer:
+        session.close(polite=False)
+        raise unproven(vm.name, "the VM answering as %s has one of its own" % vm.name)
     session.vm_id = answered if isinstance(answered, str) else ""
     channel.handshake_done()
     session.start_deadline()
@@ -134,6 +151,10 @@ class AgentSession:
         if isinstance(exc, RemoteError):
             if exc.code == "vm-changed":
                 return WouldLoseWork("VM %s: %s" % (self.vm, exc))
+            if exc.code == "push-stuck":      # every request stops on it until the VM is fixed
+                return AgentFailed("VM %s: %s" % (self.vm, exc),
+                                   hint="make room in the VM (`git slicer shell %s`), then run the command "
+                                        "again" % self.vm)
             return AgentFailed("VM %s: %s" % (self.vm, exc))
         message = "lost the agent in VM %s: %s" % (self.vm, exc)
         if tail:

@@ -42,7 +42,16 @@ class Target:
         """A session with the VM's agent, every limit applied, the VM's identity checked against
         the link's."""
         return open_session(self.provider, self.find(), self.settings,
-                            self.link.vm_id if self.link else "", deadline)
+                            self.link.vm_id if self.link else None, deadline)
+
+    def check_reached(self) -> None:
+        """exec and shell reach the VM without its agent. The provider's record was checked
+        (find); a VM it keeps no id for (one reached by address) is asked, as push asks it,
+        whether it is the VM the link means (it takes no id here: only a push records one)."""
+        vm = self.find()
+        if self.link is not None and not vm.id:
+            with open_session(self.provider, vm, self.settings, self.link.vm_id, adopt=False):
+                pass
 
     def exec_dir(self, cwd: str = "") -> str:
         """Where `exec`/`shell` run: the linked repository (when its path is known absolutely),

@@ -135,6 +135,29 @@ def test_a_vm_that_answers_with_another_identity_is_refused(launched):
     assert repo.vm_status(vm) == repo.status()
 
 
+def test_a_link_from_before_vm_ids_never_adopts_a_vm_that_has_one(launched):
+    """A link saved before VMs had ids, to a VM whose record has one: that VM was made after the
+    link, so every command refuses it (one line and a way out) instead of adopting its id."""
+    import json
+    from hostile_agent import vm_home
+    repo, vm = launched
+    link_file = repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)
+    link = json.loads(link_file.read_text())
+    link["vm_id"] = ""
+    link_file.write_text(json.dumps(link))
+    before = link_file.read_bytes()
+    repo.write("plan.txt", "for my VM only\n")
+    for args in (("push",), ("pull",), ("status",), ("exec", "--", "touch", "ran"), ("shell",)):
+        proc = repo.slicer(*args, check=False)
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 1, args
+        assert "was made before VMs had ids" in lines[0] and "nothing was sent" in lines[0], lines
+        assert lines[1].startswith("hint: if it is yours: `git slicer unlink %s`" % vm), lines
+    assert link_file.read_bytes() == before
+    assert not (vm_home(vm) / repo.path.name / "plan.txt").exists()
+    assert not (vm_home(vm) / repo.path.name / "ran").exists()
+
+
 def test_launch_never_replaces_a_link_and_names_are_shared_across_providers(launched, hermetic_seal):
     repo, vm = launched
     link_file = repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)

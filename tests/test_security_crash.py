@@ -223,6 +223,114 @@ def test_status_saves_the_settlement_of_a_lost_push_under_the_links_lock(launche
     assert repo.vm_status(vm) == repo.status()
 
 
+def test_a_push_that_cannot_be_finished_stops_every_request_with_one_line_and_exec_still_runs(launched):
+    """Recovery only rolls forward: a push journaled in the VM whose steps keep failing (here a
+    directory it must write is read-only, as a full disk would refuse) stops every request. Each
+    says why in one line and how out; the agent's exec (the way in) still runs; once the VM has
+    what the push needs, the next command finishes it."""
+    import io
+    from git_slicer.config import Settings
+    from git_slicer.providers.registry import get_provider
+    from git_slicer.session import open_session
+    repo, vm = launched
+    repo.write("src/lib.py", "VALUE = 2\n")
+    repo.git("commit", "-qm", "host", "src/lib.py")
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-journaled"})
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    repo.vm_sh(vm, "chmod a-w src")
+    for args in (("status", vm), ("pull", vm), ("push", vm)):
+        proc = repo.slicer(*args, check=False)
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 1, args
+        assert lines[0].startswith("error: VM %s: a push into " % vm) and "could not be finished" in lines[0], lines
+        assert "Permission denied" in lines[0], lines
+        assert lines[1:] == ["hint: make room in the VM (`git slicer shell %s`), then run the command again" % vm]
+    settings = Settings(str(repo.path))
+    provider = get_provider("local", settings)
+    out, err = io.BytesIO(), io.BytesIO()
+    with open_session(provider, provider.get(vm), settings) as session:
+        assert session.exec(["sh", "-c", "chmod u+w src && echo fixed"], repo.path.name, out, err) == 0
+    assert out.getvalue() == b"fixed\n" and b"could not be finished" in err.getvalue()
+    repo.slicer("push", vm)
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status()
+    assert vm_leftovers(repo, vm) == []
+
+
+def target_of(text: str) -> str:
+    """The last path a traced call names (rename's and link's new name, open's file)."""
+    import re
+    names = re.findall(r'"((?:[^"\\]|\\.)*)"', text)
+    return names[-1] if names else ""
+
+
+def parse_trace(text: str) -> list:
+    """strace -f lines as (call, text), in order; unfinished/resumed halves joined."""
+    import re
+    events, pending = [], {}
+    for line in text.splitlines():
+        match = re.match(r"^(\d+)\s+(.*)$", line)
+        if not match:
+            continue
+        pid, rest = match.groups()
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = rest[:-len("<unfinished ...>")]
+            continue
+        resumed = re.match(r"^<\.\.\. (\w+) resumed>(.*)$", rest)
+        if resumed:
+            rest = pending.pop(pid, resumed.group(1) + "(") + resumed.group(2)
+        call = re.match(r"^(\w+)\(", rest)
+        if call:
+            events.append((call.group(1), rest))
+    return events
+
+
+def test_a_push_is_on_disk_before_its_journal_names_it_and_before_it_is_recorded(launched):
+    """Traced with strace in the sandbox: the files a push received are flushed to disk (one
+    syncfs) before the journal that names them is written, and everything the apply wrote (git's
+    checkouts, the placed files, the index) before the journal says "applied", so a VM that
+    loses power never finishes a push from damaged files nor records a state its disk lacks."""
+    import shutil
+    from hostile_agent import vm_home
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (scripts/install-system-deps.sh)")
+    repo, vm = launched
+    repo.write("src/lib.py", "VALUE = 3\n")
+    repo.git("commit", "-qm", "host", "src/lib.py")     # git checks this one out
+    for i in range(20):
+        repo.write("many/f%02d.txt" % i, "untracked %d\n" % i)   # these arrive as files
+    directory = vm_home(vm) / ".hostile"
+    directory.mkdir(exist_ok=True)
+    run = directory / "run"
+    run.write_text("#!/bin/sh\nexec strace -f -qq -e trace=syncfs,sync,openat,rename,renameat,renameat2,linkat "
+                   "-o /home/agent/.hostile/trace /usr/bin/python3 \"$@\"\n")
+    run.chmod(0o755)
+    repo.git("config", "slicer.local.python", "/home/agent/.hostile/run")
+    proc = repo.slicer("push", vm, check=False)
+    uninstall(repo)
+    if proc.returncode != 0 and b"ptrace" in proc.stderr:
+        pytest.skip("strace cannot trace inside the sandbox here")
+    assert proc.returncode == 0, proc.stderr
+    events = parse_trace((directory / "trace").read_text())
+    journal = [i for i, (call, text) in enumerate(events)
+               if call.startswith("rename") and target_of(text).endswith("slicer-push/journal.json")]
+    syncs = [i for i, (call, _) in enumerate(events) if call in ("syncfs", "sync")]
+    assert len(journal) == 2, "a journal written, then marked applied"
+    received = [i for i, (call, text) in enumerate(events)
+                if call == "openat" and "slicer-push/files/" in text and "O_CREAT" in text]
+    assert received and max(received) < journal[0]
+    assert any(max(received) < s < journal[0] for s in syncs), "the journal names files not on disk"
+    applied = [i for i, (call, text) in enumerate(events) if journal[0] < i < journal[1] and (
+        call == "linkat" and target_of(text).startswith("/home/agent/project/many/")
+        or call == "openat" and "O_CREAT" in text and target_of(text) == "src/lib.py"
+        or call.startswith("rename") and target_of(text).endswith("/.git/index"))]
+    kinds = {events[i][0] for i in applied}
+    assert "linkat" in kinds and "openat" in kinds and any(k.startswith("rename") for k in kinds), kinds
+    assert any(max(applied) < s < journal[1] for s in syncs), "marked applied before its files were on disk"
+    assert repo.vm_status(vm) == repo.status()
+
+
 def test_pull_after_a_push_killed_while_applying_keeps_host_edits(launched):
     """The issue's reproduction: the agent dies between checking out the commit and putting the
     VM's kept files back; the refusal's hint was `pull`, which deleted the host's edit."""

@@ -267,6 +267,40 @@ def test_exec_transport_ships_the_agent(repo, guest):
         channel.close()
 
 
+def test_an_address_vms_id_is_checked_by_exec_and_shell_and_adopted_only_when_neither_side_has_one(repo, guest):
+    """A VM reached by address has no provider record: the id kept in the VM is all there is.
+    exec and shell (which reach it without the agent) ask the agent first, as push does; a link
+    saved before VMs had ids adopts one only from a VM that has none either."""
+    import json
+    register(repo, "box", exec_address(guest), guest)
+    repo.slicer("push", "box")
+    link_file = repo.path / ".git" / "slicer" / "links" / "box.json"
+    id_file = guest / ".git-slicer" / "vm-id"
+    first = id_file.read_text().strip()
+    assert json.loads(link_file.read_text())["vm_id"] == first
+    repo.slicer("exec", "box", "--", "true")
+    id_file.write_text("another0vm\n")                   # another machine answers at that address now
+    for args in (("exec", "box", "--", "touch", "ran"), ("shell", "box")):
+        proc = repo.slicer(*args, check=False)
+        assert proc.returncode == 1 and "link to VM box is stale" in error_line(proc), args
+    assert not (guest / "project" / "ran").exists()
+    id_file.write_text(first + "\n")
+    link = json.loads(link_file.read_text())
+    link["vm_id"] = ""                                   # a link saved before VMs had ids
+    link_file.write_text(json.dumps(link))
+    for args in (("push", "box"), ("exec", "box", "--", "touch", "ran")):
+        proc = repo.slicer(*args, check=False)             # the VM has an id of its own: not adopted
+        assert proc.returncode == 1 and "was made before VMs had ids" in error_line(proc), args
+    assert not (guest / "project" / "ran").exists()
+    id_file.unlink()                                     # neither side has one
+    repo.slicer("exec", "box", "--", "true")
+    assert not id_file.exists(), "exec gave the VM an id the link does not record"
+    repo.write("notes.txt", "more\n")
+    repo.slicer("push", "box")                           # the push does, and the link records it
+    adopted = json.loads(link_file.read_text())["vm_id"]
+    assert adopted and id_file.read_text().strip() == adopted
+
+
 @pytest.mark.parametrize("missing", ["python3", "git"])
 def test_agentless_guest_without_python_or_git(repo, guest, tmp_path, missing):
     bindir = tmp_path / "guest-bin"

@@ -271,8 +271,14 @@ class Agent:
                                                   and "=" not in k and "\0" not in k + v for k, v in extra.items()):
             raise AgentError("bad-request", "exec env must map variable names to strings")
         enclosing = _enclosing_repo(cwd)
+        stuck = None
         if enclosing is not None and transaction.interrupted(enclosing):
-            self._recover(enclosing)        # (no lock file is made in repositories that are not ours)
+            try:
+                self._recover(enclosing)    # (no lock file is made in repositories that are not ours)
+            except AgentError as exc:
+                if exc.code != "push-stuck":
+                    raise
+                stuck = exc                 # exec is the way in to fix what blocks it: run anyway
         try:
             proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=dict(os.environ, **extra) if extra else None)
@@ -280,6 +286,8 @@ class Agent:
             raise AgentError("not-found", "command not found in the VM: %s" % argv[0]) from None
         except PermissionError:
             raise AgentError("not-found", "permission denied in the VM: %s" % argv[0]) from None
+        if stuck is not None:
+            self.conn.write_frame(b"D", b"\x02git-slicer: %s\n" % str(stuck).encode("utf-8", "replace"))
         with selectors.DefaultSelector() as selector:
             selector.register(proc.stdout, selectors.EVENT_READ, b"\x01")
             selector.register(proc.stderr, selectors.EVENT_READ, b"\x02")

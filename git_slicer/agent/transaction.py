@@ -13,8 +13,12 @@ whole VM) ends exactly as an uninterrupted one would: the host never reads a hal
     3. the overlay's index entries, then its worktree files (removals first)
     4. refresh the private index; .git/shallow; the branch ref; HEAD
     5. install the private index as .git/index (through index.lock, as git does)
-    -- journal phase "applied" --
+    -- everything the steps wrote is flushed to disk; journal phase "applied" --
     6. drop the sources, scan the result, write .git/slicer-applied.json, drop the journal
+
+The sources are flushed to disk before the journal that names them is written, and the new
+state before the journal says "applied" (one syncfs(2) each, see _sync): a VM that loses power
+finishes the push from whole files and never records as applied a state its disk does not hold.
 
 Nothing but this module's steps write below `.git/slicer-push/`, and every lock file it can
 leave behind is recognisably its own (a hard link of its private index, or a ref lock holding
@@ -193,6 +197,7 @@ def prepare(repo, *, push_id, branch, commit, old_overlay, new_overlay, members,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
                "shallow": shallow}
+    _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal
 
@@ -225,10 +230,38 @@ def _touched_by_checkout(repo, commit: str, paths) -> set:
 
 # -- the steps ----------------------------------------------------------------------------------
 def finish(repo, journal: dict) -> dict:
-    """Run the journal's steps (again) to the end; return the VM's state after them."""
+    """Run the journal's steps (again) to the end; return the VM's state after them.
+
+    Recovery only rolls forward, so a step that keeps failing (a full disk) stops every request
+    until what it needs is there: the error says why in one line (code "push-stuck"), and the
+    host adds the way in (`git slicer shell`; exec still runs, see server.op_exec)."""
+    try:
+        return _finish(repo, journal)
+    except AgentError as exc:
+        if exc.code == "index-locked":          # the VM's own git at work: it passes by itself
+            raise
+        raise _stuck(repo, exc) from None
+    except OSError as exc:
+        raise _stuck(repo, exc) from None
+
+
+def _stuck(repo, exc) -> AgentError:
+    if isinstance(exc, OSError):
+        cause = exc.strerror or str(exc)
+        if exc.filename:
+            cause += " (%s)" % exc.filename
+    else:
+        cause = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return AgentError("push-stuck", "a push into %s could not be finished: %s; it is kept and finished "
+                      "by the next request once the VM has what it needs (disk space, write permission)"
+                      % (repo.root, cause[:400]))
+
+
+def _finish(repo, journal: dict) -> dict:
     work = _work(repo)
     if journal.get("phase") == "apply":
         _apply(repo, journal)
+        _sync(repo.root)               # the new state on disk before the journal says it is there
         journal["phase"] = "applied"
         _write_json(os.path.join(work, JOURNAL), journal)
     crash_point("agent:push-applied")
@@ -410,6 +443,35 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target, follow_symlinks=False)
     except OSError:
         shutil.copy2(source, target, follow_symlinks=False)
+
+
+_SYNCFS = []
+
+
+def _sync(path: str) -> None:
+    """Flush the filesystem that holds `path` to disk, and fail if it cannot be written.
+
+    syncfs(2) is one call for everything a push wrote there (the received files, git's own
+    checkouts, directory entries, the index), which costs far less than an fsync per file (each
+    waits for its own journal commit) and needs no list of what git wrote. Without it (not
+    Linux, or no ctypes), sync(2), which syncs every filesystem."""
+    if not _SYNCFS:
+        try:
+            import ctypes
+            _SYNCFS.append((ctypes, ctypes.CDLL(None, use_errno=True).syncfs))
+        except (ImportError, OSError, AttributeError):
+            _SYNCFS.append(None)
+    if _SYNCFS[0] is None:
+        os.sync()
+        return
+    ctypes, syncfs = _SYNCFS[0]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno), path)
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: str):

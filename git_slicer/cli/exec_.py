@@ -54,6 +54,7 @@ def command(ctx, vm, cwd, path, env_names, argv):
                          hint="git slicer exec %s --cwd . -- CMD" % target.name)
     if passed and not getattr(target.provider, "passes_env", False):
         raise UsageError("provider %s cannot hand variables to one command (--env)" % target.provider.name)
+    target.check_reached()
     extra = {"env": passed} if passed else {}
     code = target.provider.exec(target.vm, argv, target.exec_dir(cwd), interactive=sys.stdin.isatty(), **extra)
     raise SystemExit(code)

@@ -48,6 +48,7 @@ def shell_command(vm, path):
     from ..target import resolve
     worktree = worktree_at(path)
     target = resolve(Settings(worktree.root), vm, worktree=worktree)
+    target.check_reached()
     shell = getattr(target.provider, "shell", None)        # a provider with its own terminal endpoint (Slicer)
     if shell is not None:
         raise SystemExit(shell(target.vm, target.link.guest_path if target.link else ""))

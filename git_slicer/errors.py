@@ -43,3 +43,8 @@ class UnsafeInput(SlicerError):
 
 class StaleLink(SlicerError):
     """A link whose VM is gone, or whose name now belongs to another VM: nothing is sent."""
+
+
+class UnprovenLink(StaleLink):
+    """A link saved before VMs had ids, to a VM that has one of its own: it may be the linked VM
+    or another of that name, and nothing tells which; nothing is sent."""

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from . import __version__, report
-from .errors import AgentFailed, SlicerError, StaleLink, UnsafeInput, WouldLoseWork
+from .errors import AgentFailed, SlicerError, StaleLink, UnprovenLink, UnsafeInput, WouldLoseWork
 from .links import new_vm_id
 from .quarantine import check_state
 from .transport import Channel
@@ -51,12 +51,13 @@ def stale(name: str, why: str) -> StaleLink:
                           "it), then `git slicer push %s` starts over" % (name, name))
 
 
-def unproven(name: str, why: str) -> StaleLink:
-    """A link saved before VMs had ids, to a VM that has one: it may be another VM of that name."""
-    return StaleLink("this worktree's link to VM %s was made before VMs had ids, and %s: it may be another "
-                     "VM of that name; nothing was sent" % (name, why),
-                     hint="if it is yours: `git slicer unlink %s`, `git fetch slicer::%s` keeps its commits, "
-                          "then `git slicer push --force %s`" % (name, name, name))
+def unproven(name: str, why: str) -> UnprovenLink:
+    """A link saved before VMs had ids, to a VM with an id of its own: it may be another VM of
+    that name, and nothing tells (the VM may also have taken its id from another worktree)."""
+    return UnprovenLink("this worktree's link to VM %s was made before VMs had ids, and %s: it may be another "
+                        "VM of that name; nothing was sent" % (name, why),
+                        hint="if it is yours: `git slicer unlink %s`, `git fetch slicer::%s` keeps its commits, "
+                             "then `git slicer push --force %s`" % (name, name, name))
 
 
 def check_identity(vm, link_id) -> None:
@@ -65,7 +66,8 @@ def check_identity(vm, link_id) -> None:
     if link_id and vm.id and vm.id != link_id:
         raise stale(vm.name, "the VM now called %s (%s) is not the one it was linked to" % (vm.name, vm.provider))
     if link_id == "" and vm.id:
-        raise unproven(vm.name, "VM %s (%s) was made with one since" % (vm.name, vm.provider))
+        raise stale(vm.name, "it was made before VMs had ids, and VM %s (%s) was made with one since"
+                    % (vm.name, vm.provider))
 
 
 def open_session(provider, vm, settings, link_id: str = None, deadline: int = None,

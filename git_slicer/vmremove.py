@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from .agreed import pushed
-from .errors import NotLinked, SlicerError, StaleLink, WouldLoseWork
+from .errors import NotLinked, SlicerError, StaleLink, UnprovenLink, WouldLoseWork
 from .links import LinkStore, repository_links
 from .repo import Worktree
 from .status import status
@@ -48,6 +48,8 @@ def unpulled_work(worktree, link):
         report = status(worktree, link.vm)
     except NotLinked:
         return None             # a first push that never reached the VM: nothing of ours there
+    except UnprovenLink:
+        return "it cannot be checked: the link was made before VMs had ids and the VM has one of its own"
     except StaleLink:
         return None             # the VM is gone, or its name is another VM's now: nothing of ours there
     except SlicerError as exc:

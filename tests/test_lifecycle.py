@@ -151,11 +151,36 @@ def test_a_link_from_before_vm_ids_never_adopts_a_vm_that_has_one(launched):
         proc = repo.slicer(*args, check=False)
         lines = proc.stderr.decode().splitlines()
         assert proc.returncode == 1, args
-        assert "was made before VMs had ids" in lines[0] and "nothing was sent" in lines[0], lines
-        assert lines[1].startswith("hint: if it is yours: `git slicer unlink %s`" % vm), lines
+        assert "link to VM %s is stale: it was made before VMs had ids" % vm in lines[0], lines
+        assert lines[1].startswith("hint: `git slicer unlink %s`" % vm), lines
     assert link_file.read_bytes() == before
     assert not (vm_home(vm) / repo.path.name / "plan.txt").exists()
     assert not (vm_home(vm) / repo.path.name / "ran").exists()
+
+
+def test_a_link_from_before_vm_ids_to_a_vm_that_took_one_since_is_refused_and_kept_by_vm_rm(launched, hermetic_seal):
+    """An old VM (its record has no id) that took an id since, through another link: a link saved
+    before VMs had ids cannot tell whether it is its VM. Push refuses it, and `vm rm` keeps the VM
+    (work this link has not pulled may be there) unless --force."""
+    import json
+    repo, vm = launched
+    record_file = _vm_root(hermetic_seal) / vm / "vm.json"
+    record = json.loads(record_file.read_text())
+    del record["id"]                                        # as recorded before VMs had ids
+    record_file.write_text(json.dumps(record))
+    link_file = repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)
+    link = json.loads(link_file.read_text())
+    link["vm_id"] = ""
+    link_file.write_text(json.dumps(link))
+    repo.write("plan.txt", "p\n")
+    proc = repo.slicer("push", check=False)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and "the VM answering as %s has one of its own" % vm in lines[0], lines
+    assert lines[1].startswith("hint: if it is yours: `git slicer unlink %s`" % vm), lines
+    proc = repo.slicer("vm", "rm", vm, check=False)
+    assert proc.returncode == 1 and b"cannot be checked" in proc.stderr and b"--force" in proc.stderr
+    assert _vm_names(repo) == [vm]
+    assert repo.slicer_json("vm", "rm", "--force", vm)["removed"] == [vm]
 
 
 def test_launch_never_replaces_a_link_and_names_are_shared_across_providers(launched, hermetic_seal):

@@ -138,9 +138,9 @@ class HostileAgent(Agent):
         if "pack" not in self.s and "pack_file" not in self.s and "pack_stream" not in self.s:
             return super().op_fetch(request)
         self.conn.send({"ok": True, "streaming": True})
-        if self.s.get("pack_stream") == "bad-digest":
+        if self.s.get("pack_stream") == "bad-length":
             self.conn.write_frame(b"D", b"PACK\0\0\0\2\0\0\0\1")
-            self.conn.write_frame(b"Z", json.dumps({"bytes": 12, "crc32": 0}).encode())
+            self.conn.write_frame(b"Z", json.dumps({"bytes": 13}).encode())
             self.conn.flush()
             return {"ok": True}
         if self.s.get("pack_stream") == "endless":

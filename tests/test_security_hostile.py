@@ -209,10 +209,10 @@ def test_35_pack_announcing_too_many_objects_is_refused_at_the_header(launched):
            r"2000000 objects, over slicer.limit.objects")
 
 
-def test_38_stream_with_wrong_checksum_is_refused(launched):
+def test_38_stream_with_a_wrong_length_is_refused(launched):
     repo, vm = launched
-    attack(repo, vm, {"name": "pack", "state": {"branches": {"evil": FAKE}}, "pack_stream": "bad-digest"},
-           "checksum mismatch")
+    attack(repo, vm, {"name": "pack", "state": {"branches": {"evil": FAKE}}, "pack_stream": "bad-length"},
+           "stream length mismatch")
 
 
 # ------------------------------------------------------------------ the channel (37, 38)

@@ -155,8 +155,18 @@ def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None):
 
 def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
           ignore: SlicerIgnore, scanning, attempt: agreed.Attempt):
-    vm_state = session.state(link.guest_path, applied=agreed.pending_id(link),
-                             known=KnownPaths(worktree, link.agreed_overlay))
+    # The VM is read once, under its agent's lock, which it keeps until we push or cancel.
+    vm_state = session.push_begin(link.guest_path, applied=agreed.pending_id(link),
+                                  known=KnownPaths(worktree, link.agreed_overlay))
+    try:
+        return _push_from(worktree, session, store, link, options, include_ignored, ignore, scanning, attempt,
+                          vm_state)
+    finally:
+        session.end_push_begin()       # nothing to send, or refused: the VM's lock is released
+
+
+def _push_from(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
+               ignore: SlicerIgnore, scanning, attempt: agreed.Attempt, vm_state: dict):
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
     head, branch, ours = scanning.result()
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
@@ -190,12 +200,14 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
     if first and options.depth:
         within, shallow = _shallow_history(worktree, head, options.depth)
 
+    link.branch = link.branch or branch                  # a new link learns it from the scan
     push_id = agreed.begin(store, link, head, branch, attempt)     # saved before the VM sees anything
     tar = bool(send or extra)
     attempt.delivered = not (need_pack or tar)         # with no stream, the request is the whole push
     session.push(link.guest_path, push_id=push_id, branch=branch, commit=head, object_format=worktree.algo,
                  overlay=ours, reuse=reuse, extra=extra, pack=need_pack, tar=tar, shallow=shallow,
-                 expect={"head": vm_state["head"], "overlay": vm_state["overlay"]} if vm_state["exists"] else None,
+                 expect=({"head": vm_state["head"], "overlay": vm_state["overlay"]}
+                         if vm_state["exists"] and not vm_state.get("begun") else None),
                  config=_identity(worktree), remotes=_safe_remotes(worktree),
                  excludes=host_excludes(worktree))  # "ready", or a refusal
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}

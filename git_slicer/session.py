@@ -126,6 +126,7 @@ class AgentSession:
         self.conn.max_json = self.limits.frame_bytes
         self.info = {}
         self.vm_id = ""          # the identity the VM confirmed at hello (see open_session)
+        self._begun = False      # a push-begin holds the agent's lock until push or cancel
         self._bar = report.attach(self.conn, "VM %s" % vm, self.limits.progress)   # tqdm on a TTY
         self._timer = None
 
@@ -209,11 +210,38 @@ class AgentSession:
         return check_state(self._request(message), self.limits.path_bytes, self.limits.path_depth,
                            min(max_entries, self.limits.entries), control_ok=known)
 
+    def push_begin(self, path: str, applied: str = None, known=False) -> dict:
+        """The VM's state, read under the agent's lock, which it keeps until this session's next
+        request: `push` (then applied against exactly this state) or `cancel()`. Validated like
+        `state`. Agents without the capability get a plain `state` (then `push` sends `expect`)."""
+        if "push-begin" not in self.info.get("caps", []):
+            return self.state(path, applied=applied, known=known)
+        message = {"op": "push-begin", "path": path}
+        if applied:
+            message["applied"] = applied
+        reply = self._request(message)
+        self._begun = True
+        state = check_state(reply, self.limits.path_bytes, self.limits.path_depth, self.limits.entries,
+                            control_ok=known)
+        state["begun"] = True
+        return state
+
+    def end_push_begin(self) -> None:
+        """After push_begin: if no push was sent, cancel, so the agent releases its lock (on a
+        broken connection there is nothing to release: the agent saw it end)."""
+        if self._begun:
+            self._begun = False
+            try:
+                self._request({"op": "cancel"})
+            except SlicerError:
+                pass
+
     def push(self, path: str, *, push_id: str, branch: str, commit: str, object_format: str, overlay: dict,
              reuse: list, extra: list, pack: bool, tar: bool, shallow: list, expect, config: dict,
              remotes: dict, excludes: list) -> dict:
         """Start a push: the agent answers "ready" (or refuses). The caller then sends the pack
         (if `pack`) and the file stream (if `tar`) on `conn`, and reads the result with `reply()`."""
+        self._begun = False
         return self._request({"op": "push", "id": push_id, "path": path, "branch": branch, "commit": commit,
                               "object_format": object_format, "overlay": overlay, "reuse": reuse, "extra": extra,
                               "pack": pack, "tar": tar, "shallow": shallow, "expect": expect, "config": config,

@@ -23,7 +23,7 @@ from ..wire.paths import UnsafePath
 from . import transaction
 from .errors import AgentError
 
-CAPS = ["pack", "tar", "shallow", "thin"]
+CAPS = ["pack", "tar", "shallow", "thin", "push-begin"]
 MAX_PUSH_BYTES = 1 << 40        # the host is trusted; the cap only stops runaway streams
 _EXCLUDES_HEADER = "# the host's core.excludesFile and info/exclude patterns: git-slicer rewrites this on every push"
 _KEEP_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ")
@@ -165,7 +165,37 @@ class Agent:
             reply["since_base"] = overlay_mod.tree_changes(repo.git, base, reply["head"])
         return reply
 
-    def op_push(self, request):
+    def op_push_begin(self, request):
+        """A push that reads the VM once: under the agent lock, the state (as `state` answers
+        it), then the connection's next request, `push` or `cancel`, under that same hold with
+        that state as the VM's current one (no second scan, nothing can move in between)."""
+        repo = Repo(request["path"])
+        if not repo.exists:                     # nothing to lock yet: `push` makes the repository
+            self.conn.send({"ok": True, "path": repo.root, **repo.state()})
+            return self._push_or_cancel(request, repo.root, None)
+        with transaction.hold(repo):
+            transaction.recover(repo)
+            current = repo.state()
+            reply = {"ok": True, "path": repo.root, **current}
+            if request.get("applied"):
+                reply["applied"] = transaction.applied(repo, request["applied"])
+            self.conn.send(reply)
+            return self._push_or_cancel(request, repo.root, current)
+
+    def _push_or_cancel(self, begin, path: str, current):
+        request = self.conn.recv()
+        op = request.get("op")
+        if op == "cancel":
+            return {"ok": True}
+        if op != "push" or not isinstance(request.get("path"), str) or Repo(request["path"]).root != path:
+            raise AgentError("bad-request", "after push-begin: a push of the same path, or cancel")
+        try:
+            return self.op_push(request, current)
+        finally:
+            begin["_streaming"] = request.get("_streaming")     # serve() ends a desynchronised stream
+
+    def op_push(self, request, current=None):
+        """Apply a push. `current`: the state push-begin read under the lock this call runs in."""
         repo = Repo(request["path"])
         branch = request["branch"]
         commit = request["commit"]
@@ -186,6 +216,8 @@ class Agent:
         elif repo.algo() != object_format:
             raise AgentError("object-format", "the VM repository at %s uses %s objects, the host's uses %s"
                              % (repo.root, repo.algo(), object_format))
+        if current is not None:                 # push-begin holds the lock and has read the state
+            return self._apply_push(repo, request, current)
         # The agent lock for the whole push: no other agent reads a half-applied repository.
         with transaction.hold(repo):
             transaction.recover(repo)
@@ -193,27 +225,32 @@ class Agent:
             if expect is not None and (current["head"] != expect.get("head")
                                        or current["overlay"] != expect.get("overlay")):
                 raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
-            self._configure(repo, request)
-            self.conn.send({"ok": True, "ready": True})
-            request["_streaming"] = True
-            if request.get("pack"):
-                self._receive_pack(repo)
-            crash_point("agent:push-received")
-            staging = transaction.staging(repo)
-            members = {}
-            if request.get("tar"):
-                limits = tarstream.Limits(max_total_bytes=MAX_PUSH_BYTES, max_file_bytes=MAX_PUSH_BYTES)
-                for m in tarstream.read_members(self.conn.recv_stream(MAX_PUSH_BYTES), staging,
-                                                limits, check_collisions=False, control_ok=True):
-                    members[m.path] = m
-            request["_streaming"] = False
-            self._verify_members(repo, members, new_overlay)
-            journal = transaction.prepare(
-                repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
-                old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
-                reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"))
-            crash_point("agent:push-journaled")
-            state = transaction.finish(repo, journal)
+            return self._apply_push(repo, request, current)
+
+    def _apply_push(self, repo, request, current):
+        """Receive a push's streams and apply them (under the agent lock, `current` the VM's state)."""
+        branch, commit, new_overlay = request["branch"], request["commit"], request["overlay"]
+        self._configure(repo, request)
+        self.conn.send({"ok": True, "ready": True})
+        request["_streaming"] = True
+        if request.get("pack"):
+            self._receive_pack(repo)
+        crash_point("agent:push-received")
+        staging = transaction.staging(repo)
+        members = {}
+        if request.get("tar"):
+            limits = tarstream.Limits(max_total_bytes=MAX_PUSH_BYTES, max_file_bytes=MAX_PUSH_BYTES)
+            for m in tarstream.read_members(self.conn.recv_stream(MAX_PUSH_BYTES), staging,
+                                            limits, check_collisions=False, control_ok=True):
+                members[m.path] = m
+        request["_streaming"] = False
+        self._verify_members(repo, members, new_overlay)
+        journal = transaction.prepare(
+            repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
+            old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
+            reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"))
+        crash_point("agent:push-journaled")
+        state = transaction.finish(repo, journal)
         return {"ok": True, "path": repo.root, **state}
 
     def op_fetch(self, request):

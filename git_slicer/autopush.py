@@ -84,7 +84,7 @@ def activity(slicer_dir: str) -> dict:
             pid = int(fh.read().strip() or 0) or None
     except (OSError, ValueError):
         pass
-    from .locks import pid_alive
+    from .locks import pid_alive        # lazy, like every import here: the hooks' path (see above)
     if pid and pid_alive(pid):
         return {"state": "running", "pid": pid}
     if os.path.exists(os.path.join(slicer_dir, PENDING)):
@@ -104,7 +104,7 @@ def wait_idle(slicer_dir: str, timeout: float = 30.0, interval: float = 0.05) ->
 
 
 def _try_lock(fd: int) -> bool:
-    import fcntl
+    import fcntl                        # lazy: the hooks' path
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -113,7 +113,7 @@ def _try_lock(fd: int) -> bool:
 
 
 def _unlock(fd: int) -> None:
-    import fcntl
+    import fcntl                        # lazy: the hooks' path
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
@@ -163,6 +163,7 @@ def run(hook: str, git_dir: str) -> int:
 
 
 def _push_all(slicer_dir: str, hook: str) -> None:
+    # Lazy: only a runner that holds the lock and has waited for the burst pays for push's imports.
     from .errors import SlicerError, WouldLoseWork
     try:
         from .config import Settings
@@ -191,7 +192,7 @@ def _push_all(slicer_dir: str, hook: str) -> None:
             entry.update(result="skipped", message="on branch %s; VM %s follows %s" % (branch, link.vm, link.branch))
         else:
             try:
-                result = push(worktree, PushOptions(vm=link.vm), settings)
+                result = push(worktree, PushOptions(vm=link.vm), settings).to_json()
                 sent = result["sent"]
                 entry.update(result="ok", commit=result["commit"], up_to_date=result["up_to_date"],
                              message="up to date" if result["up_to_date"] else "pushed %s (%d file(s), %d bytes)" % (

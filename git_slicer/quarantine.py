@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .errors import UnsafeInput
+from .locks import pid_alive
 from .objects import ObjectReader, parse_tree
 from .wire import gitobj
 from .wire.framing import crash_point
@@ -195,7 +196,6 @@ class Quarantine:
 
 def remove_stale(directory: str, prefix: str) -> None:
     """Remove `<prefix><pid>-*` directories left by a process that was killed."""
-    from .locks import pid_alive
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

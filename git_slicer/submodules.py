@@ -62,8 +62,8 @@ def push_all(worktree, parent: Link, guest_path: str, options, push) -> list:
         except SlicerError as exc:
             exc.args = ("submodule %s: %s" % (display(path), exc),)
             raise
-        results.append({"path": path, "commit": result.get("commit"), "up_to_date": result.get("up_to_date"),
-                        "submodules": result.get("submodules", [])})
+        results.append({"path": path, "commit": result.commit, "up_to_date": result.up_to_date,
+                        "submodules": result.submodules})
     return results
 
 
@@ -78,7 +78,6 @@ def pull_all(worktree, vm: str, options, pull) -> list:
         except SlicerError as exc:
             exc.args = ("submodule %s: %s" % (display(path), exc),)
             raise
-        results.append({"path": path, "from": result.get("from"), "to": result.get("to"),
-                        "fast_forward": result.get("fast_forward"), "imported": result.get("imported"),
-                        "files": result.get("files"), "submodules": result.get("submodules", [])})
+        results.append({"path": path, "from": result.from_, "to": result.to, "fast_forward": result.fast_forward,
+                        "imported": result.imported, "files": result.files, "submodules": result.submodules})
     return results

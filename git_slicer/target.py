@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from .agreed import pushed
-from .config import Settings
+from .config import Settings, check_guest_path
 from .egress.vms import launch as launch_with_allowlist
 from .errors import NotLinked, UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
@@ -113,7 +113,6 @@ def launch_vm(provider, name: str = None, tags=None, hostgroup: str = None, allo
 
 
 def default_guest_path(settings: Settings, worktree, vm: str) -> str:
-    from .config import check_guest_path
     if settings.vm(vm, "guestPath"):
         return check_guest_path(settings.vm(vm, "guestPath"), "slicer.%s.guestPath" % vm)
     if settings.get("slicer.guestPath"):

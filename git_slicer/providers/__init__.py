@@ -7,10 +7,16 @@ This package module holds what every provider shares (`VM`, `DirectoryVMs`);
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import UsageError
+from ..config import vm_dir
+from ..errors import UsageError, VMNotFound
+from ..links import check_vm_name
 from ..links import new_vm_id  # noqa: F401  (providers make ids at launch)
 
 
@@ -31,7 +37,6 @@ class VM:
 
 def record_roots(vm_root: str) -> dict:
     """Where each VM-record provider keeps `<name>/vm.json`: one namespace of names across them."""
-    import os
     return {"local": vm_root, "qemu": os.path.join(vm_root, ".qemu")}
 
 
@@ -64,8 +69,25 @@ class Provider(Protocol):
     def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:
         """Run `argv` in the VM at `cwd`, stdio passed through; its exit code."""
 
+    def shell(self, vm: VM, cwd: str = "") -> int:
+        """An interactive shell in the VM, in `cwd` (the linked repository's guest path, "" for
+        the home), on this terminal; its exit code."""
 
-class AlwaysRunning:
+
+# An interactive shell in the VM: bash where the guest has it, else sh.
+SHELL_COMMAND = ["sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash -i || exec sh -i"]
+
+
+class ShellByExec:
+    """`shell` for providers without a terminal endpoint of their own: SHELL_COMMAND through
+    `exec`. Both provider bases below carry it; Slicer has its own."""
+
+    def shell(self, vm: VM, cwd: str = "") -> int:
+        # exec takes absolute directories: a guest path not yet resolved ("~/...") opens the home
+        return self.exec(vm, SHELL_COMMAND, cwd if cwd.startswith("/") else "", interactive=sys.stdin.isatty())
+
+
+class AlwaysRunning(ShellByExec):
     """stop/start for providers whose VMs git-slicer does not stop and start."""
 
     name = ""
@@ -77,7 +99,7 @@ class AlwaysRunning:
         raise UsageError("provider %s cannot start VMs" % self.name)
 
 
-class DirectoryVMs:
+class DirectoryVMs(ShellByExec):
     """VMs recorded as `<root>/<name>/vm.json`, for providers that keep their VMs on this host.
     Subclasses set `root`, `name` and implement `_vm(record) -> VM`."""
 
@@ -88,9 +110,6 @@ class DirectoryVMs:
         """Atomically take `name` (or the first free vm-N not in `avoid`) for a new VM: mkdir of
         `<root>/<name>`, then no other record provider may hold the name. Each claimant makes its
         own directory before looking at the others', so two racing claims never both win."""
-        import os
-        from ..errors import UsageError
-        from ..links import check_vm_name
         os.makedirs(self.root, exist_ok=True)
         others = [root for provider, root in record_roots(self._vm_root()).items() if provider != self.name]
         number = 0
@@ -116,18 +135,22 @@ class DirectoryVMs:
                 raise UsageError("a VM named %s already exists (%s); VM names are shared by the local "
                                  "and qemu providers" % (name, "qemu" if holder.endswith(".qemu") else "local"))
 
+    def discard(self, name: str) -> None:
+        """Delete the VM's record and disk (VMNotFound if there is none). Renamed aside first, so
+        a half-removed VM never looks like a live one. Whatever runs for the VM is stopped first,
+        by the caller."""
+        self.get(name)
+        doomed = os.path.join(self.root, ".removing-%s-%d" % (name, os.getpid()))
+        os.rename(self._dir(name), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
     def _vm_root(self) -> str:
-        from ..config import vm_dir
         return vm_dir(self.settings)
 
     def _dir(self, vm_name: str) -> str:
-        import os
-        from ..links import check_vm_name
         return os.path.join(self.root, check_vm_name(vm_name))
 
     def _record(self, vm_name: str):
-        import json
-        import os
         try:
             with open(os.path.join(self._dir(vm_name), "vm.json"), "rb") as fh:
                 return json.load(fh)
@@ -137,13 +160,11 @@ class DirectoryVMs:
     def get(self, vm_name: str) -> VM:
         record = self._record(vm_name)
         if record is None:
-            from ..errors import VMNotFound
             raise VMNotFound("no %s VM named %s" % (self.name, vm_name),
                              hint="see `git slicer vm list --provider %s`" % self.name)
         return self._vm(record)
 
     def list(self):
-        import os
         try:
             names = sorted(os.listdir(self.root))
         except FileNotFoundError:

@@ -121,6 +121,7 @@ def _settle(path):
     slicer = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-path", "slicer"], cwd=path,
                             check=True, stdout=subprocess.PIPE).stdout.decode().strip()
     autopush.wait_idle(slicer, 60)
+    autopush.stop(slicer)          # the runner would wait slicer.autoPushIdle for the next commit
 
 
 def test_commit_no_hooks(benchmark, env, tmp_path):

@@ -201,8 +201,9 @@ class _Signals:
         import signal
         self.stopping = False
         self.read_fd, write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
         os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)     # a full pipe wakes us anyway
         signal.signal(signal.SIGUSR1, lambda *_: None)
         signal.signal(signal.SIGTERM, self._stop)
 
@@ -212,18 +213,19 @@ class _Signals:
     def wait(self, seconds: float) -> None:
         import select
         ready, _, _ = select.select([self.read_fd], [], [], max(0.0, seconds))
-        if ready:
-            os.read(self.read_fd, 512)
+        try:
+            while ready and os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
 
 def _announce(slicer_dir: str, state: str) -> None:
     """autopush.running: `PID STARTTIME STATE`, replaced whole (the hook reads it with `read`)."""
     started = start_time(os.getpid())
-    path = os.path.join(slicer_dir, RUNNING)
-    tmp = "%s.%d.tmp" % (path, os.getpid())
-    with open(tmp, "w") as fh:
-        fh.write("%d %s %s\n" % (os.getpid(), started[0] if started else "-", state))
-    os.replace(tmp, path)
+    write_atomic(os.path.join(slicer_dir, RUNNING),
+                 b"%d %s %s\n" % (os.getpid(), started[0].encode() if started else b"-", state.encode()),
+                 mode=0o644, durable=False)
 
 
 def idle_seconds() -> int:

@@ -2,17 +2,19 @@
 
     python3 -m pytest benchmarks/test_hooks.py --benchmark-columns=min,median,rounds
 
-On a shared machine the medians of separate tests move with the load; the hooks cases therefore
-also commit in a plain repository before each round and put both medians and the overhead in
-extra_info (`--benchmark-json=out.json` shows them).
+On a shared machine the medians of separate tests move with the load; each case therefore also
+commits in a baseline repository before each round (paired) and puts both medians, the
+baseline's name and the overhead in extra_info, which benchmarks/report.py compares.
 
-Cases (group "git commit"):
-  no-hooks      a plain repository
-  empty-hook    an empty `#!/bin/sh` post-commit: what git pays to start any hook at all
+Cases (group "git commit"), each with its paired baseline:
+  no-hooks        a plain repository (unpaired: the reference)
+  empty-hook      an empty `#!/bin/sh` post-commit, what git pays to start any hook at all
+                  (paired with no-hooks)
   hooks-unlinked  hooks installed, worktree linked to no VM: the hook stops at a shell test
-  hooks-linked    hooks installed, worktree linked to a local VM: the hook checks
-                  slicer.autoPush and starts the push in the background (which then runs
-                  alongside the following commits; the number is what the user waits for)
+                  (paired with empty-hook)
+  hooks-linked    hooks installed, worktree linked to a local VM: the hook triggers the
+                  background push (which then runs alongside the following commits; the number
+                  is what the user waits for) (paired with empty-hook: the issue's target)
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _run(cwd, *args):
     subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _repo(tmp_path, hooks: bool, linked: bool):
+def _repo(tmp_path, hooks: bool, linked: bool, empty_hook: bool = False):
     """A copy of the 5k-file workload (a repository of realistic size: commit time depends on
     the index, and a hook's fixed cost only looks large next to a toy repository)."""
     import workloads
@@ -68,6 +70,11 @@ def _repo(tmp_path, hooks: bool, linked: bool):
         _run(path, sys.executable, "-m", "git_slicer", "push", "--launch")
     if hooks:
         _run(path, sys.executable, "-m", "git_slicer", "hooks", "install")
+    if empty_hook:
+        hook = path / ".git" / "hooks" / "post-commit"
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text("#!/bin/sh\n")
+        hook.chmod(0o755)
     return path
 
 
@@ -82,8 +89,8 @@ def _committer(path):
     return commit
 
 
-def _bench(benchmark, path, baseline=None):
-    """Time commits in `path`; with `baseline` (a repository without hooks), time one commit there
+def _bench(benchmark, path, baseline=None, baseline_name=""):
+    """Time commits in `path`; with `baseline` (another repository), time one commit there
     before each round too, so a busy machine slows both alike: extra_info has both medians."""
     commit = _committer(path)
     paired = []
@@ -102,8 +109,11 @@ def _bench(benchmark, path, baseline=None):
     if paired and benchmark.stats is not None:
         base = statistics.median(paired[2:] or paired)
         ours = benchmark.stats.stats.median
-        benchmark.extra_info.update(baseline_median_ms=round(base * 1000, 3), median_ms=round(ours * 1000, 3),
-                                    overhead=round(ours / base - 1, 3))
+        rest = paired[2:] or paired
+        benchmark.extra_info.update(baseline=baseline_name, baseline_median_ms=round(base * 1000, 3),
+                                    baseline_min_ms=round(min(rest) * 1000, 3),
+                                    baseline_max_ms=round(max(rest) * 1000, 3),
+                                    median_ms=round(ours * 1000, 3), overhead=round(ours / base - 1, 3))
 
 
 def _settle(path):
@@ -111,6 +121,7 @@ def _settle(path):
     slicer = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-path", "slicer"], cwd=path,
                             check=True, stdout=subprocess.PIPE).stdout.decode().strip()
     autopush.wait_idle(slicer, 60)
+    autopush.stop(slicer)          # the runner would wait slicer.autoPushIdle for the next commit
 
 
 def test_commit_no_hooks(benchmark, env, tmp_path):
@@ -119,21 +130,18 @@ def test_commit_no_hooks(benchmark, env, tmp_path):
 
 def test_commit_empty_hook(benchmark, env, tmp_path):
     """The floor for any hook: git starting an empty `#!/bin/sh` post-commit."""
-    path = _repo(tmp_path, hooks=False, linked=False)
-    hook = path / ".git" / "hooks" / "post-commit"
-    hook.parent.mkdir(exist_ok=True)
-    hook.write_text("#!/bin/sh\n")
-    hook.chmod(0o755)
-    _bench(benchmark, path, _repo(tmp_path / "base", hooks=False, linked=False))
+    _bench(benchmark, _repo(tmp_path, hooks=False, linked=False, empty_hook=True),
+           _repo(tmp_path / "base", hooks=False, linked=False), "no_hooks")
 
 
 def test_commit_hooks_unlinked(benchmark, env, tmp_path):
-    _bench(benchmark, _repo(tmp_path, hooks=True, linked=False), _repo(tmp_path / "base", hooks=False, linked=False))
+    _bench(benchmark, _repo(tmp_path, hooks=True, linked=False),
+           _repo(tmp_path / "base", hooks=False, linked=False, empty_hook=True), "empty_hook")
 
 
 def test_commit_hooks_linked(benchmark, env, tmp_path):
     path = _repo(tmp_path, hooks=True, linked=True)
     try:
-        _bench(benchmark, path, _repo(tmp_path / "base", hooks=False, linked=False))
+        _bench(benchmark, path, _repo(tmp_path / "base", hooks=False, linked=False, empty_hook=True), "empty_hook")
     finally:
         _settle(path)

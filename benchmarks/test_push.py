@@ -1,4 +1,5 @@
-"""W1 fresh push, W2 delta push, W3 dirty overlay, W6 no-op push, each beside its baselines."""
+"""W1 fresh push, W2 delta push, W3 dirty overlay, W6 no-op push and `git slicer status`, each
+beside its baselines."""
 
 from __future__ import annotations
 
@@ -36,29 +37,38 @@ def _commit_one(worktree: str, n=[0]):
     git(worktree, "commit", "-q", "-m", "bench %d" % n[0])
 
 
-@pytest.mark.benchmark(group="W2 delta push (1-file commit)")
-def test_w2_slicer(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
+W2 = "W2 delta push (1-file commit, 50k files)"
+
+
+@pytest.mark.benchmark(group=W2)
+def test_w2_slicer(benchmark, large, scratch, rounds):
+    worktree = scratch.copy(large)
     launch_and_push(worktree)
     benchmark.pedantic(lambda: slicer(worktree, "push"), setup=lambda: _commit_one(worktree), rounds=rounds * 2)
 
 
-@pytest.mark.benchmark(group="W2 delta push (1-file commit)")
-def test_w2_baseline_rsync(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
+@pytest.mark.benchmark(group=W2)
+def test_w2_baseline_rsync(benchmark, large, scratch, rounds):
+    """rsync -a of the whole tree (its .git included: the VM gets the commit too)."""
+    worktree = scratch.copy(large)
     dest = scratch.path("rsync")
     run(["rsync", "-a", worktree + "/", dest + "/"])
     benchmark.pedantic(lambda: run(["rsync", "-a", "--delete", worktree + "/", dest + "/"]),
                        setup=lambda: _commit_one(worktree), rounds=rounds * 2)
 
 
-@pytest.mark.benchmark(group="W2 delta push (1-file commit)")
-def test_w2_baseline_git_push_local_bare(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
+@pytest.mark.benchmark(group=W2)
+def test_w2_baseline_git_status_and_push_local_bare(benchmark, large, scratch, rounds):
+    """What git alone needs to learn what changed and send the commit: `git status` + `git push`."""
+    worktree = scratch.copy(large)
     bare = scratch.path("bare")
     git(None, "clone", "-q", "--bare", "--no-local", worktree, bare)
-    benchmark.pedantic(lambda: git(worktree, "push", "-q", bare, "main"),
-                       setup=lambda: _commit_one(worktree), rounds=rounds * 2)
+    git(worktree, "status", "--porcelain")
+
+    def status_and_push():
+        git(worktree, "status", "--porcelain")
+        git(worktree, "push", "-q", bare, "main")
+    benchmark.pedantic(status_and_push, setup=lambda: _commit_one(worktree), rounds=rounds * 2)
 
 
 def _dirty(worktree: str, quick: bool) -> list:
@@ -137,10 +147,25 @@ def test_w3_baseline_rsync(benchmark, small, scratch, rounds, quick):
 def test_w6_slicer(benchmark, small, scratch, rounds):
     worktree = scratch.copy(small)
     launch_and_push(worktree)
-    benchmark.pedantic(lambda: slicer(worktree, "push"), rounds=rounds * 2)
+    benchmark.pedantic(lambda: slicer(worktree, "push"), rounds=rounds * 2, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group="W6 no-op push")
 def test_w6_baseline_git_status(benchmark, small, scratch, rounds):
     worktree = scratch.copy(small)
-    benchmark.pedantic(lambda: git(worktree, "status", "--porcelain"), rounds=rounds * 2)
+    git(worktree, "status", "--porcelain")
+    benchmark.pedantic(lambda: git(worktree, "status", "--porcelain"), rounds=rounds * 2, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="status, nothing changed")
+def test_status_slicer(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    launch_and_push(worktree)
+    benchmark.pedantic(lambda: slicer(worktree, "status"), rounds=rounds * 2, warmup_rounds=1)
+
+
+@pytest.mark.benchmark(group="status, nothing changed")
+def test_status_baseline_git_status(benchmark, small, scratch, rounds):
+    worktree = scratch.copy(small)
+    git(worktree, "status", "--porcelain")
+    benchmark.pedantic(lambda: git(worktree, "status", "--porcelain"), rounds=rounds * 2, warmup_rounds=1)

@@ -1,20 +1,26 @@
-"""The background half of the hooks: push the worktree to its linked VMs, coalescing triggers.
+"""The background half of the hooks: push the worktree to its linked VMs, coalescing triggers,
+and stay for a while (slicer.autoPushIdle) so the next commit's hook costs no fork.
 
-The hook (shell) creates `<git-path slicer>/autopush.pending`; unless autopush.running names a
-live runner (which will see `pending` when it finishes), it starts
-`python -c '...autopush.main()' HOOK GITDIR` detached (the worktree kept off sys.path), with
-output appended to autopush.log. Here, before anything heavy is imported:
+The hook (shell) creates `<git-path slicer>/autopush.pending`. If autopush.running names a live
+runner (its pid and start time, as /proc shows them), the hook only wakes it with SIGUSR1;
+otherwise it starts `python -c '...autopush.main()' HOOK GITDIR` detached (the worktree kept off
+sys.path), with output appended to autopush.log. Here, before anything heavy is imported:
 
-    take autopush.lock (flock, non-blocking) - held: another runner will see `pending`; exit
-    loop: write autopush.running (our pid), take `pending` and wait for the burst to settle
-          (SETTLE), push to every linked VM, release, and go round again if `pending` came back
+    take autopush.lock (flock, non-blocking) - held: the holder will see `pending`; exit
+    loop: write autopush.running (pid, start time, "busy"), take `pending` and wait for the
+          burst to settle (SETTLE), push to every linked VM, again while `pending` came back;
+          then mark autopush.running "wait" and sleep until a signal or a `pending` appears
+          (checked every POLL seconds too), for at most slicer.autoPushIdle seconds
+    leave: remove autopush.running, release the lock, and go round again if `pending` came
+           back meanwhile (a hook that saw no runner started another, which lost the lock)
 
-so a burst of commits ends in one or a few pushes whose final state is the last commit.
+so a burst of commits ends in one or a few pushes whose final state is the last commit, and a
+trigger is never lost: the hook writes `pending` before it looks for a runner, and a runner
+looks for `pending` after it stopped announcing itself. A stale autopush.running (the runner was
+killed, its pid reused) does not match /proc, so no other process is ever signalled.
 Each result (ok / refused / failed / skipped) goes to the log and to autopush.json, which
 `git slicer hooks status` shows. Nothing here ever raises into the user's git command.
 """
-
-from __future__ import annotations
 
 import json
 import os
@@ -31,6 +37,10 @@ STATE = "autopush.json"
 LOG_LIMIT = 1024 * 1024
 SETTLE = 0.2          # seconds without a new trigger before pushing
 SETTLE_MAX = 2.0      # but push at least this often during a long burst
+POLL = 0.5            # a waiting runner also looks for `pending` this often (no /proc, lost signal)
+BUSY, WAIT = "busy", "wait"
+PAUSE = 3.0           # tests only: see _pause_point
+HOOK_NAMES = ("post-commit", "post-merge", "post-rewrite")
 
 
 def log_path(slicer_dir: str) -> str:
@@ -76,20 +86,61 @@ def _record(slicer_dir: str, vm: str, entry: dict) -> None:
 
 
 
-def activity(slicer_dir: str) -> dict:
-    """What the background runner is doing: running (pid), pending (a trigger not yet taken), idle."""
-    pid = None
+def start_time(pid: int):
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22) and whether it
+    is a zombie; None when there is no such process or no /proc."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            fields = fh.read().rsplit(b") ", 1)[1].split()
+        return fields[19].decode(), fields[0] in (b"Z", b"X")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def runner(slicer_dir: str):
+    """(pid, "busy"|"wait") of the live runner autopush.running names, else None. With /proc the
+    pid must also have the start time the runner wrote (a reused pid is not our runner)."""
     try:
         with open(os.path.join(slicer_dir, RUNNING)) as fh:
-            pid = int(fh.read().strip() or 0) or None
-    except (OSError, ValueError):
-        pass
+            words = fh.read().split()
+        pid = int(words[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0:
+        return None
+    state = words[2] if len(words) > 2 else BUSY
+    if os.path.exists("/proc/self/stat"):
+        started = start_time(pid)
+        if started is None or started[1] or (len(words) > 1 and words[1] != started[0]):
+            return None
+        return pid, state
     from .locks import pid_alive        # lazy, like every import here: the hooks' path (see above)
-    if pid and pid_alive(pid):
-        return {"state": "running", "pid": pid}
+    return (pid, state) if pid_alive(pid) else None
+
+
+def activity(slicer_dir: str) -> dict:
+    """What the background runner is doing: running (a push, pid), pending (a trigger not yet
+    taken), idle; `waiting` is the pid of a runner that waits for the next trigger, if any."""
+    found = runner(slicer_dir)
+    waiting = found[0] if found and found[1] == WAIT else None
+    if found and not waiting:
+        return {"state": "running", "pid": found[0], "waiting": None}
     if os.path.exists(os.path.join(slicer_dir, PENDING)):
-        return {"state": "pending", "pid": None}
-    return {"state": "idle", "pid": None}
+        return {"state": "pending", "pid": None, "waiting": waiting}
+    return {"state": "idle", "pid": None, "waiting": waiting}
+
+
+def stop(slicer_dir: str) -> bool:
+    """Ask a waiting runner to leave now (SIGTERM; a push in progress finishes first)."""
+    found = runner(slicer_dir)
+    if not found:
+        return False
+    import signal
+    try:
+        os.kill(found[0], signal.SIGTERM)
+    except OSError:
+        return False
+    return True
 
 
 def wait_idle(slicer_dir: str, timeout: float = 30.0, interval: float = 0.05) -> bool:
@@ -124,20 +175,107 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _settle(pending: str) -> None:
+def _settle(pending: str):
     """Take the trigger, and let a burst (a scripted series of commits) finish first: wait until
-    no new trigger came for SETTLE seconds, at most SETTLE_MAX, so it ends in one push or a few."""
+    no new trigger came for SETTLE seconds, at most SETTLE_MAX, so it ends in one push or a few.
+    Returns the name of the hook that wrote the last trigger (None if it named none)."""
     deadline = time.monotonic() + SETTLE_MAX
+    hook = None
     while True:
+        try:
+            with open(pending, "rb") as fh:
+                hook = fh.read(64).decode("ascii", "replace").strip() or hook
+        except OSError:
+            pass
         _unlink(pending)
         time.sleep(SETTLE)
         if not os.path.exists(pending) or time.monotonic() >= deadline:
+            return hook if hook in HOOK_NAMES else None
+
+
+class _Signals:
+    """SIGUSR1 (a hook's trigger) and SIGTERM (`stop`) wake the runner through a pipe
+    (signal.set_wakeup_fd), so a wait never misses one; SIGTERM also ends the wait for good."""
+
+    def __init__(self):
+        import signal
+        self.stopping = False
+        self.read_fd, write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)     # a full pipe wakes us anyway
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, *_):
+        self.stopping = True
+
+    def wait(self, seconds: float) -> None:
+        import select
+        ready, _, _ = select.select([self.read_fd], [], [], max(0.0, seconds))
+        try:
+            while ready and os.read(self.read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def _announce(slicer_dir: str, state: str) -> None:
+    """autopush.running: `PID STARTTIME STATE`, replaced whole (the hook reads it with `read`)."""
+    started = start_time(os.getpid())
+    write_atomic(os.path.join(slicer_dir, RUNNING),
+                 b"%d %s %s\n" % (os.getpid(), started[0].encode() if started else b"-", state.encode()),
+                 mode=0o644, durable=False)
+
+
+def idle_seconds() -> int:
+    try:
+        from .config import Settings
+        return Settings(".").get("slicer.autoPushIdle")
+    except Exception:  # a bad value or a vanished worktree: leave right away, as before
+        return 0
+
+
+def _wait_for_trigger(slicer_dir: str, pending: str, signals: _Signals, seconds: float) -> bool:
+    """Sleep until `pending` appears (True), or `seconds` pass, a stop, or the worktree is gone."""
+    deadline = time.monotonic() + seconds
+    while not signals.stopping:
+        if os.path.exists(pending):
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0 or not os.path.isdir(slicer_dir):
+            return False
+        signals.wait(min(left, POLL))
+    return False
+
+
+def _serve(slicer_dir: str, hook: str, signals: _Signals) -> None:
+    pending = os.path.join(slicer_dir, PENDING)
+    while True:
+        _announce(slicer_dir, BUSY)
+        _rotate(slicer_dir)
+        while os.path.exists(pending):
+            hook = _settle(pending) or hook
+            _push_all(slicer_dir, hook)
+        idle = 0 if signals.stopping else idle_seconds()
+        if idle <= 0:
             return
+        _announce(slicer_dir, WAIT)
+        if not _wait_for_trigger(slicer_dir, pending, signals, idle):
+            return
+
+
+def _pause_point(phase: str) -> None:
+    """Test hook: linger PAUSE seconds here when GIT_SLICER_TEST_PAUSE_AT names this phase, so a
+    test can commit exactly while the runner leaves."""
+    if os.environ.get("GIT_SLICER_TEST_PAUSE_AT") == phase:
+        time.sleep(PAUSE)
 
 
 def run(hook: str, git_dir: str) -> int:
     slicer_dir = os.path.join(os.path.abspath(git_dir), "slicer")
     pending, running = os.path.join(slicer_dir, PENDING), os.path.join(slicer_dir, RUNNING)
+    signals = _Signals()            # before our pid is announced: a hook's SIGUSR1 never kills us
     try:
         fd = os.open(os.path.join(slicer_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -146,16 +284,13 @@ def run(hook: str, git_dir: str) -> int:
     try:
         while _try_lock(fd):
             try:
-                with open(running, "w") as fh:
-                    fh.write("%d\n" % os.getpid())
-                _rotate(slicer_dir)
-                while os.path.exists(pending):
-                    _settle(pending)
-                    _push_all(slicer_dir, hook)
+                _serve(slicer_dir, hook, signals)
+                _pause_point("autopush:leaving")
             finally:
                 _unlink(running)                 # first: from here on a new trigger starts a runner
+                _pause_point("autopush:left")
                 _unlock(fd)
-            if not os.path.exists(pending):      # a trigger that came while we were releasing
+            if not os.path.exists(pending):      # a trigger that came while we were leaving
                 break
     finally:
         os.close(fd)

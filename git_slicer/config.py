@@ -39,6 +39,9 @@ KEYS = [
         "Also push gitignored files (like `--include-ignored`)."),
     Key("slicer.autoPush", "bool", True, "GIT_SLICER_AUTOPUSH",
         "Let installed hooks push new commits to linked VMs."),
+    Key("slicer.autoPushIdle", "int", 45, "GIT_SLICER_AUTOPUSH_IDLE",
+        "Seconds the hooks' background runner waits for the next commit after its last push, so that "
+        "commit's hook only wakes it (no process start); `0` leaves at once.", minimum=0, maximum=_WEEK),
     Key("slicer.progress", "str", "auto", "GIT_SLICER_PROGRESS",
         "Progress bars on stderr: `auto` (only on a TTY), `always`, `never`.",
         choices=("auto", "always", "never")),

@@ -2,7 +2,8 @@
 
 Hooks go where git looks for them: `git rev-parse --git-path hooks` (the common dir, or
 core.hooksPath). Each of post-commit, post-merge and post-rewrite gets the same marked block
-(`hooks/block.tmpl`), which runs `git_slicer.autopush` detached when the worktree has a link.
+(`hooks/block.tmpl`), which wakes `git_slicer.autopush` (or starts it detached) when the
+worktree has a link.
 
 A hook that is already there keeps working and is restored byte-for-byte by uninstall:
   - a shell script gets the block spliced in right after its `#!` line (git-branchless style);
@@ -29,7 +30,7 @@ from .links import LinkStore
 from .wire.files import write_atomic
 
 HOOKS = ("post-commit", "post-merge", "post-rewrite")
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 BACKUP_SUFFIX = ".pre-slicer"
 _START = b"## START GIT-SLICER HOOK"
 _END = b"## END GIT-SLICER HOOK"
@@ -255,7 +256,9 @@ def manual(worktree, python: str = None) -> dict:
 
 
 def uninstall(worktree) -> dict:
+    from . import autopush
     directory = hooks_dir(worktree)
+    autopush.stop(worktree.git_path("slicer"))     # no hook will wake it any more
     done = []
     for hook in HOOKS:
         info = inspect(directory, hook)

@@ -14,8 +14,7 @@ Nothing here writes into the host's worktree, index or refs: callers decide what
 from __future__ import annotations
 
 import os
-
-from pygit2 import reference_is_valid_name
+import re
 
 from . import report
 from .config import Settings
@@ -94,12 +93,12 @@ class Inbound:
         store when the host has the blob, otherwise from the VM's worktree (checked against its
         blob id). Sets each change's `source` (regular files) or `target` (symlinks)."""
         needed = [c for c in changes if c.new is not None]
-        have = set(present(self.wt, sorted({c.new[1] for c in needed})))
         from_vm = {}
         with ObjectReader(self.wt) as odb:                # one `git cat-file` for all files
             for change in needed:
-                if change.new[1] in have:
-                    data = odb.read(change.new[1])[1]
+                found = odb.read(change.new[1])
+                if found is not None and found[0] == "blob":
+                    data = found[1]
                     if change.new[0] == overlay_mod.MODE_LINK:
                         change.target = os.fsdecode(data)
                     else:
@@ -141,11 +140,6 @@ def missing(worktree, oids, env=None) -> list:
     return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" missing")]
 
 
-def present(worktree, oids) -> list:
-    absent = set(missing(worktree, oids))
-    return [o for o in oids if o not in absent]
-
-
 def valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
     """VM branch names that are safe as `refs/slicer/<vm>/<name>`; others are dropped with a warning.
     More than `max_refs` branches, or two that cannot both be refs (`a` and `a/b`), is refused
@@ -159,7 +153,7 @@ def valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
     valid = {}
     for name, oid in sorted(branches.items()):
         ok = isinstance(name, str) and is_oid(oid) and "\n" not in name and \
-            reference_is_valid_name("refs/heads/" + name)      # git's check-ref-format rules
+            valid_refname("refs/heads/" + name)      # git's check-ref-format rules
         if ok:
             valid[name] = oid
         else:
@@ -171,6 +165,23 @@ def valid_branches(worktree, branches: dict, max_refs: int = 10_000) -> dict:
                               "directory of the other); nothing was written" % (display(parent), display(name)),
                               hint="rename or delete one of them in the VM and pull again")
     return valid
+
+
+# git's check-ref-format rules (refs.c check_refname_component), in Python: importing pygit2
+# for them alone cost a pull more than the check. tests/test_security_units.py holds this
+# against libgit2's reference_is_valid_name.
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def valid_refname(name: str) -> bool:
+    """Whether `name` (a full ref, `refs/heads/x`) is a name git accepts for a ref."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    if not name or name == "@" or name.startswith("/") or name.endswith(("/", ".")) or _BAD_REF_CHARS.search(name):
+        return False
+    return all(part and not part.startswith(".") and not part.endswith(".lock") for part in name.split("/"))
 
 
 def ref_parent(name: str, names) -> str:

@@ -400,8 +400,10 @@ class _Trees:
     def diff(self, a: str, b: str):
         if not a or not b or a == b:
             return []
-        out = self.wt.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b])
-        return [os.fsdecode(p) for p in out.split(b"\0") if p]
+        if ("diff", a, b) not in self._cache:          # base..vm and head..target are often the same
+            out = self.wt.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b])
+            self._cache[("diff", a, b)] = [os.fsdecode(p) for p in out.split(b"\0") if p]
+        return list(self._cache[("diff", a, b)])
 
 
 def record_refs(worktree, vm: str, branches: dict) -> None:

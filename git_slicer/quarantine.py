@@ -21,6 +21,7 @@ from .locks import pid_alive
 from .objects import ObjectReader, parse_tree
 from .wire import gitobj
 from .wire.framing import crash_point
+from .wire.files import write_atomic
 from .wire.gitobj import ENTRY_MODES, is_oid, mode_bits
 from .wire.paths import UnsafePath, check_relpath, display
 
@@ -49,6 +50,7 @@ class Quarantine:
         os.mkdir(os.path.join(self.dir, "pack"))
         self.env = {"GIT_OBJECT_DIRECTORY": self.dir, "GIT_ALTERNATE_OBJECT_DIRECTORIES": self.objects,
                     "GIT_QUARANTINE_PATH": self.dir}
+        self.counted = {}          # tree id -> paths it expands to, of validated trees
 
     # -- receiving -------------------------------------------------------------
     def receive(self, chunks) -> None:
@@ -112,7 +114,7 @@ class Quarantine:
                        input="".join(t + "\n" for t in tips).encode())
         commits = out.decode().split()
         seen = set()
-        memo = {}
+        memo = self.counted = load_path_counts(self.worktree)
         with ObjectReader(self.worktree, self.env) as odb, ObjectReader(self.worktree) as host:
             for commit in commits:
                 kind, data = odb.read(commit) or (None, b"")
@@ -127,7 +129,9 @@ class Quarantine:
 
     def _count_paths(self, odb, tree: str, memo: dict) -> int:
         """Paths a tree expands to, shared subtrees counted each time they appear (a "git bomb"
-        of a few small trees can expand to billions of paths for diff and checkout)."""
+        of a few small trees can expand to billions of paths for diff and checkout). Trees the
+        host already has count too (a new tree can repeat one of them a million times): their
+        counts come from earlier pulls (`memo` starts from load_path_counts), else are walked."""
         if tree in memo:
             return memo[tree]
         total = 0
@@ -183,6 +187,8 @@ class Quarantine:
         for name in names:
             os.replace(os.path.join(pack_dir, name), os.path.join(target, name))
             crash_point("pull:migrating")
+        if self.counted:
+            save_path_counts(self.worktree, self.counted)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -192,6 +198,39 @@ class Quarantine:
 
     def __exit__(self, *exc):
         self.discard()
+
+
+# Paths each validated tree expands to, kept between pulls (a tree id names its content, so a
+# count never goes stale): the next pull counts only the trees that are new. Host-written, beside
+# the objects it describes (objects/info, which git leaves alone; it changes when objects land,
+# as a refused pull's may); unreadable or damaged, those trees are simply walked again.
+PATH_COUNTS = "slicer-tree-path-counts"
+PATH_COUNTS_MAX = 200_000          # entries kept (newest pull's first): ~10 MB at most
+
+
+def _path_counts_file(worktree) -> str:
+    return os.path.join(worktree.common_dir, "objects", "info", PATH_COUNTS)
+
+
+def load_path_counts(worktree) -> dict:
+    counts = {}
+    try:
+        with open(_path_counts_file(worktree), "rb") as fh:
+            for line in fh:
+                oid, _, count = line.partition(b" ")
+                counts[oid.decode("ascii")] = int(count)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return counts
+
+
+def save_path_counts(worktree, counts: dict) -> None:
+    items = list(counts.items())[-PATH_COUNTS_MAX:]
+    try:
+        write_atomic(_path_counts_file(worktree), b"".join(b"%s %d\n" % (oid.encode("ascii"), n) for oid, n in items),
+                     durable=False)
+    except OSError:
+        pass                        # only a cache: the next pull walks those trees again
 
 
 def remove_stale(directory: str, prefix: str) -> None:

@@ -34,6 +34,13 @@ def run_git(args, cwd=None, input=None, env=None, check=True) -> bytes:
     return proc.stdout
 
 
+def _config_key(key: str) -> str:
+    """git's key normalisation: section and variable lowercased, a subsection kept as written."""
+    first, dot, rest = key.partition(".")
+    middle, _, last = rest.rpartition(".")
+    return first.lower() + dot + (middle + "." if middle else "") + last.lower()
+
+
 class Worktree:
     """One git worktree on the host (main or linked), found from any path inside it."""
 
@@ -52,6 +59,7 @@ class Worktree:
         self.root, self.git_dir, self.common_dir, self.object_format = lines
         self.env = clean_env({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.root})
         self._git_paths = {}
+        self._config = None         # every setting, read once (`git config --list`) on first use
 
     def git(self, args, input=None, check=True, env=None) -> bytes:
         run_env = self.env if env is None else {**self.env, **env}
@@ -96,7 +104,15 @@ class Worktree:
         return int(out or 0)
 
     def config(self, key: str, default=None):
-        out = self.git(["config", "--get", key], check=False).strip()
+        """`git config --get KEY` (the last value; default when unset or empty), all settings read
+        with one `git config --list` on first use: a Worktree lives for one operation."""
+        if self._config is None:
+            self._config = {}
+            for item in self.git(["config", "-z", "--list"], check=False).split(b"\0"):
+                name, _, value = item.partition(b"\n")
+                if name:
+                    self._config[_config_key(name.decode("utf-8", "surrogateescape"))] = value
+        out = self._config.get(_config_key(key), b"").strip()
         return out.decode("utf-8", "surrogateescape") if out else default
 
     def remotes(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 _warned = set()
@@ -60,7 +61,9 @@ def progress(total=None, desc: str = "", unit: str = "B", setting: str = None):
     no-op object with the same methods."""
     if setting is None and not quiet:
         from .config import Settings      # slicer.progress (env GIT_SLICER_PROGRESS wins); lazy: CLI start-up
-        setting = Settings().get("slicer.progress")
+        setting = os.environ.get("GIT_SLICER_PROGRESS", "")
+        if setting not in ("auto", "always", "never"):     # else Settings reads config, or says what is wrong
+            setting = Settings().get("slicer.progress")
     setting = setting or "auto"
     if not progress_enabled(setting):
         return _NoBar()

@@ -22,7 +22,8 @@ import pytest
 
 SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX",
          "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_SLICER_PROVIDER",
-         "GIT_SLICER_VM_DIR", "GIT_SLICER_SANDBOX", "GIT_SLICER_PROGRESS", "GIT_SLICER_AUTOPUSH")
+         "GIT_SLICER_VM_DIR", "GIT_SLICER_SANDBOX", "GIT_SLICER_PROGRESS", "GIT_SLICER_AUTOPUSH",
+         "GIT_SLICER_AUTOPUSH_IDLE")
 HAVE_BWRAP = shutil.which("bwrap") is not None
 
 
@@ -61,6 +62,23 @@ def stop_warm_agents(vm_root) -> None:
         for directory in vm_root.iterdir():
             if (directory / "agent.json").exists():
                 WarmAgent(str(directory), "", 0, 0).stop()
+
+
+@pytest.fixture(autouse=True)
+def no_waiting_hook_runners(tmp_path):
+    """The hooks' background runner waits slicer.autoPushIdle seconds for the next commit: end the
+    ones a test started in its repositories, so none outlives it."""
+    yield
+    import glob
+    import time
+    from git_slicer import autopush
+    for running in glob.glob(str(tmp_path / "*" / ".git" / "slicer" / "autopush.running")) + \
+            glob.glob(str(tmp_path / "*" / ".git" / "worktrees" / "*" / "slicer" / "autopush.running")):
+        slicer_dir = os.path.dirname(running)
+        autopush.stop(slicer_dir)
+        deadline = time.monotonic() + 60
+        while autopush.runner(slicer_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def run(args, cwd=None, input=None, check=True, env=None):

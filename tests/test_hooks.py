@@ -33,6 +33,15 @@ def settle(repo: Repo, timeout: float = 60.0) -> None:
     assert autopush.wait_idle(slicer_dir(repo), timeout), "background push still running after %ss" % timeout
 
 
+def stop_runner(repo: Repo) -> None:
+    """End the background runner waiting for the next commit (as the suite does after each test)."""
+    autopush.stop(slicer_dir(repo))
+    deadline = time.monotonic() + 30
+    while autopush.runner(slicer_dir(repo)):
+        assert time.monotonic() < deadline, "the runner did not leave"
+        time.sleep(0.02)
+
+
 def assert_vm_matches(repo: Repo, vm: str) -> None:
     settle(repo)
     assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
@@ -373,6 +382,7 @@ def test_hook_without_its_interpreter(launched, tmp_path):
     assert all(h["current"] and h["python_missing"] for h in status)    # current for its interpreter
     repo.commit("git-slicer from PATH")                      # falls back to git-slicer on PATH
     assert_vm_matches(repo, vm)
+    stop_runner(repo)                                        # else the commit only wakes it
     env = {**os.environ, "PATH": "/usr/bin:/bin"}
     proc = run(["git", "commit", "-q", "--allow-empty", "-m", "no git-slicer at all"], cwd=repo.path, env=env)
     err = proc.stderr.decode().splitlines()

@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from conftest import run
 from hostile_agent import _guest, install, vm_home
 
 # Builds a tree from raw entries (mode, name, oid hex) with `git hash-object --literally`, so any
@@ -199,6 +200,39 @@ def test_34_tree_bomb_is_refused(launched):
     repo.vm_sh(vm, "t=$(printf '100644 blob %s\\tf\\n' $(echo x | git hash-object -w --stdin) | git mktree); "
                    "for i in $(seq 9); do t=$(for j in 0 1 2 3 4 5 6 7 8 9; do printf '040000 tree %s\\td'$j'\\n' $t; done"
                    " | git mktree); done; git update-ref refs/heads/evil $(git commit-tree $t -p HEAD -m bomb)")
+    refused(repo, vm, "tree bomb")
+
+
+# A 10-way tree three levels deep over one blob: 2110 paths from 4 small trees.
+FANOUT_TREE = ("t=$(printf '100644 blob %s\\tf\\n' $(echo x | git hash-object -w --stdin) | git mktree); "
+               "for i in 1 2 3; do t=$(for j in 0 1 2 3 4 5 6 7 8 9; do printf '040000 tree %s\\td'$j'\\n' $t; done"
+               " | git mktree); done; ")
+BOMB_OF_IT = ("b=$(for j in 0 1 2 3 4 5 6 7 8 9; do printf '040000 tree %s\\tb'$j'\\n' $t; done | git mktree); "
+              "git update-ref refs/heads/evil $(git commit-tree $b -p HEAD -m bomb)")
+
+
+def test_34_tree_bomb_of_trees_the_host_already_has(launched):
+    """Trees the host has need no second check of their names, but they still count: a new tree
+    that repeats one of them ten times expands to ten times its paths."""
+    repo, vm = launched
+    run(["sh", "-c", FANOUT_TREE], cwd=repo.path)           # the host has every tree of it
+    repo.vm_sh(vm, FANOUT_TREE + BOMB_OF_IT)
+    refused(repo, vm, "tree bomb", config=[("slicer.limit.objects", "5000")])
+
+
+def test_34_tree_bomb_of_trees_counted_in_an_earlier_pull(launched):
+    """A pull keeps the path counts of the trees it validated (objects/info/slicer-tree-path-counts); the
+    next pull adds them up without walking those trees again, and still refuses the bomb."""
+    repo, vm = launched
+    repo.git("config", "slicer.limit.objects", "5000")
+    repo.vm_sh(vm, FANOUT_TREE + "r=$( (git ls-tree HEAD; printf '040000 tree %s\\tlib\\n' $t) | git mktree); "
+                   "git update-ref refs/heads/main $(git commit-tree $r -p HEAD -m lib) && git reset -q --hard")
+    repo.slicer("pull", vm)                                  # 2110 paths under lib/: within the limit
+    assert len(list((repo.path / "lib").rglob("f"))) == 1000
+    with open(repo.path / ".git" / "objects" / "info" / "slicer-tree-path-counts") as fh:
+        counts = dict(line.split() for line in fh)
+    assert counts[repo.git("rev-parse", "HEAD:lib").strip()] == "2110"
+    repo.vm_sh(vm, "t=$(git rev-parse HEAD:lib); " + BOMB_OF_IT)
     refused(repo, vm, "tree bomb")
 
 

@@ -108,3 +108,23 @@ def test_state_check():
             check_state({**good, "overlay": {"index": {}, "files": files}})
     with pytest.raises(UnsafeInput, match="more than 1"):
         check_state({**good, "overlay": {"index": {"a": None}, "files": {"b": None}}}, max_entries=1)
+
+
+def test_branch_names_are_checked_as_libgit2_checks_them():
+    """inbound.valid_refname (pure Python, so a pull needs no pygit2 import) accepts exactly the
+    names libgit2's reference_is_valid_name accepts, on tricky names and on random ones."""
+    import random
+    from pygit2 import reference_is_valid_name
+    from git_slicer.inbound import valid_refname
+    assert not valid_refname("refs/heads/a\x00b")     # libgit2 sees "a" (a C string): NUL breaks update-ref -z
+    assert not valid_refname("refs/heads/\ud800")     # not UTF-8 (libgit2: an exception)
+    names = ["main", "a/b", "a//b", "/a", "a/", ".a", "a/.b", "a.", "a/b.", "a..b", "a.lock", "a/b.lock/c",
+             "a.lock.b", "@", "a@{b", "a@b", "@{", "a b", "a\tb", "a\x7fb", "a~b", "a^b", "a:b", "a?b", "a*b",
+             "a[b", "a\\b", "a]b", "é", "日本/語", "-a", "a-", "a/./b", "a/../b", "..", ".", "lock", ".lock",
+             "HEAD", "a{b", "a}b", "x" * 300, "a.b/c.d", "a/@/b", "@/a"]
+    rng = random.Random(15)
+    alphabet = "ab./@{}~^:?*[]\\ -\x01\x7fé"
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(5000)]
+    for name in names:
+        expected = reference_is_valid_name("refs/heads/" + name)
+        assert valid_refname("refs/heads/" + name) == expected, repr(name)

@@ -78,7 +78,9 @@ def status(path, as_json):
     auto = result["auto_push"]
     lines.append("automatic push: %s" % ("on" if auto is True else "off (slicer.autoPush=false)" if auto is False else auto))
     runner = result["runner"]
-    lines.append("background push: %s" % (runner["state"] + (" (pid %d)" % runner["pid"] if runner["pid"] else "")))
+    lines.append("background push: %s" % (runner["state"] + (" (pid %d)" % runner["pid"] if runner["pid"] else "")
+                                          + (", runner pid %d waits for the next commit" % runner["waiting"]
+                                             if runner.get("waiting") else "")))
     if not result["vms"]:
         lines.append("no linked VMs in this worktree")
     for vm in result["vms"]:

@@ -200,7 +200,8 @@ class Agent:
         repo = Repo(request["path"])
         branch = request["branch"]
         commit = request["commit"]
-        new_overlay = request["overlay"]
+        if not isinstance(request.get("overlay"), dict):
+            raise AgentError("bad-request", "a push needs the new overlay")
         if not is_oid(commit) or subprocess.run(
                 ["git", "check-ref-format", "refs/heads/" + str(branch)], env=repo.env).returncode != 0:
             raise AgentError("bad-request", "invalid branch name %r or commit %r" % (branch, commit))

@@ -24,6 +24,7 @@ from git_slicer.providers import qemu, qemu_image
 from git_slicer.session import AgentSession
 from git_slicer.transport import ProcessChannel
 from git_slicer.wire.framing import Connection
+from git_slicer.wire.serialsync import ack_line
 
 QEMU = shutil.which("qemu-system-x86_64")
 DEBOOTSTRAP = shutil.which("debootstrap") or (os.path.exists("/usr/sbin/debootstrap") and "/usr/sbin/debootstrap")
@@ -187,7 +188,7 @@ def _serve(fd):
     try:
         while True:
             nonce, rest = serial.wait_for_sync(fd)
-            os.write(fd, serial.ACK % nonce)
+            os.write(fd, ack_line(nonce))
             reader = io.BufferedReader(serial.PortReader(fd, rest))
             writer = io.BufferedWriter(serial.PortWriter(fd))
             Agent(Connection(reader, writer)).serve()

@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import select
 import sys
 import time
 
 from ..wire.framing import Connection
+from ..wire.serialsync import SYNC_RE, ack_line
 from .server import Agent
 
-SYNC_RE = re.compile(rb"GIT-SLICER-SYNC ([0-9a-f]{32})\n")
-ACK = b"GIT-SLICER-ACK %s\n"
 IDLE_SLEEP = 0.1
 
 
@@ -95,7 +93,7 @@ def serve_port(path: str) -> int:
     while True:
         nonce, rest = wait_for_sync(fd)
         try:
-            os.write(fd, ACK % nonce)
+            os.write(fd, ack_line(nonce))
             reader = io.BufferedReader(PortReader(fd, rest), 256 * 1024)
             writer = io.BufferedWriter(PortWriter(fd), 1024 * 1024)
             Agent(Connection(reader, writer)).serve()

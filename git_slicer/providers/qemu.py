@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import secrets
 import select
 import shutil
 import signal
@@ -36,6 +34,7 @@ from ..config import vm_dir
 from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..wire.files import utc_now, write_atomic
 from ..wire.framing import Connection, ProtocolError
+from ..wire.serialsync import ack_pattern, new_nonce, sync_line
 from ..session import open_session
 from ..transport import SocketChannel
 from . import VM, DirectoryVMs, new_vm_id
@@ -91,8 +90,8 @@ class SerialChannel(SocketChannel):
             sock.settimeout(min(remaining, SYNC_ATTEMPT_SECONDS))
             try:
                 sock.connect(path)
-                nonce = secrets.token_hex(16).encode()
-                sock.sendall(b"GIT-SLICER-SYNC " + nonce + b"\n")
+                nonce = new_nonce()
+                sock.sendall(sync_line(nonce))
                 rest = self._await_ack(sock, nonce, min(remaining, SYNC_ATTEMPT_SECONDS))
             except (OSError, socket.timeout) as exc:
                 last = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -110,7 +109,7 @@ class SerialChannel(SocketChannel):
     def _await_ack(sock, nonce: bytes, seconds: float):
         """Bytes after our ack (normally none), or None if it did not come in time.
         Anything before it is what an earlier, aborted operation left in flight."""
-        want = re.compile(rb"GIT-SLICER-ACK " + re.escape(nonce) + rb"\n")
+        want = ack_pattern(nonce)
         deadline = time.monotonic() + seconds
         buf = b""
         while True:

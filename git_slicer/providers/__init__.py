@@ -116,6 +116,17 @@ class DirectoryVMs:
                 raise UsageError("a VM named %s already exists (%s); VM names are shared by the local "
                                  "and qemu providers" % (name, "qemu" if holder.endswith(".qemu") else "local"))
 
+    def discard(self, name: str) -> None:
+        """Delete the VM's record and disk (VMNotFound if there is none). Renamed aside first, so
+        a half-removed VM never looks like a live one. Whatever runs for the VM is stopped first,
+        by the caller."""
+        import os
+        import shutil
+        self.get(name)
+        doomed = os.path.join(self.root, ".removing-%s-%d" % (name, os.getpid()))
+        os.rename(self._dir(name), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
     def _vm_root(self) -> str:
         from ..config import vm_dir
         return vm_dir(self.settings)

@@ -129,11 +129,7 @@ class LocalProvider(DirectoryVMs):
     def remove(self, name: str) -> None:
         self.get(name)
         self.stop_agent(name)
-        directory = self._dir(name)
-        # Rename first so a half-removed VM never looks like a live one.
-        doomed = os.path.join(self.root, ".removing-%s-%d" % (name, os.getpid()))
-        os.rename(directory, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        self.discard(name)
 
     # -- running things inside -------------------------------------------------
     def _sandbox_mode(self) -> str:

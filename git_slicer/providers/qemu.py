@@ -297,10 +297,7 @@ class QemuProvider(DirectoryVMs):
     def remove(self, name: str) -> None:
         self.get(name)
         self._kill(name)
-        directory = self._dir(name)
-        doomed = os.path.join(self.root, ".removing-%s-%d" % (name, os.getpid()))
-        os.rename(directory, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        self.discard(name)
 
     def _kill(self, name: str, graceful: bool = False) -> None:
         pid = self._pid(name)

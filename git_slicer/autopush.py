@@ -114,7 +114,7 @@ def runner(slicer_dir: str):
         if started is None or started[1] or (len(words) > 1 and words[1] != started[0]):
             return None
         return pid, state
-    from .locks import pid_alive
+    from .locks import pid_alive        # lazy, like every import here: the hooks' path (see above)
     return (pid, state) if pid_alive(pid) else None
 
 
@@ -155,7 +155,7 @@ def wait_idle(slicer_dir: str, timeout: float = 30.0, interval: float = 0.05) ->
 
 
 def _try_lock(fd: int) -> bool:
-    import fcntl
+    import fcntl                        # lazy: the hooks' path
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -164,7 +164,7 @@ def _try_lock(fd: int) -> bool:
 
 
 def _unlock(fd: int) -> None:
-    import fcntl
+    import fcntl                        # lazy: the hooks' path
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
@@ -298,6 +298,7 @@ def run(hook: str, git_dir: str) -> int:
 
 
 def _push_all(slicer_dir: str, hook: str) -> None:
+    # Lazy: only a runner that holds the lock and has waited for the burst pays for push's imports.
     from .errors import SlicerError, WouldLoseWork
     try:
         from .config import Settings

@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 
 from .errors import UsageError
-from .repo import run_git
+from .repo import clean_env, run_git
+from .wire.paths import display
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,6 @@ class Settings:
     """All slicer.* settings visible from `cwd`, read with one `git config` call."""
 
     def __init__(self, cwd: str = None, env=None):
-        from .repo import clean_env
         out = run_git(["config", "-z", "--get-regexp", r"^slicer\."], cwd=cwd,
                       env=env or clean_env(), check=False)
         self._raw = {}
@@ -172,7 +172,6 @@ class Settings:
 
 
 def _shown(text: str) -> str:
-    from .wire.paths import display
     return display(text[:100])
 
 
@@ -197,7 +196,6 @@ def check_guest_path(text: str, key: str = "slicer.guestPath") -> str:
     """A repository path inside the VM: `~/<dir>` (in the VM user's home) or an absolute path,
     with no '.', '..' or empty components, and never the home or `/` itself (the agent would
     turn it into a repository, or work outside the home)."""
-    from .wire.paths import display
     body = text[2:] if text.startswith("~/") else text[1:] if text.startswith("/") else None
     parts = body.rstrip("/").split("/") if body is not None else []
     if body is None or not body.strip("/") or any(p in ("", ".", "..") for p in parts) or \

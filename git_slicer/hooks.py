@@ -23,7 +23,10 @@ import stat
 import sys
 import sysconfig
 
+from . import autopush
+from .config import Settings
 from .errors import SlicerError
+from .links import LinkStore
 from .wire.files import write_atomic
 
 HOOKS = ("post-commit", "post-merge", "post-rewrite")
@@ -288,9 +291,6 @@ def _skeletons(hook: str):
 
 # -- status --------------------------------------------------------------------------------
 def status(worktree) -> dict:
-    from . import autopush
-    from .config import Settings
-    from .links import LinkStore
     directory = hooks_dir(worktree)
     hooks = []
     for hook in HOOKS:
@@ -318,5 +318,4 @@ def status(worktree) -> dict:
 
 
 def wait_idle(worktree, timeout: float = 30.0) -> bool:
-    from . import autopush
     return autopush.wait_idle(worktree.git_path("slicer"), timeout)

@@ -12,6 +12,7 @@ import os
 import stat
 
 from .errors import SlicerError
+from .wire.paths import display
 
 IGNORE_FILE = ".slicerignore"
 MAX_IGNORE_BYTES = 1024 * 1024
@@ -59,7 +60,7 @@ def read_regular(path: str, shown: str, limit: int = MAX_IGNORE_BYTES):
 
 def compile_patterns(data: bytes, shown: str):
     """A GitIgnoreSpec of `data`; a bad pattern is one error naming `shown` and its line."""
-    import pathspec
+    import pathspec                  # ~20 ms: only for worktrees that have ignore patterns
     lines = data.decode("utf-8", "surrogateescape").splitlines()
     try:
         return pathspec.GitIgnoreSpec.from_lines(lines)
@@ -69,7 +70,6 @@ def compile_patterns(data: bytes, shown: str):
         try:
             pathspec.GitIgnoreSpec.from_lines([line])
         except Exception as exc:
-            from .wire.paths import display
             raise BadIgnoreFile("%s line %d: invalid pattern %s (%s)"
                                 % (shown, number, display(repr(line)[:200]), type(exc).__name__)) from None
     raise BadIgnoreFile("%s: invalid patterns" % shown)

@@ -12,14 +12,17 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
+from . import report
+from .config import RESERVED_VM_NAMES
 from .errors import SlicerError, UsageError
+from .repo import Worktree
 from .wire.files import utc_now, write_atomic
+from .wire.paths import display
 
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def check_vm_name(name: str) -> str:
-    from .config import RESERVED_VM_NAMES
     if not _VM_NAME.match(name or "") or name in RESERVED_VM_NAMES or name.endswith(".json"):
         raise UsageError("invalid VM name %r (letters, digits, '.', '_', '-'; at most 63)" % name)
     return name
@@ -95,8 +98,6 @@ class LinkStore:
             if _VM_NAME.match(name) and not name.endswith(".json"):
                 valid.append(name)
             else:             # not a file we wrote (e.g. "old copy.json"): never a reason to fail
-                from . import report
-                from .wire.paths import display
                 report.warn_once("ignoring %s: not a link file name" % display(os.path.join(self.dir, name + ".json")))
         links = [self.get(n) for n in valid]
         return [link for link in links if link is not None]
@@ -105,7 +106,6 @@ class LinkStore:
 def repository_links(worktree):
     """[(worktree, link)] for every link in every worktree of `worktree`'s repository (links
     live per worktree, so a VM may be linked from several)."""
-    from .repo import Worktree
     found = []
     for path, _ in worktree.worktrees():
         if not os.path.isdir(path):
@@ -126,7 +126,6 @@ _NULLABLE = {f.name: f.default is None for f in Link.__dataclass_fields__.values
 
 
 def _corrupt(path: str, vm: str, why: str) -> SlicerError:
-    from .wire.paths import display
     return SlicerError("link file %s is corrupt (%s)" % (display(path), why),
                        hint="restore it, or remove it with `git slicer unlink %s` and push again" % vm)
 
@@ -156,5 +155,4 @@ def parse_link(raw: bytes, path: str, vm: str) -> Link:
 
 
 def display_name(text: str) -> str:
-    from .wire.paths import display
     return display(text[:100])

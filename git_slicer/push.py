@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 
 from . import agreed, locks, report
@@ -291,8 +292,6 @@ def _send_pack(worktree, session, head, haves, blobs, commits) -> int:
 
 
 def _feed(proc, data: bytes):
-    import threading
-
     def run():
         try:
             proc.stdin.write(data)

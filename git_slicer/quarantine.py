@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .errors import UnsafeInput
+from .locks import pid_alive
 from .objects import ObjectReader, parse_tree
 from .wire import gitobj
 from .wire.framing import crash_point
@@ -234,7 +235,6 @@ def save_path_counts(worktree, counts: dict) -> None:
 
 def remove_stale(directory: str, prefix: str) -> None:
     """Remove `<prefix><pid>-*` directories left by a process that was killed."""
-    from .locks import pid_alive
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

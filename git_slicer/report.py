@@ -13,7 +13,7 @@ verbose = False
 def escape(message: str) -> str:
     """One line safe for a terminal: control and other non-printable characters (a VM's
     escape sequences, newlines that would forge a second line) shown as \\xNN."""
-    from .wire.paths import display
+    from .wire.paths import display     # lazy: report is imported by the CLI at start-up
     return display(str(message))
 
 
@@ -60,14 +60,14 @@ def progress(total=None, desc: str = "", unit: str = "B", setting: str = None):
     """A tqdm bar on stderr when enabled (shown only once work lasts over a second), else a
     no-op object with the same methods."""
     if setting is None and not quiet:
-        from .config import Settings      # slicer.progress (env GIT_SLICER_PROGRESS wins)
+        from .config import Settings      # slicer.progress (env GIT_SLICER_PROGRESS wins); lazy: CLI start-up
         setting = os.environ.get("GIT_SLICER_PROGRESS", "")
         if setting not in ("auto", "always", "never"):     # else Settings reads config, or says what is wrong
             setting = Settings().get("slicer.progress")
     setting = setting or "auto"
     if not progress_enabled(setting):
         return _NoBar()
-    from tqdm import tqdm
+    from tqdm import tqdm               # lazy: ~80 ms, only when a bar is drawn
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
                 mininterval=0.2, delay=0 if setting == "always" else 1.0)
 

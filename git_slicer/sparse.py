@@ -28,7 +28,7 @@ class SparseCheckout:
                     self.recursive.add(body)
             self.recursive -= self.parents
         else:
-            import pathspec
+            import pathspec             # lazy: only non-cone patterns need it (~20 ms)
             self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
 
     @classmethod

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .config import Settings
+from .config import Settings, check_guest_path
 from .egress.vms import launch as launch_with_allowlist
 from .errors import UsageError, VMNotFound
 from .links import Link, LinkStore, check_vm_name
@@ -103,7 +103,6 @@ def launch_vm(provider, name: str = None, tags=None, hostgroup: str = None, allo
 
 
 def default_guest_path(settings: Settings, worktree, vm: str) -> str:
-    from .config import check_guest_path
     if settings.vm(vm, "guestPath"):
         return check_guest_path(settings.vm(vm, "guestPath"), "slicer.%s.guestPath" % vm)
     if settings.get("slicer.guestPath"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -258,7 +259,6 @@ class Agent:
     def op_exec(self, request):
         """Run `argv` in `cwd` (default: home; relative to home); stream its output as D frames
         whose first byte is 1 (stdout) or 2 (stderr); reply with its exit code. No stdin."""
-        import selectors
         argv = request.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise AgentError("bad-request", "exec needs a non-empty argv of strings")

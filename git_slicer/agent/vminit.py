@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 
 PORT_NAME = "org.git-slicer.agent"
 HOME = "/home/agent"
@@ -171,7 +172,6 @@ def run() -> None:
     try:
         main()
     except BaseException as exc:    # noqa: BLE001
-        import traceback
         traceback.print_exc()
         log("init failed: %s" % exc)
         while True:

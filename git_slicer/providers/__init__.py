@@ -7,10 +7,15 @@ This package module holds what every provider shares (`VM`, `DirectoryVMs`);
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import UsageError
+from ..config import vm_dir
+from ..errors import UsageError, VMNotFound
+from ..links import check_vm_name
 from ..links import new_vm_id  # noqa: F401  (providers make ids at launch)
 
 
@@ -31,7 +36,6 @@ class VM:
 
 def record_roots(vm_root: str) -> dict:
     """Where each VM-record provider keeps `<name>/vm.json`: one namespace of names across them."""
-    import os
     return {"local": vm_root, "qemu": os.path.join(vm_root, ".qemu")}
 
 
@@ -88,9 +92,6 @@ class DirectoryVMs:
         """Atomically take `name` (or the first free vm-N not in `avoid`) for a new VM: mkdir of
         `<root>/<name>`, then no other record provider may hold the name. Each claimant makes its
         own directory before looking at the others', so two racing claims never both win."""
-        import os
-        from ..errors import UsageError
-        from ..links import check_vm_name
         os.makedirs(self.root, exist_ok=True)
         others = [root for provider, root in record_roots(self._vm_root()).items() if provider != self.name]
         number = 0
@@ -120,25 +121,18 @@ class DirectoryVMs:
         """Delete the VM's record and disk (VMNotFound if there is none). Renamed aside first, so
         a half-removed VM never looks like a live one. Whatever runs for the VM is stopped first,
         by the caller."""
-        import os
-        import shutil
         self.get(name)
         doomed = os.path.join(self.root, ".removing-%s-%d" % (name, os.getpid()))
         os.rename(self._dir(name), doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
     def _vm_root(self) -> str:
-        from ..config import vm_dir
         return vm_dir(self.settings)
 
     def _dir(self, vm_name: str) -> str:
-        import os
-        from ..links import check_vm_name
         return os.path.join(self.root, check_vm_name(vm_name))
 
     def _record(self, vm_name: str):
-        import json
-        import os
         try:
             with open(os.path.join(self._dir(vm_name), "vm.json"), "rb") as fh:
                 return json.load(fh)
@@ -148,13 +142,11 @@ class DirectoryVMs:
     def get(self, vm_name: str) -> VM:
         record = self._record(vm_name)
         if record is None:
-            from ..errors import VMNotFound
             raise VMNotFound("no %s VM named %s" % (self.name, vm_name),
                              hint="see `git slicer vm list --provider %s`" % self.name)
         return self._vm(record)
 
     def list(self):
-        import os
         try:
             names = sorted(os.listdir(self.root))
         except FileNotFoundError:

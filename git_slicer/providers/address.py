@@ -7,6 +7,7 @@ addresses (socket-only addresses cannot run commands).
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 
@@ -30,7 +31,6 @@ def vm_token(settings, vm_name: str):
     token = settings.vm(vm_name, "token")
     path = settings.vm(vm_name, "tokenFile")
     if not token and path:
-        import os
         try:
             with open(os.path.expanduser(path), encoding="utf-8") as fh:
                 token = fh.read().strip()

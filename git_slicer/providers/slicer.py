@@ -31,6 +31,7 @@ from ..transport import why
 from ..wire.framing import Connection, ProtocolError, RemoteError
 from . import VM, AlwaysRunning, new_vm_id
 from .slicer_api import APIError, ExecOutput, SlicerAPI, exec_query, is_unix_url, run, vm_path
+from .slicer_shell import ShellSession
 
 DEFAULT_TOKEN_FILE = "/var/lib/slicer/auth/token"
 LAUNCH_WAIT = 120                   # seconds the daemon may wait for a new VM's agent
@@ -413,7 +414,6 @@ class SlicerProvider(AlwaysRunning):
 
     def shell(self, vm: VM, cwd: str = "") -> int:
         """An interactive shell on the daemon's /vm/{h}/shell PTY WebSocket."""
-        from .slicer_shell import ShellSession
         hostname = self._hostname(vm)
         where = ""
         if cwd:

@@ -5,10 +5,13 @@ u32), shutdown, heartbeat, session close. The terminal is raw while the session 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import struct
 import sys
+import termios
 import threading
+import tty as ttymod
 
 from .. import wsclient
 
@@ -64,8 +67,6 @@ class ShellSession:
         tty = os.isatty(self.stdin_fd)
         saved = None
         if tty:
-            import termios
-            import tty as ttymod
             saved = termios.tcgetattr(self.stdin_fd)
             ttymod.setraw(self.stdin_fd)
             self._window()
@@ -77,14 +78,12 @@ class ShellSession:
             self.ended.wait()
         finally:
             if saved is not None:
-                import termios
                 termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, saved)
                 signal.signal(signal.SIGWINCH, old_winch)
             self.ws.close()
         return 0
 
     def _pump_stdin(self) -> None:
-        import select
         while not self.ended.is_set():
             ready, _, _ = select.select([self.stdin_fd], [], [], 0.5)
             if not ready:

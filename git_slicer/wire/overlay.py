@@ -14,8 +14,10 @@ of the bytes (a symlink's blob is its target).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import time
 
 from .files import write_atomic
 from .gitobj import MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK  # noqa: F401  (the overlay's vocabulary)
@@ -72,7 +74,6 @@ class StatCache:
         entry = self.entries.get(path)
         if not entry or entry[:5] != self.key(st):
             return None
-        import time
         if time.time() - st.st_mtime_ns / 1e9 < self.RACY_SECONDS:
             return None
         return entry[5]
@@ -82,7 +83,6 @@ class StatCache:
 
     @classmethod
     def load(cls, path: str) -> "StatCache":
-        import json
         try:
             with open(path, "rb") as fh:
                 return cls(json.load(fh))
@@ -94,7 +94,6 @@ class StatCache:
         nothing at all when they are what was loaded."""
         if self.used == self.entries:
             return
-        import json
         write_atomic(path, json.dumps(self.used, separators=(",", ":")).encode(), durable=False)
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
+from .framing import StreamAborted
+from .gitobj import MODE_EXEC, MODE_LINK
 from .paths import UnsafePath, check_relpath, collision_key, display
 
 BLOCK = 512
@@ -280,8 +283,6 @@ def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
     or unannounced file. `extra` paths are sent as found (gitignored files on request).
     FIFOs, sockets and devices are never opened.
     """
-    from .framing import StreamAborted
-    from .overlay import MODE_EXEC, MODE_LINK
 
     def changed(path):
         return StreamAborted("%s changed while it was being sent; run the command again" % display(path))
@@ -328,5 +329,4 @@ def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
 
 
 def _is_regular(mode: int) -> bool:
-    import stat
     return stat.S_ISREG(mode)

@@ -139,9 +139,5 @@ def log(worktree, vm_name: str = None) -> dict:
                 "commits": commits}
 
 
-# An interactive shell in the VM: bash where the guest has it, else sh.
-SHELL_COMMAND = ["sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash -i || exec sh -i"]
-
-
 def unlink(worktree, vm_name: str) -> bool:
     return LinkStore.of(worktree).remove(vm_name)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,34 @@ SLICER = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "git_s
 def slicer(cwd, *args, check=True, input=None, env=None):
     """Run `git-slicer ARGS` (the real entry point) in a subprocess."""
     return run(SLICER + list(args), cwd=cwd, check=check, input=input, env=env)
+
+
+def slicer_in_pty(cwd, *args, typed: bytes = b"", seconds: float = 30):
+    """`git slicer ARGS` on a real pseudo-terminal: type `typed`, read until it exits (or
+    `seconds` pass); (everything it printed, its exit code)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(cwd)
+            os.execv(sys.executable, [sys.executable, "-m", "git_slicer", *args])
+        finally:
+            os._exit(127)
+    os.write(fd, typed)
+    output = b""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return output, os.waitstatus_to_exitcode(status)
 
 
 def slicer_json(cwd, *args):

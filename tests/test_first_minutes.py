@@ -4,14 +4,10 @@ hints, and `push --all` doing what README says."""
 from __future__ import annotations
 
 import os
-import pty
-import select
-import sys
-import time
 
 import pytest
 
-from conftest import HAVE_BWRAP, Repo, run
+from conftest import HAVE_BWRAP, Repo, run, slicer_in_pty
 
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed")
 GIT_COMPLETION = "/usr/share/bash-completion/completions/git"
@@ -22,24 +18,7 @@ def test_the_vm_has_its_own_user_hostname_and_prompt(launched):
     repo, vm = launched
     out = repo.vm_sh(vm, "id -un; id -gn; hostname; echo $HOME; cut -d: -f1 /etc/passwd | tr '\\n' ' '")
     assert out.splitlines() == ["agent", "agent", vm, "/home/agent", "root agent nobody "]
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(repo.path)
-        os.execv(sys.executable, [sys.executable, "-m", "git_slicer", "shell", vm])
-    os.write(fd, b"exit 0\n")
-    output = b""
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    os.waitpid(pid, 0)
+    output, _ = slicer_in_pty(repo.path, "shell", vm, typed=b"exit 0\n")
     assert ("[%s] " % vm).encode() in output
 
 

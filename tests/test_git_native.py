@@ -4,16 +4,13 @@ helper, aliases. Through the real console scripts and real git."""
 from __future__ import annotations
 
 import os
-import pty
-import select
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Repo, git, run
+from conftest import Repo, git, run, slicer_in_pty
 
 ROOT = Path(__file__).resolve().parent.parent
 GIT_COMPLETION = "/usr/share/bash-completion/completions/git"
@@ -93,26 +90,10 @@ def test_unlink_forgets_the_link(launched):
 
 def test_shell_runs_in_a_real_pty(launched):
     repo, vm = launched
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(repo.path)
-        os.execv(sys.executable, [sys.executable, "-m", "git_slicer", "shell", vm])
-    output = b""
-    os.write(fd, b"echo marker-$((6*7)); test -t 0 && echo tty-yes; pwd; exit 3\n")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    _, status = os.waitpid(pid, 0)
+    output, code = slicer_in_pty(repo.path, "shell", vm,
+                                 typed=b"echo marker-$((6*7)); test -t 0 && echo tty-yes; pwd; exit 3\n")
     assert b"marker-42" in output and b"tty-yes" in output and b"/project" in output
-    assert os.waitstatus_to_exitcode(status) == 3
+    assert code == 3
 
 
 def test_worktree_add_launch_and_remove(repo, tmp_path):

@@ -68,3 +68,32 @@ def test_one_object_id_check_and_one_set_of_modes():
     assert is_oid("a" * 40) and is_oid("0123456789abcdef" * 4)
     assert not any(is_oid(v) for v in ("A" * 40, "a" * 39, "a" * 41, "g" * 40, None, 40 * b"a", ["a" * 40]))
     assert ENTRY_MODES == {"100644", "100755", "120000", "160000"} and mode_bits(MODE_TREE) == 0o040000
+
+
+def test_relay_copies_both_ways_half_closing_and_counts():
+    import socket
+    import threading
+    from git_slicer.wire.relay import relay
+    client, client_end = socket.socketpair()
+    upstream_end, upstream = socket.socketpair()
+    counts = []
+    worker = threading.Thread(target=lambda: counts.append(relay(client_end, upstream_end)))
+    worker.start()
+
+    def read_all(sock):
+        data = b""
+        while True:
+            block = sock.recv(4096)
+            if not block:
+                return data
+            data += block
+    client.sendall(b"hello")
+    client.shutdown(socket.SHUT_WR)
+    assert read_all(upstream) == b"hello"          # EOF arrives: the relay half-closed upstream
+    upstream.sendall(b"world!")
+    upstream.shutdown(socket.SHUT_WR)
+    assert read_all(client) == b"world!"
+    worker.join(10)
+    assert counts == [(5, 6)]
+    for sock in (client, client_end, upstream_end, upstream):
+        sock.close()

@@ -15,20 +15,7 @@ import socket
 import sys
 import threading
 
-
-def _pump(src, dst) -> None:
-    try:
-        while True:
-            block = src.recv(65536)
-            if not block:
-                break
-            dst.sendall(block)
-    except OSError:
-        pass
-    try:
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
+from ..wire.relay import relay
 
 
 def _bridge(client, path: str) -> None:
@@ -39,10 +26,7 @@ def _bridge(client, path: str) -> None:
         client.close()
         upstream.close()
         return
-    other = threading.Thread(target=_pump, args=(client, upstream), daemon=True)
-    other.start()
-    _pump(upstream, client)
-    other.join()
+    relay(client, upstream)
     client.close()
     upstream.close()
 

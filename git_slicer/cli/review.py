@@ -1,7 +1,5 @@
 """Review verbs: look at a VM's work before pulling it, open a shell there, forget a link."""
 
-import sys
-
 import click
 
 from .common import emit, json_option, short, vm_argument, worktree_at
@@ -43,16 +41,11 @@ def log_command(vm, path, as_json):
 @click.argument("path", required=False, default=".")
 def shell_command(vm, path):
     """Open an interactive shell in VM, in the synced repository."""
-    from .. import review
     from ..config import Settings
     from ..target import resolve
     worktree = worktree_at(path)
     target = resolve(Settings(worktree.root), vm, worktree=worktree)
-    shell = getattr(target.provider, "shell", None)        # a provider with its own terminal endpoint (Slicer)
-    if shell is not None:
-        raise SystemExit(shell(target.vm, target.link.guest_path if target.link else ""))
-    raise SystemExit(target.provider.exec(target.vm, review.SHELL_COMMAND, target.exec_dir(),
-                                          interactive=sys.stdin.isatty()))
+    raise SystemExit(target.provider.shell(target.vm, target.link.guest_path if target.link else ""))
 
 
 @click.command("unlink", short_help="Forget a worktree's link to a VM.", context_settings=CONTEXT)

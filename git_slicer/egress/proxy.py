@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import SlicerError
+from ..wire.relay import relay
 from .allowlist import BadHost, find_rule, parse_rule, parse_target
 
 MAX_HEAD = 64 * 1024          # a request head larger than this is refused
@@ -292,30 +293,10 @@ class EgressProxy:
 
     def _relay(self, client, upstream, rest: bytes):
         """Copy both ways until both sides are done; bytes (client->host, host->client)."""
-        counts = [len(rest), 0]
         if rest:
             upstream.sendall(rest)
-
-        def pump(src, dst, index):
-            try:
-                while True:
-                    block = src.recv(65536)
-                    if not block:
-                        break
-                    dst.sendall(block)
-                    counts[index] += len(block)
-            except OSError:
-                pass
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-        other = threading.Thread(target=pump, args=(client, upstream, 0), daemon=True)
-        other.start()
-        pump(upstream, client, 1)
-        other.join()
-        return counts[0], counts[1]
+        sent, received = relay(client, upstream)
+        return len(rest) + sent, received
 
 
 def _rule_hint(request: Request) -> str:

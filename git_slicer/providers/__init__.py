@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,8 +69,25 @@ class Provider(Protocol):
     def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False) -> int:
         """Run `argv` in the VM at `cwd`, stdio passed through; its exit code."""
 
+    def shell(self, vm: VM, cwd: str = "") -> int:
+        """An interactive shell in the VM, in `cwd` (the linked repository's guest path, "" for
+        the home), on this terminal; its exit code."""
 
-class AlwaysRunning:
+
+# An interactive shell in the VM: bash where the guest has it, else sh.
+SHELL_COMMAND = ["sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash -i || exec sh -i"]
+
+
+class ShellByExec:
+    """`shell` for providers without a terminal endpoint of their own: SHELL_COMMAND through
+    `exec`. Both provider bases below carry it; Slicer has its own."""
+
+    def shell(self, vm: VM, cwd: str = "") -> int:
+        # exec takes absolute directories: a guest path not yet resolved ("~/...") opens the home
+        return self.exec(vm, SHELL_COMMAND, cwd if cwd.startswith("/") else "", interactive=sys.stdin.isatty())
+
+
+class AlwaysRunning(ShellByExec):
     """stop/start for providers whose VMs git-slicer does not stop and start."""
 
     name = ""
@@ -81,7 +99,7 @@ class AlwaysRunning:
         raise UsageError("provider %s cannot start VMs" % self.name)
 
 
-class DirectoryVMs:
+class DirectoryVMs(ShellByExec):
     """VMs recorded as `<root>/<name>/vm.json`, for providers that keep their VMs on this host.
     Subclasses set `root`, `name` and implement `_vm(record) -> VM`."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import agreed, locks, report
 from .config import Settings
@@ -53,7 +53,37 @@ class State:
     overlay: dict
 
 
-def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
+@dataclass
+class PullResult:
+    """What a pull did; `to_json()` is what `git slicer pull --json` prints."""
+    imported: dict                  # VM branch -> the commit now under refs/slicer/<vm>/
+    from_: str                      # the host's branch before the pull ("from")
+    to: str                         # and after it
+    fast_forward: bool = False
+    reset: bool = False             # diverged: --force reset the branch (no fast-forward)
+    files: dict = field(default_factory=lambda: {"written": [], "deleted": []})
+    conflicts: list = field(default_factory=list)
+    backup: dict = None             # --force saved the host's state (Puller._backup)
+    note: str = None                # in the JSON only when there is one
+    exposed_by_ignore_changes: list = None      # in the JSON only when there are some
+    vm: str = ""
+    worktree: str = ""
+    branch: str = ""
+    submodules: list = field(default_factory=list)      # submodules.pull_all's summaries
+
+    def to_json(self) -> dict:
+        data = {"imported": self.imported, "from": self.from_, "to": self.to,
+                "fast_forward": self.fast_forward, "reset": self.reset, "files": self.files,
+                "conflicts": self.conflicts, "backup": self.backup, "vm": self.vm,
+                "worktree": self.worktree, "branch": self.branch, "submodules": self.submodules}
+        if self.note:
+            data["note"] = self.note
+        if self.exposed_by_ignore_changes:
+            data["exposed_by_ignore_changes"] = self.exposed_by_ignore_changes
+        return data
+
+
+def pull(worktree, options: PullOptions, settings: Settings = None) -> PullResult:
     settings = settings or Settings(worktree.root)
     store = LinkStore.of(worktree)
     options.vm = vm_named(worktree, options.vm)
@@ -62,11 +92,11 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> dict:
                          hint="push to it first: git slicer push %s" % options.vm)
     with locks.hold(worktree, options.vm, exclusive_worktree=True):
         result = _pull_locked(worktree, options, settings, store)
-    result["submodules"] = pull_all(worktree, options.vm, options, pull)
+    result.submodules = pull_all(worktree, options.vm, options, pull)
     return result
 
 
-def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> dict:
+def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> PullResult:
     link = store.get(options.vm)
     if link is None or not link.agreed_commit:
         raise UsageError("this worktree is not linked to VM %s" % options.vm,
@@ -87,7 +117,7 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> d
     link.pulled_at = utc_now()
     link.last_result = "ok"
     store.save(link)
-    result.update({"vm": options.vm, "worktree": worktree.root, "branch": branch})
+    result.vm, result.worktree, result.branch = options.vm, worktree.root, branch
     return result
 
 
@@ -104,7 +134,7 @@ class Puller:
         self.store = None
         self.inbound = Inbound(worktree, session, link, pack_limits, file_limits)
 
-    def run(self) -> dict:
+    def run(self) -> PullResult:
         """Refs under refs/slicer/<vm>/ move only when nothing the VM sent failed validation."""
         self._imported = {}
         try:
@@ -124,7 +154,7 @@ class Puller:
         record_refs(self.wt, self.link.vm, self._imported)
         crash_point("pull:imported")
 
-    def _run(self) -> dict:
+    def _run(self) -> PullResult:
         vm_state = self.inbound.state(applied=agreed.pending_id(self.link), max_entries=self.file_limits.max_entries)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
         branches = self.inbound.branches(vm_state)
@@ -138,17 +168,16 @@ class Puller:
         imported = self._import(branches, vm_view)
 
         head = self.wt.rev("HEAD")
-        result = {"imported": imported, "from": head, "to": head, "fast_forward": False, "reset": False,
-                  "files": {"written": [], "deleted": []}, "conflicts": [], "backup": None}
+        result = PullResult(imported=imported, from_=head, to=head)
         target = head
         if vm_tip != head and not self.options.no_merge:
             if self.wt.is_ancestor(head, vm_tip):
                 target = vm_tip
             elif self.wt.is_ancestor(vm_tip, head):
-                result["note"] = "the host branch is ahead of the VM's"
+                result.note = "the host branch is ahead of the VM's"
             elif self.options.force:
                 target = vm_tip
-                result["reset"] = True          # diverged: --force resets the branch, it is no fast-forward
+                result.reset = True             # diverged: --force resets the branch, it is no fast-forward
             else:
                 raise WouldLoseWork(
                     "not a fast-forward: %s on the host and in VM %s have diverged; the VM's commits are in "
@@ -158,7 +187,7 @@ class Puller:
         use_vm_files = not self.options.no_files and vm_state["branch"] == self.link.branch
         vm = State(vm_tip, vm_view if use_vm_files else self.link.agreed_overlay)
         if target == head and vm_tip != head:
-            result["note"] = result.get("note") or "files not applied: the VM is on a different commit"
+            result.note = result.note or "files not applied: the VM is on a different commit"
             return result
         self._merge(head, target, vm, result)
         self.link.agreed_commit = vm_tip
@@ -174,14 +203,14 @@ class Puller:
         return branches
 
     # -- commits and files -----------------------------------------------------------
-    def _merge(self, head: str, target: str, vm: State, result: dict) -> None:
+    def _merge(self, head: str, target: str, vm: State, result: PullResult) -> None:
         trees = _Trees(self.wt)
         try:
             self._merge_with(trees, head, target, vm, result)
         finally:
             trees.close()
 
-    def _merge_with(self, trees, head: str, target: str, vm: State, result: dict) -> None:
+    def _merge_with(self, trees, head: str, target: str, vm: State, result: PullResult) -> None:
         base = State(self.link.agreed_commit, self.link.agreed_overlay)
         writer = SafeWriter(self.wt.root, self.wt.algo)
         vm_paths = set(trees.diff(base.commit, vm.commit))
@@ -228,7 +257,7 @@ class Puller:
                 changes.append(Change(path=path, expect=expect, new=wt))
                 if from_blob and wt is not None and wt[0] != overlay_mod.MODE_LINK:
                     committed[path] = wt
-        result["conflicts"] = conflicts
+        result.conflicts = conflicts
         if conflicts and not self.options.force:
             # `git stash` alone leaves untracked files where they are: say -u when one is involved.
             untracked = [p for p in conflicts if trees.index(ours, p) is None and trees.file(ours, p) is not None]
@@ -245,9 +274,9 @@ class Puller:
             self._to_checkout_form(changes, committed, target, staging)
             exposed = check_ignore_changes(self.wt, changes, self.link.vm, self.options.accept_ignore_changes)
             if exposed:
-                result["exposed_by_ignore_changes"] = exposed
-            if self.options.force and (conflicts or result.get("reset")):
-                result["backup"] = self._backup(head, target, changes, bool(result.get("reset")))
+                result.exposed_by_ignore_changes = exposed
+            if self.options.force and (conflicts or result.reset):
+                result.backup = self._backup(head, target, changes, result.reset)
             self._write(head, target, changes, index_updates, result, index_old, skip_worktree)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -302,7 +331,7 @@ class Puller:
         return {"ref": ref, "commit": commit, "old_tip": head, "reset": reset,
                 "untracked": untracked, "restore": restore}
 
-    def _write(self, head: str, target: str, changes, index_updates: dict, result: dict, index_old=None,
+    def _write(self, head: str, target: str, changes, index_updates: dict, result: PullResult, index_old=None,
                skip_worktree=()) -> None:
         """Move the branch (compare-and-swap), the files and the index together, under a journal:
         if the process dies part-way, the next pull or push rolls all three back."""
@@ -332,9 +361,9 @@ class Puller:
             journal.roll_back(ref_moved=bool(moved))
             raise
         journal.finish()
-        result["to"] = target
-        result["fast_forward"] = bool(moved) and not result.get("reset")
-        result["files"] = {"written": [c.path for c in changes if c.new is not None],
+        result.to = target
+        result.fast_forward = bool(moved) and not result.reset
+        result.files = {"written": [c.path for c in changes if c.new is not None],
                            "deleted": [c.path for c in changes if c.new is None]}
 
 

@@ -78,7 +78,6 @@ def pull_all(worktree, vm: str, options, pull) -> list:
         except SlicerError as exc:
             exc.args = ("submodule %s: %s" % (display(path), exc),)
             raise
-        results.append({"path": path, "from": result.get("from"), "to": result.get("to"),
-                        "fast_forward": result.get("fast_forward"), "imported": result.get("imported"),
-                        "files": result.get("files"), "submodules": result.get("submodules", [])})
+        results.append({"path": path, "from": result.from_, "to": result.to, "fast_forward": result.fast_forward,
+                        "imported": result.imported, "files": result.files, "submodules": result.submodules})
     return results

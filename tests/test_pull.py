@@ -27,10 +27,10 @@ def test_pull_fast_forwards_commits_and_brings_uncommitted_files(launched):
 def test_pull_json_shape(launched):
     repo, vm = launched
     result = repo.slicer_json("pull", vm)
-    for key in ("vm", "worktree", "branch", "from", "to", "fast_forward", "files", "conflicts", "imported"):
-        assert key in result
+    assert set(result) == {"vm", "worktree", "branch", "from", "to", "fast_forward", "reset", "files", "conflicts",
+                           "imported", "backup", "submodules"}
     assert result["files"] == {"written": [], "deleted": []}
-    assert result["fast_forward"] is False
+    assert result["fast_forward"] is False and result["reset"] is False and result["backup"] is None
 
 
 def test_pull_refuses_non_fast_forward_and_force_saves_the_host_tip(launched):

@@ -23,31 +23,30 @@ def command(vm, path, force, no_files, no_merge, accept_ignore_changes, as_json)
     result = pull(worktree_at(path), PullOptions(vm=vm, force=force, no_files=no_files, no_merge=no_merge,
                                                accept_ignore_changes=accept_ignore_changes))
     lines = []
-    if result.get("reset"):
+    if result.reset:
         lines.append("reset %s %s..%s to VM %s's branch (the branches had diverged)" % (
-            result["branch"], short(result["from"]), short(result["to"]), result["vm"]))
-    elif result["fast_forward"]:
-        lines.append("fast-forwarded %s %s..%s from VM %s" % (result["branch"], short(result["from"]),
-                                                              short(result["to"]), result["vm"]))
+            result.branch, short(result.from_), short(result.to), result.vm))
+    elif result.fast_forward:
+        lines.append("fast-forwarded %s %s..%s from VM %s" % (result.branch, short(result.from_),
+                                                              short(result.to), result.vm))
     else:
-        lines.append("%s stays at %s" % (result["branch"], short(result["to"])))
-    files = result["files"]
+        lines.append("%s stays at %s" % (result.branch, short(result.to)))
     for verb, key in (("updated", "written"), ("deleted", "deleted")):   # --json keeps every path
-        lines.extend("  %s %s" % (verb, line) for line in summarize(files[key], 20, display))
-    exposed = result.get("exposed_by_ignore_changes") or []
+        lines.extend("  %s %s" % (verb, line) for line in summarize(result.files[key], 20, display))
+    exposed = result.exposed_by_ignore_changes or []
     if exposed:
         lines.append("note: accepted ignore changes; push now also sends %s%s" % (
             ", ".join(display(p) for p in exposed[:10]), " and %d more" % (len(exposed) - 10) if len(exposed) > 10 else ""))
-    if result.get("note"):
-        lines.append("note: %s" % result["note"])
-    if result.get("backup"):
-        lines.append("host state saved under %s" % result["backup"]["ref"])
-        lines.append("restore with: %s" % result["backup"]["restore"])
-    for sub in _flat(result.get("submodules", [])):
+    if result.note:
+        lines.append("note: %s" % result.note)
+    if result.backup:
+        lines.append("host state saved under %s" % result.backup["ref"])
+        lines.append("restore with: %s" % result.backup["restore"])
+    for sub in _flat(result.submodules):
         lines.append("submodule %s: %s (%d file(s) written)" % (
             display(sub["path"]), "fast-forwarded to " + short(sub["to"]) if sub["fast_forward"]
             else "stays at " + short(sub["to"]), len(sub["files"]["written"]) + len(sub["files"]["deleted"])))
-    emit(as_json, result, "\n".join(lines))
+    emit(as_json, result.to_json(), "\n".join(lines))
 
 
 def _flat(subs, prefix=""):

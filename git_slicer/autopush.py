@@ -327,7 +327,7 @@ def _push_all(slicer_dir: str, hook: str) -> None:
             entry.update(result="skipped", message="on branch %s; VM %s follows %s" % (branch, link.vm, link.branch))
         else:
             try:
-                result = push(worktree, PushOptions(vm=link.vm), settings)
+                result = push(worktree, PushOptions(vm=link.vm), settings).to_json()
                 sent = result["sent"]
                 entry.update(result="ok", commit=result["commit"], up_to_date=result["up_to_date"],
                              message="up to date" if result["up_to_date"] else "pushed %s (%d file(s), %d bytes)" % (

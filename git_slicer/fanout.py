@@ -30,7 +30,7 @@ def push_many(worktree, options: PushOptions, all_linked: bool = False, count: i
 
     def run(job):
         try:
-            return {"ok": True, **push(worktree, job)}
+            return {"ok": True, **push(worktree, job).to_json()}
         except SlicerError as exc:
             return {"ok": False, "vm": job.vm, "error": str(exc)}
 

@@ -7,7 +7,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import agreed, locks, report
 from .config import Settings
@@ -40,7 +40,31 @@ class PushOptions:
     detached_branch: str = None     # a detached HEAD is pushed as this branch (submodules.py)
 
 
-def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
+@dataclass
+class PushResult:
+    """What a push did; `to_json()` is what `git slicer push --json` prints."""
+    vm: str
+    provider: str
+    worktree: str
+    branch: str
+    commit: str                     # the host's HEAD, now the VM's
+    launched: bool                  # the VM was launched for this push
+    guest_path: str
+    up_to_date: bool                # nothing needed sending
+    sent: dict                      # {"pack_bytes", "files", "file_bytes"}
+    first_push: bool = None         # the VM had no repository (in the JSON when something was sent)
+    submodules: list = field(default_factory=list)      # submodules.push_all's summaries
+
+    def to_json(self) -> dict:
+        data = {"vm": self.vm, "provider": self.provider, "worktree": self.worktree, "branch": self.branch,
+                "commit": self.commit, "launched": self.launched, "guest_path": self.guest_path,
+                "up_to_date": self.up_to_date, "sent": self.sent, "submodules": self.submodules}
+        if not self.up_to_date:
+            data["first_push"] = self.first_push
+        return data
+
+
+def push(worktree, options: PushOptions, settings: Settings = None) -> PushResult:
     settings = settings or Settings(worktree.root)
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
@@ -60,7 +84,7 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> dict:
             target = resolve(settings, name, worktree=worktree, provider=options.provider)
             result = _push_locked(worktree, settings, store, target.provider, target.vm, target.link, None,
                                   options, False)
-    result["submodules"] = push_all(worktree, store.get(result["vm"]), result["guest_path"], options, push)
+    result.submodules = push_all(worktree, store.get(result.vm), result.guest_path, options, push)
     return result
 
 
@@ -71,7 +95,7 @@ def _check_head(branch, head) -> None:
         raise SlicerError("branch %s has no commits yet; commit something first" % branch)
 
 
-def _launch_and_push(worktree, settings, store, branch, options) -> dict:
+def _launch_and_push(worktree, settings, store, branch, options) -> PushResult:
     """Launch a VM and push to it; if anything fails before the link is saved, the new VM is
     removed again (no orphan VMs). A name this worktree already links is never reused."""
     taken = {link.vm for _, link in repository_links(worktree)}
@@ -105,7 +129,7 @@ def _discard(provider, vm) -> None:
         report.warn("the push into new VM %s failed and removing it failed too: %s" % (vm.name, exc))
 
 
-def _push_locked(worktree, settings, store, provider, vm, link, branch, options, launched) -> dict:
+def _push_locked(worktree, settings, store, provider, vm, link, branch, options, launched) -> PushResult:
     if link is None:
         link = Link(vm=vm.name, provider=provider.name, address=vm.address,
                     guest_path=default_guest_path(settings, worktree, vm.name), branch=branch,
@@ -119,17 +143,16 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     with InBackground(_host_state, worktree, ignore, options.detached_branch) as scanning:
         with open_session(provider, vm, settings, link.vm_id) as session:
             link.vm_id = session.vm_id or link.vm_id
-            result = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)
-    head, branch = result.pop("head"), result.pop("branch")
+            outcome = _push(worktree, session, store, link, options, include_ignored, ignore, scanning)
+    head, branch = outcome.pop("head"), outcome.pop("branch")
     crash_point("push:before-link")
     link.branch = branch
     link.address = vm.address
     link.pushed_at = utc_now()
     link.last_result = "ok"
     store.save(link)
-    result.update({"vm": vm.name, "provider": provider.name, "worktree": worktree.root, "branch": branch,
-                   "commit": head, "launched": launched, "guest_path": link.guest_path})
-    return result
+    return PushResult(vm=vm.name, provider=provider.name, worktree=worktree.root, branch=branch, commit=head,
+                      launched=launched, guest_path=link.guest_path, **outcome)
 
 
 def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None):

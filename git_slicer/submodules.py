@@ -62,8 +62,8 @@ def push_all(worktree, parent: Link, guest_path: str, options, push) -> list:
         except SlicerError as exc:
             exc.args = ("submodule %s: %s" % (display(path), exc),)
             raise
-        results.append({"path": path, "commit": result.get("commit"), "up_to_date": result.get("up_to_date"),
-                        "submodules": result.get("submodules", [])})
+        results.append({"path": path, "commit": result.commit, "up_to_date": result.up_to_date,
+                        "submodules": result.submodules})
     return results
 
 

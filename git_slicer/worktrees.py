@@ -28,7 +28,7 @@ def add(current: Worktree, path: str, commitish: str = None, branch: str = None,
     result = {"worktree": worktree.root, "branch": worktree.branch(), "pushed": None}
     if vm or launch:
         try:
-            result["pushed"] = push(worktree, PushOptions(vm=vm, launch=launch, provider=provider))
+            result["pushed"] = push(worktree, PushOptions(vm=vm, launch=launch, provider=provider)).to_json()
         except SlicerError as exc:
             raise SlicerError("created worktree %s, but the push failed: %s" % (worktree.root, exc),
                               hint="fix the cause, then run `git slicer push` there") from None

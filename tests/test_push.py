@@ -30,8 +30,10 @@ def test_first_push_reproduces_branch_history_and_status(repo):
 
 def test_push_json_shape(repo):
     result = repo.slicer_json("push", "--launch")
-    for key in ("vm", "worktree", "branch", "commit", "guest_path", "provider", "sent", "up_to_date"):
-        assert key in result
+    assert set(result) == {"vm", "worktree", "branch", "commit", "guest_path", "provider", "sent", "up_to_date",
+                           "first_push", "launched", "submodules"}
+    assert result["first_push"] is True and result["launched"] is True and result["submodules"] == []
+    assert set(result["sent"]) == {"pack_bytes", "files", "file_bytes"}
     assert result["branch"] == "main"
     assert result["commit"] == repo.git("rev-parse", "HEAD").strip()
     assert result["worktree"] == str(repo.path)
@@ -89,7 +91,7 @@ def test_delta_push_sends_only_files_changed_since_last_push(launched):
 def test_noop_push_is_up_to_date(launched):
     repo, vm = launched
     result = repo.slicer_json("push")
-    assert result["up_to_date"] is True
+    assert result["up_to_date"] is True and "first_push" not in result
     assert result["sent"] == {"pack_bytes": 0, "files": 0, "file_bytes": 0}
 
 

@@ -40,7 +40,7 @@ def command(vm, path, launch, force, depth, include_ignored, provider, all_linke
         if outcome["failed"]:
             raise SystemExit(1)
         return
-    result = push(worktree, options)
+    result = push(worktree, options).to_json()
     emit(as_json, result, describe(result))
 
 

@@ -28,10 +28,6 @@ def check_vm_name(name: str) -> str:
     return name
 
 
-# providers/local.py imports `now` and `write_atomic` from here; the helpers live in wire/files.py
-now = utc_now
-
-
 def new_vm_id() -> str:
     """A VM's identity: links name it, so a VM that later takes the same name is not mistaken for it."""
     return os.urandom(16).hex()        # 128 random bits (uuid4 would cost an import per command)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from .. import report
 from ..config import vm_dir
 from ..errors import UsageError
-from ..links import now, write_atomic
+from ..wire.files import utc_now, write_atomic
 from ..transport import ProcessChannel
 from . import VM, DirectoryVMs, new_vm_id
 from .local_agent import WarmAgent, code_stamp, spawn_detached
@@ -63,7 +63,7 @@ class LocalProvider(DirectoryVMs):
         name = self.claim(name, avoid)
         os.mkdir(os.path.join(self._dir(name), "home"), 0o700)
         from ..egress.allowlist import merge
-        record = {"name": name, "id": new_vm_id(), "provider": self.name, "created_at": now(),
+        record = {"name": name, "id": new_vm_id(), "provider": self.name, "created_at": utc_now(),
                   "sandbox": sandbox, "tags": dict(tags or {}), "egress": merge([], allow)}
         write_atomic(os.path.join(self._dir(name), "vm.json"), json.dumps(record, indent=1).encode())
         return self._vm(record)

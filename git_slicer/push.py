@@ -96,8 +96,10 @@ def _check_head(branch, head) -> None:
 
 
 def _launch_and_push(worktree, settings, store, branch, options) -> PushResult:
-    """Launch a VM and push to it; if anything fails before the link is saved, the new VM is
-    removed again (no orphan VMs). A name this worktree already links is never reused."""
+    """Launch a VM and push to it. If the push fails while the VM cannot hold any of it (no link
+    is left, not even a pending one), the new VM is removed again (no orphan VMs); once it may
+    hold the push, VM and pending link stay for the next push to settle. A name this worktree
+    already links is never reused."""
     taken = {link.vm for _, link in repository_links(worktree)}
     link = store.get(options.vm) if options.vm else None
     if link is not None:

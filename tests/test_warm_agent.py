@@ -181,3 +181,12 @@ def _sandbox_of(pid: int, vm: str) -> bool:
     with open("/proc/%d/stat" % pid, "rb") as fh:
         parent = int(fh.read().rsplit(b")", 1)[1].split()[1])
     return not _argv(parent)[:1] or not _argv(parent)[0].endswith(b"bwrap")
+
+
+def test_the_agent_ends_when_its_vm_directory_is_deleted(launched):
+    """A VM directory removed by hand (or a test's tmp dir cleaned up) leaves no agent behind."""
+    import shutil
+    repo, vm = launched
+    pid = agent_info(vm)["pid"]
+    shutil.rmtree(vm_home(vm).parent)
+    assert wait_dead(pid), "the agent outlived its VM's home"

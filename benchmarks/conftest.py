@@ -38,9 +38,11 @@ def rounds(quick) -> int:
 def bench_env(quick):
     """One temporary HOME for the whole run (VMs live under it); the workload cache stays."""
     home = tempfile.mkdtemp(prefix="slicer-bench-home-")
+    runtime = tempfile.mkdtemp(prefix="slicer-bench-run-")      # this run's own warm host process
     cache = workloads.cache_dir()
     saved = dict(os.environ)
-    os.environ.update({"HOME": home, "XDG_DATA_HOME": os.path.join(home, "data"),
+    os.environ.pop("GIT_SLICER_HOST_IDLE", None)
+    os.environ.update({"HOME": home, "XDG_RUNTIME_DIR": runtime, "XDG_DATA_HOME": os.path.join(home, "data"),
                        "XDG_CONFIG_HOME": os.path.join(home, "config"), "GIT_SLICER_BENCH_CACHE": cache,
                        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
                        "GIT_SLICER_PROGRESS": "never", "GIT_SLICER_BENCH_SHAPE": "quick" if quick else "5k",
@@ -50,9 +52,42 @@ def bench_env(quick):
     with open(os.path.join(home, ".gitconfig"), "w") as fh:
         fh.write("[user]\n\tname = Bench\n\temail = bench@example.com\n[init]\n\tdefaultBranch = main\n")
     yield home
+    stop_warm_host(runtime)
     os.environ.clear()
     os.environ.update(saved)
     shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+def warm_host() -> None:
+    """Wait until the warm host process a command started answers, so every timed round runs
+    as a user's second command does (the VM's agent is warm too)."""
+    import glob
+    import socket
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for path in glob.glob(os.path.join(os.environ["XDG_RUNTIME_DIR"], "git-slicer-host", "*.sock")):
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+                return
+            except OSError:
+                pass
+            finally:
+                probe.close()
+        time.sleep(0.05)
+
+
+def stop_warm_host(runtime: str) -> None:
+    import glob
+    import signal
+    for lock in glob.glob(os.path.join(runtime, "git-slicer-host", "*.lock")):
+        try:
+            with open(lock) as fh:
+                os.kill(int(fh.read() or 0), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +149,9 @@ def scratch():
 
 def launch_and_push(worktree: str) -> str:
     import json
-    return json.loads(slicer(worktree, "push", "--launch", "--json"))["vm"]
+    vm = json.loads(slicer(worktree, "push", "--launch", "--json"))["vm"]
+    warm_host()
+    return vm
 
 
 def vm_rm(vm: str) -> None:

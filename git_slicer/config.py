@@ -42,6 +42,10 @@ KEYS = [
     Key("slicer.autoPushIdle", "int", 45, "GIT_SLICER_AUTOPUSH_IDLE",
         "Seconds the hooks' background runner waits for the next commit after its last push, so that "
         "commit's hook only wakes it (no process start); `0` leaves at once.", minimum=0, maximum=_WEEK),
+    Key("slicer.hostIdle", "int", 300, "GIT_SLICER_HOST_IDLE",
+        "Seconds the warm host process (one per user) waits for the next push, pull, status, list, diff "
+        "or log after its last, so the next one skips Python's start; `0` runs every command in its own "
+        "process and ends a running one after its current command.", minimum=0, maximum=_WEEK),
     Key("slicer.progress", "str", "auto", "GIT_SLICER_PROGRESS",
         "Progress bars on stderr: `auto` (only on a TTY), `always`, `never`.",
         choices=("auto", "always", "never")),

@@ -21,7 +21,6 @@ import io
 import os
 import shlex
 import socket
-import stat
 import subprocess
 import threading
 import zipfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 from .errors import AgentFailed, UsageError
+from .rundir import private_dir
 from .wire.framing import Connection, ProtocolError, RemoteError
 
 CONNECT_TIMEOUT = 10
@@ -467,18 +467,8 @@ def ssh_reuse_options(seconds: int) -> list:
     used only when it is a real directory of ours with mode 0700."""
     if not seconds:
         return []
-    directory = os.path.join("/tmp", "git-slicer-ssh-%d" % os.getuid())
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return []
-    try:
-        st = os.lstat(directory)
-    except OSError:
-        return []
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) != 0o700:
+    directory = private_dir("ssh")
+    if directory is None:
         return []                   # made by someone else: never share a socket directory
     return ["-o", "ControlMaster=auto", "-o", "ControlPath=%s/%%C" % directory, "-o", "ControlPersist=%d" % seconds]
 

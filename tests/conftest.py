@@ -23,7 +23,7 @@ import pytest
 SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX",
          "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_SLICER_PROVIDER",
          "GIT_SLICER_VM_DIR", "GIT_SLICER_SANDBOX", "GIT_SLICER_PROGRESS", "GIT_SLICER_AUTOPUSH",
-         "GIT_SLICER_AUTOPUSH_IDLE")
+         "GIT_SLICER_AUTOPUSH_IDLE", "GIT_SLICER_HOST_IDLE", "XDG_RUNTIME_DIR")
 HAVE_BWRAP = shutil.which("bwrap") is not None
 
 
@@ -45,6 +45,12 @@ def hermetic_seal(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
     monkeypatch.setenv("GIT_EDITOR", "false")
     monkeypatch.setenv("LANG", "C.UTF-8")
+    # Every command in its own process, as before the warm host process (tests/test_warm_host.py
+    # turns it on); and the test's own runtime directory, so no host process is shared.
+    monkeypatch.setenv("GIT_SLICER_HOST_IDLE", "0")
+    runtime = tmp_path_factory.mktemp("run")
+    runtime.chmod(0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     # The console script must be reachable as `git slicer` (git finds git-slicer on PATH).
     bindir = os.path.dirname(sys.executable)
     monkeypatch.setenv("PATH", bindir + os.pathsep + os.environ.get("PATH", ""))
@@ -52,6 +58,20 @@ def hermetic_seal(tmp_path_factory, monkeypatch):
                                      "[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n")
     yield home
     stop_warm_agents(home / ".local" / "share" / "git-slicer" / "vms")
+    stop_warm_hosts(runtime / "git-slicer-host")
+
+
+def stop_warm_hosts(directory) -> None:
+    """End the warm host processes a test started (they idle for slicer.hostIdle seconds)."""
+    import signal
+    for lock in directory.glob("*.lock") if directory.is_dir() else ():
+        try:
+            pid = int(lock.read_text() or 0)
+            with open("/proc/%d/cmdline" % pid, "rb") as fh:
+                if b"git_slicer.warmhost" in fh.read():
+                    os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
 
 
 def stop_warm_agents(vm_root) -> None:

@@ -1,0 +1,301 @@
+"""The warm host process (git_slicer/warmhost.py, handed commands by git_slicer/handoff.py).
+
+A command it serves must be the command the user ran: same output, exit code, files, working
+directory, environment and umask, and it must die when the user's command dies. Which path ran is
+seen, not assumed: a `git` wrapper first on PATH records its parent, which is the user's own
+process only when the command ran there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HAVE_BWRAP, SLICER, Repo
+
+pytestmark = pytest.mark.skipif(not HAVE_BWRAP, reason="needs bubblewrap for the local VM")
+
+REAL_GIT = subprocess.run(["sh", "-c", "command -v git"], stdout=subprocess.PIPE).stdout.decode().strip()
+
+
+@pytest.fixture
+def warm(tmp_path, monkeypatch):
+    """Warm host processes on (60 s idle), and a `git` wrapper that logs who ran it."""
+    monkeypatch.setenv("GIT_SLICER_HOST_IDLE", "60")
+    bindir = tmp_path / "wrapped-bin"
+    bindir.mkdir()
+    log = tmp_path / "git-parents.log"
+    wrapper = bindir / "git"
+    wrapper.write_text("#!/bin/sh\necho $PPID >> '%s'\n"
+                       "if [ -n \"$HANG_ON\" ] && [ \"$1\" = \"$HANG_ON\" ]; then echo $PPID > \"$HANG_FILE\"; sleep 60; fi\n"
+                       "exec '%s' \"$@\"\n" % (log, REAL_GIT))
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ["PATH"])
+    return Warm(Path(os.environ["XDG_RUNTIME_DIR"]) / "git-slicer-host", log)
+
+
+class Warm:
+    def __init__(self, directory: Path, log: Path):
+        self.directory, self.log = directory, log
+
+    def socket(self) -> Path:
+        """The host process's socket, once it answers."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for found in self.directory.glob("*.sock") if self.directory.is_dir() else ():
+                probe = socket.socket(socket.AF_UNIX)
+                try:
+                    probe.connect(str(found))
+                    return found
+                except OSError:
+                    pass
+                finally:
+                    probe.close()
+            time.sleep(0.05)
+        raise AssertionError("no warm host process started")
+
+    def host_pid(self) -> int:
+        return int((Path(str(self.socket()) + ".lock")).read_text())
+
+    def run(self, cwd, *args, env=None, umask=None):
+        """(process, git's parents): run git-slicer ARGS; which processes ran git for it."""
+        self.log.write_text("")
+        popen = subprocess.Popen(SLICER + list(args), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+        out, err = popen.communicate(timeout=120)
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
+        proc.pid = popen.pid
+        parents = {int(line) for line in self.log.read_text().split()}
+        return proc, parents
+
+    def served(self, cwd, *args, **kw):
+        proc, parents = self.run(cwd, *args, **kw)
+        assert parents and proc.pid not in parents, "ran in its own process, not the warm host"
+        return proc
+
+    def own(self, cwd, *args, env=None, **kw):
+        env = dict(env or os.environ, GIT_SLICER_HOST_IDLE="0")
+        proc, parents = self.run(cwd, *args, env=env, **kw)
+        assert not parents or proc.pid in parents
+        return proc
+
+    def start(self, cwd):
+        """One command in its own process starts the host process; wait until it listens."""
+        self.run(cwd, "list")
+        return self.socket()
+
+
+def same(a, b):
+    assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr)
+
+
+def test_served_commands_answer_as_their_own_process_would(launched, warm):
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm > vm-new.txt && git add vm-new.txt && git commit -qm 'vm work' && echo more >> README.md")
+    repo.write("host-new.txt", "host\n")
+    warm.start(repo.path)
+    for args in (["status"], ["status", "--json"], ["list", "--json"], ["diff", vm], ["diff", vm, "--stat"],
+                 ["log", vm], ["status", "no-such-vm"], ["status", "--no-such-option"], ["push", "--help"]):
+        same(warm.served(repo.path, *args), warm.own(repo.path, *args))
+    pulled = warm.served(repo.path, "pull", vm, "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["vm"] == vm
+    assert (repo.path / "vm-new.txt").read_text() == "vm\n"
+    assert repo.git("log", "-1", "--format=%s").strip() == "vm work"
+    pushed = warm.served(repo.path, "push", "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    assert repo.vm_sh(vm, "cat host-new.txt") == "host\n"
+
+
+def test_a_served_command_takes_the_callers_directory_environment_and_umask(tmp_path, warm):
+    repos = []
+    for name in ("one", "two", "three"):
+        r = Repo(tmp_path / name)
+        r.path.mkdir()
+        r.git("init", "-q")
+        r.write("f", name)
+        r.commit()
+        repos.append(r)
+    warm.start(tmp_path)
+    for r in repos[:2]:                                       # the caller's working directory
+        listed = json.loads(warm.served(r.path, "list", "--json").stdout)
+        assert sorted({w["worktree"] for w in listed}) == [str(r.path)]
+    env = dict(os.environ, GIT_SLICER_PROVIDER="nonesuch")       # its environment
+    refused = warm.served(repos[2].path, "push", "--launch", env=env)
+    assert refused.returncode == 2 and b"unknown provider 'nonesuch'" in refused.stderr
+    same(refused, warm.own(repos[2].path, "push", "--launch", env=env))
+    for r, umask in ((repos[0], 0o077), (repos[1], 0o022)):   # its umask, seen in what it creates
+        warm.served(r.path, "push", "--launch", umask=umask)
+        own = Repo(tmp_path / ("own-%o" % umask))
+        own.path.mkdir()
+        own.git("init", "-q")
+        own.commit()
+        warm.own(own.path, "push", "--launch", umask=umask)
+        assert stat_mode(r.path / ".git" / "slicer") == stat_mode(own.path / ".git" / "slicer")
+    assert stat_mode(repos[0].path / ".git" / "slicer") == 0o700
+    assert stat_mode(repos[1].path / ".git" / "slicer") == 0o755
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_a_served_command_dies_with_the_callers_command(launched, warm, how):
+    repo, vm = launched
+    warm.start(repo.path)
+    hang = repo.path.parent / "hang.pid"
+    env = dict(os.environ, HANG_ON="rev-parse", HANG_FILE=str(hang))
+    proc = subprocess.Popen(SLICER + ["status"], cwd=repo.path, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (hang.exists() and hang.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(hang.read_text())
+    assert child != proc.pid                                  # it was served
+    proc.send_signal(getattr(signal, how))
+    out, err = proc.communicate(timeout=30)
+    expected = {"SIGKILL": -9, "SIGTERM": -15, "SIGINT": 130}[how]
+    assert proc.returncode == expected, err
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child), "the served command outlived the command that asked for it"
+    assert alive(warm.host_pid())                             # the host process serves on
+    assert warm.served(repo.path, "status").returncode == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_killed_host_process_takes_its_commands_with_it(launched, warm):
+    repo, vm = launched
+    warm.start(repo.path)
+    host = warm.host_pid()
+    hang = repo.path.parent / "hang.pid"
+    env = dict(os.environ, HANG_ON="rev-parse", HANG_FILE=str(hang))
+    proc = subprocess.Popen(SLICER + ["status"], cwd=repo.path, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not (hang.exists() and hang.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(hang.read_text())
+    os.kill(host, signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert b"host process ended during the command" in err and b"Traceback" not in err
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
+    # The next command runs in its own process (nothing listens) and starts a new host process.
+    again, parents = warm.run(repo.path, "status")
+    assert again.returncode == 0 and again.pid in parents, again.stderr
+    deadline = time.monotonic() + 30
+    while warm.host_pid() == host and time.monotonic() < deadline:
+        time.sleep(0.1)
+    warm.socket()
+    assert warm.served(repo.path, "status").returncode == 0
+
+
+def test_the_host_process_ends_when_idle_and_when_configured_off(repo, warm, monkeypatch):
+    monkeypatch.setenv("GIT_SLICER_HOST_IDLE", "1")
+    sock = warm.start(repo.path)
+    host = warm.host_pid()
+    deadline = time.monotonic() + 20
+    while alive(host) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(host) and not sock.exists()
+    monkeypatch.setenv("GIT_SLICER_HOST_IDLE", "60")
+    warm.start(repo.path)
+    host = warm.host_pid()
+    monkeypatch.delenv("GIT_SLICER_HOST_IDLE")
+    repo.git("config", "slicer.hostIdle", "0")
+    proc, parents = warm.run(repo.path, "list")             # served, then the host leaves
+    assert proc.returncode == 0 and proc.pid not in parents
+    deadline = time.monotonic() + 20
+    while alive(host) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(host)
+    warm.own(repo.path, "list", env=dict(os.environ))        # and none starts again
+    time.sleep(1)
+    assert not list(warm.directory.glob("*.sock"))
+
+
+def test_the_socket_is_the_users_alone_and_no_vm_sees_it(launched, warm):
+    repo, vm = launched
+    sock = warm.start(repo.path)
+    assert stat_mode(warm.directory) == 0o700 and stat_mode(sock) == 0o600
+    assert sock.stat().st_uid == os.getuid()
+    for path in (sock, warm.directory):
+        assert repo.vm_sh(vm, "test -e %s && echo present || echo absent" % path) == "absent\n"
+    probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+             "try:\n    s.connect(sys.argv[1]); print('connected')\nexcept OSError:\n    print('refused')\n")
+    assert repo.vm_sh(vm, "python3 - %s <<'EOF'\n%sEOF\n" % (sock, probe)) == "refused\n"
+
+
+def test_a_directory_that_is_not_the_users_own_is_never_used(repo, warm):
+    warm.directory.mkdir(mode=0o755)
+    warm.directory.chmod(0o755)
+    for _ in range(2):
+        proc = warm.own(repo.path, "list", env=dict(os.environ))
+        assert proc.returncode == 0
+        proc, parents = warm.run(repo.path, "list")
+        assert proc.returncode == 0 and proc.pid in parents   # ran here: no host process
+    assert not list(warm.directory.iterdir())
+
+
+def test_garbage_on_the_socket_leaves_the_host_serving(repo, warm):
+    sock = warm.start(repo.path)
+    for junk in (b"", b"\x00\x00\x00\x05hello", b"\xff\xff\xff\xffxx", b"GET / HTTP/1.0\r\n\r\n"):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        s.sendall(junk)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        assert s.recv(100) == b""                 # closed without starting anything
+        s.close()
+    assert warm.served(repo.path, "list").returncode == 0
+
+
+def test_concurrent_commands_are_each_served(launched, warm):
+    repo, vm = launched
+    warm.start(repo.path)
+    procs = [subprocess.Popen(SLICER + ["status", "--json"], cwd=repo.path, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert len({json.loads(out)["vm"] for out, _ in outs}) == 1
+
+
+def test_the_stamp_names_the_code_on_disk(tmp_path):
+    import shutil
+    import git_slicer
+    copy = tmp_path / "pkg"
+    shutil.copytree(os.path.dirname(git_slicer.__file__), copy / "git_slicer",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ["-c", "import sys; sys.path.insert(0, sys.argv[1]); from git_slicer import handoff; print(handoff.stamp())",
+             str(copy)]
+
+    def stamp():
+        return subprocess.run([sys.executable, *probe], check=True, stdout=subprocess.PIPE).stdout
+
+    before = stamp()
+    assert stamp() == before
+    module = copy / "git_slicer" / "wire" / "files.py"
+    os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10 ** 9))
+    assert stamp() != before

@@ -47,12 +47,16 @@ def served(argv) -> bool:
 
 
 def stamp() -> str:
-    """What the host process must run: this interpreter and every module of ours, as on disk now
-    (paths, sizes, mtimes), so a reinstall or an edit is never served by old code. (A checksum,
-    not a secure hash: it names a socket in the user's own directory; hashlib costs 4 ms here.)"""
+    """What the host process must run: this interpreter, what shapes its start (PYTHON* and
+    locale variables: a started interpreter keeps its stdout encoding, path and flags), and every
+    module of ours as on disk now (paths, sizes, mtimes), so a reinstall or an edit is never
+    served by old code. (A checksum, not a secure hash: it names a socket in the user's own
+    directory; hashlib costs 4 ms here.)"""
     import zlib
     package = os.path.dirname(os.path.abspath(__file__))
     facts = ["%s %s" % (sys.executable, sys.version)]
+    facts += sorted("%s=%s" % item for item in os.environ.items()
+                    if item[0].startswith("PYTHON") or item[0] in ("LANG", "LC_ALL", "LC_CTYPE"))
     for root, dirs, files in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):

@@ -45,10 +45,10 @@ def hermetic_seal(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
     monkeypatch.setenv("GIT_EDITOR", "false")
     monkeypatch.setenv("LANG", "C.UTF-8")
-    # Every command in its own process (tests/test_warm_host.py turns the warm host process on;
-    # GIT_SLICER_SUITE_WARM_HOST=1 runs the whole suite through it), and the test's own runtime
-    # directory, so no host process is shared between tests.
-    monkeypatch.setenv("GIT_SLICER_HOST_IDLE", "60" if os.environ.get("GIT_SLICER_SUITE_WARM_HOST") else "0")
+    # Commands go through the warm host process, as a user's do (GIT_SLICER_SUITE_WARM_HOST=0 runs
+    # each in its own process instead); each test has its own runtime directory, so no host
+    # process is shared between tests.
+    monkeypatch.setenv("GIT_SLICER_HOST_IDLE", "0" if os.environ.get("GIT_SLICER_SUITE_WARM_HOST") == "0" else "60")
     runtime = tmp_path_factory.mktemp("run")
     runtime.chmod(0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))

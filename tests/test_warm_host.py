@@ -291,11 +291,14 @@ def test_the_stamp_names_the_code_on_disk(tmp_path):
     probe = ["-c", "import sys; sys.path.insert(0, sys.argv[1]); from git_slicer import handoff; print(handoff.stamp())",
              str(copy)]
 
-    def stamp():
-        return subprocess.run([sys.executable, *probe], check=True, stdout=subprocess.PIPE).stdout
+    def stamp(**env):
+        return subprocess.run([sys.executable, *probe], check=True, stdout=subprocess.PIPE,
+                              env=dict(os.environ, **env)).stdout
 
     before = stamp()
     assert stamp() == before
+    assert stamp(PYTHONIOENCODING="latin-1") != before      # an interpreter started otherwise
+    assert stamp(LC_ALL="C") != before
     module = copy / "git_slicer" / "wire" / "files.py"
     os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10 ** 9))
     assert stamp() != before

@@ -158,7 +158,9 @@ class Agent:
             if request.get("applied"):
                 reply["applied"] = transaction.applied(repo, request["applied"])
         base = request.get("base")
-        if repo.exists and is_oid(base) and reply["head"] and repo.rev(base):
+        if repo.exists and is_oid(base) and base == reply["head"]:
+            reply["behind"], reply["ahead"], reply["since_base"] = 0, 0, {}    # in sync: no git to ask
+        elif repo.exists and is_oid(base) and reply["head"] and repo.rev(base):
             counts = repo.git(["rev-list", "--left-right", "--count", "%s...%s" % (base, reply["head"])]).split()
             reply["behind"], reply["ahead"] = int(counts[0]), int(counts[1])
             # What the VM's commits changed since `base`: lets the host tell the VM's own changes

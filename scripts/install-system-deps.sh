@@ -5,12 +5,13 @@
 #   rsync           a baseline in benchmarks/
 #   qemu-system-x86 the qemu provider's VMs (docs/qemu.md)
 #   debootstrap     building the qemu provider's guest image (as root)
+#   strace          the durability test watches a push's syncfs calls inside the sandbox
 # Runs apt-get only for what is missing, and only as root (CI); otherwise it says what to install.
 #   bash scripts/install-system-deps.sh            everything (tests, benchmarks)
 #   bash scripts/install-system-deps.sh --minimal  only what using git-slicer locally needs (the demo)
 set -euo pipefail
-packages=(bubblewrap openssh-server openssh-client rsync qemu-system-x86 debootstrap)
-commands=(bwrap sshd ssh rsync qemu-system-x86_64 debootstrap)
+packages=(bubblewrap openssh-server openssh-client rsync qemu-system-x86 debootstrap strace)
+commands=(bwrap sshd ssh rsync qemu-system-x86_64 debootstrap strace)
 if [ "${1:-}" = "--minimal" ]; then
   packages=(bubblewrap)
   commands=(bwrap)

@@ -143,29 +143,31 @@ def test_w3_baseline_rsync(benchmark, small, scratch, rounds, quick):
                        rounds=rounds)
 
 
+def _nothing_changed(benchmark, worktree, rounds, command):
+    """Time `command(worktree)` with nothing to do: twice the rounds, after one warm-up."""
+    benchmark.pedantic(lambda: command(worktree), rounds=rounds * 2, warmup_rounds=1)
+
+
+def _linked(worktree):
+    launch_and_push(worktree)
+    return worktree
+
+
 @pytest.mark.benchmark(group="W6 no-op push")
 def test_w6_slicer(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
-    launch_and_push(worktree)
-    benchmark.pedantic(lambda: slicer(worktree, "push"), rounds=rounds * 2, warmup_rounds=1)
+    _nothing_changed(benchmark, _linked(scratch.copy(small)), rounds, lambda w: slicer(w, "push"))
 
 
 @pytest.mark.benchmark(group="W6 no-op push")
 def test_w6_baseline_git_status(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
-    git(worktree, "status", "--porcelain")
-    benchmark.pedantic(lambda: git(worktree, "status", "--porcelain"), rounds=rounds * 2, warmup_rounds=1)
+    _nothing_changed(benchmark, scratch.copy(small), rounds, lambda w: git(w, "status", "--porcelain"))
 
 
 @pytest.mark.benchmark(group="status, nothing changed")
 def test_status_slicer(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
-    launch_and_push(worktree)
-    benchmark.pedantic(lambda: slicer(worktree, "status"), rounds=rounds * 2, warmup_rounds=1)
+    _nothing_changed(benchmark, _linked(scratch.copy(small)), rounds, lambda w: slicer(w, "status"))
 
 
 @pytest.mark.benchmark(group="status, nothing changed")
 def test_status_baseline_git_status(benchmark, small, scratch, rounds):
-    worktree = scratch.copy(small)
-    git(worktree, "status", "--porcelain")
-    benchmark.pedantic(lambda: git(worktree, "status", "--porcelain"), rounds=rounds * 2, warmup_rounds=1)
+    _nothing_changed(benchmark, scratch.copy(small), rounds, lambda w: git(w, "status", "--porcelain"))

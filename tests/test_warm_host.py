@@ -62,6 +62,16 @@ class Warm:
             time.sleep(0.05)
         raise AssertionError("no warm host process started")
 
+    def hosts(self) -> set:
+        """The pids of host processes that ran here (read now, without waiting)."""
+        pids = set()
+        for lock in self.directory.glob("*.lock") if self.directory.is_dir() else ():
+            try:
+                pids.add(int(lock.read_text()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
     def host_pid(self) -> int:
         return int((Path(str(self.socket()) + ".lock")).read_text())
 
@@ -79,12 +89,14 @@ class Warm:
 
     def served(self, cwd, *args, **kw):
         proc, parents = self.run(cwd, *args, **kw)
+        parents -= self.hosts()                      # a host process's own `git config` after a command
         assert parents and proc.pid not in parents, "ran in its own process, not the warm host"
         return proc
 
     def own(self, cwd, *args, env=None, **kw):
         env = dict(env or os.environ, GIT_SLICER_HOST_IDLE="0")
         proc, parents = self.run(cwd, *args, env=env, **kw)
+        parents -= self.hosts()
         assert not parents or proc.pid in parents
         return proc
 
@@ -104,8 +116,10 @@ def test_served_commands_answer_as_their_own_process_would(launched, warm):
     repo.write("host-new.txt", "host\n")
     warm.start(repo.path)
     for args in (["status"], ["status", "--json"], ["list", "--json"], ["diff", vm], ["diff", vm, "--stat"],
-                 ["log", vm], ["status", "no-such-vm"], ["status", "--no-such-option"], ["push", "--help"]):
+                 ["log", vm], ["status", "no-such-vm"]):
         same(warm.served(repo.path, *args), warm.own(repo.path, *args))
+    for args in (["status", "--no-such-option"], ["push", "--help"]):    # no git to see where they ran
+        same(warm.run(repo.path, *args)[0], warm.own(repo.path, *args))
     pulled = warm.served(repo.path, "pull", vm, "--json")
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(pulled.stdout)["vm"] == vm
@@ -153,6 +167,20 @@ def stat_mode(path: Path) -> int:
 def test_a_served_command_dies_with_the_callers_command(launched, warm, how):
     repo, vm = launched
     warm.start(repo.path)
+    proc, child = hanging_status(repo)
+    assert child != proc.pid                                  # it was served
+    proc.send_signal(getattr(signal, how))
+    out, err = proc.communicate(timeout=30)
+    expected = {"SIGKILL": -9, "SIGTERM": -15, "SIGINT": 130}[how]
+    assert proc.returncode == expected, err
+    gone(child)
+    assert not alive(child), "the served command outlived the command that asked for it"
+    assert alive(warm.host_pid())                             # the host process serves on
+    assert warm.served(repo.path, "status").returncode == 0
+
+
+def hanging_status(repo):
+    """A served `git slicer status` held in its first git call: (its process, the served child)."""
     hang = repo.path.parent / "hang.pid"
     env = dict(os.environ, HANG_ON="rev-parse", HANG_FILE=str(hang))
     proc = subprocess.Popen(SLICER + ["status"], cwd=repo.path, env=env, stdin=subprocess.DEVNULL,
@@ -160,18 +188,13 @@ def test_a_served_command_dies_with_the_callers_command(launched, warm, how):
     deadline = time.monotonic() + 30
     while not (hang.exists() and hang.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    child = int(hang.read_text())
-    assert child != proc.pid                                  # it was served
-    proc.send_signal(getattr(signal, how))
-    out, err = proc.communicate(timeout=30)
-    expected = {"SIGKILL": -9, "SIGTERM": -15, "SIGINT": 130}[how]
-    assert proc.returncode == expected, err
-    deadline = time.monotonic() + 10
-    while alive(child) and time.monotonic() < deadline:
+    return proc, int(hang.read_text())
+
+
+def gone(pid: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(child), "the served command outlived the command that asked for it"
-    assert alive(warm.host_pid())                             # the host process serves on
-    assert warm.served(repo.path, "status").returncode == 0
 
 
 def alive(pid: int) -> bool:
@@ -186,21 +209,12 @@ def test_a_killed_host_process_takes_its_commands_with_it(launched, warm):
     repo, vm = launched
     warm.start(repo.path)
     host = warm.host_pid()
-    hang = repo.path.parent / "hang.pid"
-    env = dict(os.environ, HANG_ON="rev-parse", HANG_FILE=str(hang))
-    proc = subprocess.Popen(SLICER + ["status"], cwd=repo.path, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not (hang.exists() and hang.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = int(hang.read_text())
+    proc, child = hanging_status(repo)
     os.kill(host, signal.SIGKILL)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert b"host process ended during the command" in err and b"Traceback" not in err
-    deadline = time.monotonic() + 10
-    while alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gone(child)
     assert not alive(child)
     # The next command runs in its own process (nothing listens) and starts a new host process.
     again, parents = warm.run(repo.path, "status")

@@ -72,7 +72,10 @@ class Repo:
         ignore = os.path.join(self.root, ".slicerignore")
         return ["core.excludesFile=" + ignore] if os.path.isfile(ignore) else []
 
-    def state(self) -> dict:
+    def state(self, paths=None) -> dict:
+        """HEAD, its branch, the branches and the overlay, from one `git status`. With `paths`
+        (transaction.touched_paths), the overlay is scanned below those paths only: the caller
+        knows every other path is clean."""
         if not self.exists:
             return {"exists": False, "branch": None, "head": None, "branches": {},
                     "overlay": overlay_mod.empty(), "object_format": None}
@@ -89,7 +92,7 @@ class Repo:
             # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).
             with transaction.scan_index(self) as env:
                 overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
-                                           self.excludes(), cache=cache, branch=where)
+                                           self.excludes(), cache=cache, branch=where, paths=paths)
             try:
                 cache.dump(cache_path)
             except OSError:
@@ -234,7 +237,7 @@ class Agent:
     def _apply_push(self, repo, request, current):
         """Receive a push's streams and apply them (under the agent lock, `current` the VM's state)."""
         branch, commit, new_overlay = request["branch"], request["commit"], request["overlay"]
-        self._configure(repo, request)
+        excludes_changed = self._configure(repo, request)
         self.conn.send({"ok": True, "ready": True})
         request["_streaming"] = True
         if request.get("pack"):
@@ -251,6 +254,7 @@ class Agent:
         self._verify_members(repo, members, new_overlay)
         journal = transaction.prepare(
             repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
+            old_head=current["head"] if current["exists"] and not excludes_changed else None,
             old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
             reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"))
         crash_point("agent:push-journaled")
@@ -351,14 +355,22 @@ class Agent:
         with transaction.hold(repo):
             transaction.recover(repo)
 
-    def _configure(self, repo: Repo, request) -> None:
+    def _configure(self, repo: Repo, request) -> bool:
+        """Settings the host sends with a push; True if what git ignores in the VM changed."""
+        changed = False
         excludes = request.get("excludes")
         if isinstance(excludes, list) and all(isinstance(x, str) and "\n" not in x for x in excludes):
             # The host's core.excludesFile and info/exclude patterns (never a host path): git in
             # the VM then ignores what the host's git ignores, so both statuses agree.
             path = os.path.join(repo.root, ".git", "info", "exclude")
-            text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes)
-            write_atomic(path, text.encode("utf-8", "surrogateescape"), mode=0o644, durable=False)
+            text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes).encode("utf-8", "surrogateescape")
+            try:
+                with open(path, "rb") as fh:
+                    changed = fh.read() != text
+            except OSError:
+                changed = True
+            if changed:
+                write_atomic(path, text, mode=0o644, durable=False)
         for key, value in sorted(request.get("config", {}).items()):
             if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
                 repo.git(["config", key, value])
@@ -369,6 +381,7 @@ class Agent:
                 repo.git(["remote", "set-url", name, url])
             else:
                 repo.git(["remote", "add", name, url])
+        return changed
 
     def _receive_pack(self, repo: Repo) -> None:
         proc = subprocess.Popen(["git", "index-pack", "--stdin", "--fix-thin"], cwd=repo.root, env=repo.env,

@@ -14,7 +14,8 @@ whole VM) ends exactly as an uninterrupted one would: the host never reads a hal
     4. refresh the private index; .git/shallow; the branch ref; HEAD
     5. install the private index as .git/index (through index.lock, as git does)
     -- everything the steps wrote is flushed to disk; journal phase "applied" --
-    6. drop the sources, scan the result, write .git/slicer-applied.json, drop the journal
+    6. drop the sources, scan the paths the push touched (see touched_paths), write
+       .git/slicer-applied.json, drop the journal
 
 The sources are flushed to disk before the journal that names them is written, and the new
 state before the journal says "applied" (one syncfs(2) each, see _sync): a VM that loses power
@@ -36,6 +37,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import time
 from contextlib import contextmanager
 
@@ -148,10 +150,12 @@ def staging(repo) -> str:
     return path
 
 
-def prepare(repo, *, push_id, branch, commit, old_overlay, new_overlay, members, reuse, extra, shallow) -> dict:
+def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay, members, reuse, extra,
+            shallow) -> dict:
     """Check everything, secure every source of the new state below .git/slicer-push/, and write
     the journal. Nothing in the worktree, index or refs has changed yet; any error here leaves
-    the VM exactly as it was."""
+    the VM exactly as it was. `old_head`: the HEAD the VM's `old_overlay` was scanned against, or
+    None to have the state after the push scanned in full (see touched_paths)."""
     work = _work(repo)
     files, index = new_overlay["files"], new_overlay["index"]
     for part in (index, files):           # the host's paths: any name git tracks (control characters too)
@@ -196,10 +200,47 @@ def prepare(repo, *, push_id, branch, commit, old_overlay, new_overlay, members,
     journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
-               "shallow": shallow}
+               "shallow": shallow, "touched": touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra)}
     _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal
+
+
+# A push that changes one of these can change the status of paths it never touched: what git
+# ignores (an ignored VM file becomes untracked), how it converts content (eol, filters), or
+# which submodules there are.
+_RULE_FILES = (".gitignore", ".gitattributes", ".gitmodules")
+MAX_TOUCHED = 2000          # beyond this, one full `git status` costs less than a long pathspec
+
+
+def touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra):
+    """The paths whose status a push can change, or None when the state after it must be
+    scanned in full.
+
+    Every other path was clean before the push (the VM's scan under the same lock did not list
+    it), and the push leaves its index entry, stat data and file as they were: the commit has
+    the same entry as the old HEAD, `read-tree --reset` keeps a matching entry with its stat data
+    (and rewrites the file only if it changed: it did not, or the scan would have listed it),
+    and neither overlay names it. Its status can then change only if what decides status
+    changed: an ignore or attribute file, .gitmodules, the VM's info/exclude (the caller passes
+    old_head=None then), or .slicerignore (the VM's excludes file). So the scan after the push
+    covers these paths only, and git itself still answers for each of them, stat-dirty entries,
+    filters, exec bits, symlinks and submodules included."""
+    if not old_head:
+        return None
+    paths = set(old_overlay["index"]) | set(old_overlay["files"]) | set(new_overlay["index"]) \
+        | set(new_overlay["files"]) | set(extra)
+    if old_head != commit:
+        proc = subprocess.run(["git", "diff-tree", "-r", "-z", "--no-renames", "--name-only", old_head, commit],
+                              cwd=repo.root, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            return None
+        paths.update(os.fsdecode(p) for p in proc.stdout.split(b"\0") if p)
+    if not paths or len(paths) > MAX_TOUCHED:
+        return None
+    if any(p == ".slicerignore" or p.rsplit("/", 1)[-1] in _RULE_FILES for p in paths):
+        return None
+    return sorted(paths)
 
 
 def _touched_by_checkout(repo, commit: str, paths) -> set:
@@ -272,7 +313,8 @@ def _finish(repo, journal: dict) -> dict:
                 shutil.rmtree(full)
             else:
                 os.unlink(full)
-    state = repo.state()
+    # Only the paths the push touched are scanned: the journal proved every other one clean.
+    state = repo.state(paths=journal.get("touched"))
     record = {"id": journal["id"], "head": state["head"], "branch": state["branch"], "overlay": state["overlay"]}
     _write_json(os.path.join(_git_dir(repo), APPLIED), record)
     crash_point("agent:push-recorded")
@@ -322,8 +364,10 @@ def _apply(repo, j: dict) -> None:
             crash_point("agent:push-placing")
     for path in j["extra"]:
         _put(root, work, path, j["sources"][path])
-    # 4. stat data, history boundary, refs
-    repo.git(["update-index", "-q", "--refresh"], env=env, check=False)
+    # 4. stat data (only the overlay's index entries lack it: `read-tree -u` keeps or writes the
+    #    stat data of every other entry), history boundary, refs
+    if lines:
+        repo.git(["update-index", "-q", "--refresh"], env=env, check=False)
     if j.get("shallow"):
         write_atomic(os.path.join(_git_dir(repo), "shallow"), "".join(o + "\n" for o in j["shallow"]).encode(),
                      mode=0o644)

@@ -166,7 +166,7 @@ def parse_status_v2(output: bytes):
 
 
 def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index: bool = True,
-         cache: StatCache = None, branch: dict = None) -> dict:
+         cache: StatCache = None, branch: dict = None, paths=None) -> dict:
     """Compute the overlay of the worktree at `root`.
 
     `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
@@ -176,12 +176,16 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
     checkout: every file). Callers that promise not to touch the repository pass False.
     With `branch` (a dict), it is filled from the same `git status` call: "head" (HEAD's commit or
     None) and "branch" (its branch name or None when detached).
+    With `paths` (a non-empty list; literal pathspecs, the caller sets GIT_LITERAL_PATHSPECS),
+    only those paths and what lies below them are scanned: the overlay restricted to them.
     """
     args = [] if refresh_index else ["--no-optional-locks"]
     for item in extra_config:
         args += ["-c", item]
     args += ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames",
              "--ignore-submodules=dirty"] + (["--branch"] if branch is not None else [])
+    if paths:
+        args += ["--"] + list(paths)
     output = run_git(args)
     overlay = empty()
     unmerged = []

@@ -22,7 +22,7 @@ from .objects import ObjectReader, parse_tree
 from .wire import gitobj
 from .wire.framing import crash_point
 from .wire.files import write_atomic
-from .wire.gitobj import ENTRY_MODES, is_oid, mode_bits
+from .wire.gitobj import ENTRY_MODES, Entry, is_oid, mode_bits
 from .wire.paths import UnsafePath, check_relpath, display
 
 MODE_TREE = mode_bits(gitobj.MODE_TREE)        # tree entries' modes as pygit2 gives them
@@ -254,7 +254,8 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
 
     Branch names are checked separately (inbound.valid_branches); here: types, oids, modes and
     every overlay path (no absolute paths, '..', .git, control characters except in paths
-    `control_ok` holds (scan.KnownPaths), limits).
+    `control_ok` holds (scan.KnownPaths), limits). Every entry it passes becomes a
+    wire.overlay.Entry in place.
     """
     def bad(what):
         return UnsafeInput("the VM sent a malformed repository state: %s" % what)
@@ -292,9 +293,12 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
                 check_relpath(path, max_bytes=path_bytes, max_depth=path_depth, control_ok=control_ok)
             except UnsafePath as exc:
                 raise UnsafeInput("the VM reports an unsafe path: %s" % exc) from None
-            if entry is not None and not (isinstance(entry, list) and len(entry) == 2
-                                          and entry[0] in ENTRY_MODES and is_oid(entry[1])):
+            if entry is None:
+                continue
+            mode, oid = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+            if not (isinstance(mode, str) and mode in ENTRY_MODES and is_oid(oid)):
                 raise bad("entry for %s" % display(path))
+            part[path] = Entry(mode, oid)       # from here on read as .mode and .oid (wire/gitobj.py)
     applied = state.get("applied")
     if applied is not None:                 # the record of a push the VM completed (agreed.py)
         if not isinstance(applied, dict) or not isinstance(applied.get("id"), str):

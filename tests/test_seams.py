@@ -97,3 +97,52 @@ def test_relay_copies_both_ways_half_closing_and_counts():
     assert counts == [(5, 6)]
     for sock in (client, client_end, upstream_end, upstream):
         sock.close()
+
+
+def test_an_overlay_entry_is_its_json_list_read_by_name():
+    import json
+    from git_slicer.wire.gitobj import Entry
+    from git_slicer.wire.overlay import decoded
+    entry = Entry("100644", "b" * 40)
+    assert (entry.mode, entry.oid) == ("100644", "b" * 40)
+    assert json.dumps(entry) == '["100644", "%s"]' % ("b" * 40)          # the wire form is unchanged
+    assert entry == json.loads(json.dumps(entry)) and json.loads(json.dumps(entry)) == entry
+    assert entry != ["100755", "b" * 40] and Entry.of(None) is None
+    back = decoded({"index": {"a": ["100755", "c" * 40], "gone": None}, "files": {"b": ["120000", "d" * 40]}})
+    assert isinstance(back["index"]["a"], Entry) and back["index"]["a"].mode == "100755"
+    assert back["index"]["gone"] is None and back["files"]["b"].oid == "d" * 40
+    for bad in ("100644", ["100644"], ["100644", "b" * 40, "x"], {"mode": "100644"}):
+        with pytest.raises(ValueError):
+            Entry.of(bad)
+
+
+def test_the_host_overlay_equals_the_vms_after_the_json_round_trip(launched):
+    """Both sides scan with wire/overlay.py; the VM's arrives as JSON and is validated into
+    Entries. An Entry equals the plain list JSON gives, so "the VM has what the host has" is one
+    comparison, whichever side's entries are decoded."""
+    import json
+    from git_slicer.config import Settings
+    from git_slicer.repo import Worktree
+    from git_slicer.scan import host_overlay
+    from git_slicer.target import resolve
+    from git_slicer.wire.gitobj import Entry
+    repo, vm = launched
+    repo.write("src/app.py", "print('changed')\n")
+    repo.write("staged.txt", "staged\n")
+    repo.git("add", "staged.txt")
+    repo.write("run.sh", "#!/bin/sh\n", mode=0o755)
+    os.symlink("README.md", repo.path / "readme-link")
+    os.unlink(repo.path / "src" / "lib.py")
+    repo.slicer("push", vm)
+    worktree = Worktree(str(repo.path))
+    ours = host_overlay(worktree)
+    target = resolve(Settings(worktree.root), vm, worktree=worktree, require_link=True)
+    with target.session() as session:
+        theirs = session.state(target.link.guest_path)["overlay"]
+    entries = [e for o in (ours, theirs) for part in o.values() for e in part.values() if e is not None]
+    assert len(entries) == 8 and all(isinstance(e, Entry) for e in entries)
+    assert {e.mode for e in entries} == {"100644", "100755", "120000"}
+    assert theirs == ours
+    assert json.loads(json.dumps(ours)) == theirs and ours == json.loads(json.dumps(theirs))
+    assert ours["files"]["src/lib.py"] is None
+    assert theirs["index"]["staged.txt"].oid == repo.git("hash-object", "staged.txt").strip()

@@ -103,7 +103,10 @@ def test_state_check():
     good = {"exists": True, "head": "a" * 40, "branch": "main", "branches": {"main": "a" * 40},
             "overlay": {"index": {}, "files": {"ok.txt": ["100644", "b" * 40]}}}
     assert check_state(good) is good
-    for files in ({"../x": None}, {"x": ["100644", "zz"]}, {"x": ["040000", "b" * 40]}):
+    entry = good["overlay"]["files"]["ok.txt"]          # validated entries are read by name
+    assert (entry.mode, entry.oid) == ("100644", "b" * 40) and entry == ["100644", "b" * 40]
+    for files in ({"../x": None}, {"x": ["100644", "zz"]}, {"x": ["040000", "b" * 40]},
+                  {"x": [["100644"], "b" * 40]}, {"x": ["100644", "b" * 40, "extra"]}):
         with pytest.raises(UnsafeInput):
             check_state({**good, "overlay": {"index": {}, "files": files}})
     with pytest.raises(UnsafeInput, match="more than 1"):

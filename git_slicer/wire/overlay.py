@@ -8,7 +8,7 @@ equals the host's" is a comparison of two manifests.
                                             # untracked (null: deleted in the worktree)
 
 Modes are git's octal strings ("100644", "100755", "120000", "160000"); oids are git blob ids
-of the bytes (a symlink's blob is its target).
+of the bytes (a symlink's blob is its target). In memory each [mode, oid] is an `Entry`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 
 from .files import write_atomic
 from .gitobj import MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK  # noqa: F401  (the overlay's vocabulary)
+from .gitobj import Entry, entries_of  # noqa: F401  (an overlay's entries)
 
 ZERO_MODE = "000000"
 _HASH_CHUNK = 1024 * 1024
@@ -34,6 +35,11 @@ class UnmergedPaths(Exception):
 
 class FileChanged(Exception):
     """A file changed while it was being read."""
+
+
+def decoded(overlay: dict) -> dict:
+    """An overlay (see the module docstring) decoded from JSON, with every entry an Entry."""
+    return {"index": entries_of(overlay["index"]), "files": entries_of(overlay["files"])}
 
 
 def empty() -> dict:
@@ -76,7 +82,10 @@ class StatCache:
             return None
         if time.time() - st.st_mtime_ns / 1e9 < self.RACY_SECONDS:
             return None
-        return entry[5]
+        try:
+            return Entry.of(entry[5])
+        except (IndexError, ValueError):        # a damaged cache: hash the file again
+            return None
 
     def put(self, path: str, st, result) -> None:
         self.used[path] = self.key(st) + [list(result)]
@@ -98,7 +107,7 @@ class StatCache:
 
 
 def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = None, rel: str = None):
-    """(mode, oid) of a file or symlink as git would store it, or None for anything else.
+    """The Entry (mode, oid) of a file or symlink as git would store it, or None for anything else.
 
     Never opens FIFOs, sockets or devices (so a scan cannot block on them). With `cache` (and
     `rel`, the path's cache key) an unchanged file is not read again.
@@ -111,13 +120,13 @@ def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = No
         known = cache.get(rel, st)
         if known is not None:
             cache.put(rel, st, known)
-            return tuple(known)
+            return known
         result = hash_worktree_file(full_path, algo)
         if result is not None:
             cache.put(rel, st, result)
         return result
     if stat.S_ISLNK(st.st_mode):
-        return MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo)
+        return Entry(MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo))
     if not stat.S_ISREG(st.st_mode):
         return None
     digest = hashlib.new(algo)
@@ -135,7 +144,7 @@ def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = No
         os.close(fd)
     if seen != st.st_size:
         raise FileChanged(full_path)
-    return file_mode(st), digest.hexdigest()
+    return Entry(file_mode(st), digest.hexdigest())
 
 
 def parse_status_v2(output: bytes):
@@ -204,19 +213,19 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
                 continue
             entry = hash_worktree_file(os.path.join(root, path), algo, cache, path)
             if entry is not None:
-                overlay["files"][path] = list(entry)
+                overlay["files"][path] = entry
             continue
         if kind != "1":
             continue
         sub, mode_head, mode_index, mode_wt, oid_head, oid_index = fields
         if xy[0] != ".":
-            overlay["index"][path] = None if mode_index == ZERO_MODE else [mode_index, oid_index]
+            overlay["index"][path] = None if mode_index == ZERO_MODE else Entry(mode_index, oid_index)
         if xy[1] != "." and mode_index != MODE_GITLINK and not sub.startswith("S"):
             if mode_wt == ZERO_MODE:
                 overlay["files"][path] = None
             else:
                 entry = hash_worktree_file(os.path.join(root, path), algo, cache, path)
-                overlay["files"][path] = list(entry) if entry else None
+                overlay["files"][path] = entry
     if unmerged:
         raise UnmergedPaths(sorted(unmerged))
     # An index change the worktree reverts (staged, then edited back) still shows as `files`.
@@ -230,7 +239,7 @@ def filtered(overlay: dict, keep) -> dict:
 
 
 def tree_changes(run_git, a: str, b: str) -> dict:
-    """{path: [mode, oid] or None (deleted)} for every file that differs between commits a and b."""
+    """{path: Entry or None (deleted)} for every file that differs between commits a and b."""
     if a == b:
         return {}
     out = run_git(["diff-tree", "-r", "-z", "--no-renames", a, b])
@@ -240,7 +249,7 @@ def tree_changes(run_git, a: str, b: str) -> dict:
         if not meta.startswith(b":"):
             continue
         _, new_mode, _, new_oid, _ = meta[1:].decode().split(" ")
-        changes[os.fsdecode(raw)] = None if new_mode == ZERO_MODE else [new_mode, new_oid]
+        changes[os.fsdecode(raw)] = None if new_mode == ZERO_MODE else Entry(new_mode, new_oid)
     return changes
 
 

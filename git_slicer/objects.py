@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 
 from .errors import SlicerError, UnsafeInput
-from .wire.gitobj import MODE_TREE, mode_bits
+from .wire.gitobj import MODE_TREE, Entry, mode_bits
 
 _TREE = mode_bits(MODE_TREE)
 
@@ -86,14 +86,14 @@ class TreeReader(ObjectReader):
         return self._trees[oid]
 
     def entry(self, commit: str, path: str):
-        """[mode, oid] of the file, symlink or gitlink at `path` in `commit`; None if there is none."""
+        """The Entry (mode, oid) of the file, symlink or gitlink at `path` in `commit`; None if there is none."""
         item, tree = None, commit
         for part in path.split("/"):
             item = self._tree(tree).get(part) if tree else None
             if item is None:
                 return None
             tree = item[1] if item[0] == _TREE else None
-        return None if item[0] == _TREE else ["%06o" % item[0], item[1]]
+        return None if item[0] == _TREE else Entry("%06o" % item[0], item[1])
 
 
 def parse_tree(data: bytes, oid_len: int = 20):

@@ -20,26 +20,26 @@ from dataclasses import dataclass
 
 from .errors import SlicerError, UnsafeInput, WouldLoseWork
 from .wire.framing import crash_point
-from .wire.gitobj import MODE_EXEC, MODE_FILE, MODE_LINK, MODE_TREE
+from .wire.gitobj import MODE_EXEC, MODE_FILE, MODE_LINK, MODE_TREE, Entry
 from .wire.overlay import blob_oid
 from .wire.paths import UnsafePath, check_relpath, display
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-DIRECTORY = [MODE_TREE, ""]       # what current() reports for a directory
+DIRECTORY = Entry(MODE_TREE, "")       # what current() reports for a directory
 
 
 @dataclass
 class Change:
     path: str
-    expect: object          # what the host path must be right now: [mode, oid] of its bytes, DIRECTORY
+    expect: object          # what the host path must be right now: the Entry of its bytes, DIRECTORY
                             # (it becomes a file: everything below it must be deleted by the same
                             # apply), or None for "absent"
-    new: object             # [mode, oid] to write, or None to delete
+    new: object             # the Entry to write, or None to delete
     source: str = ""        # staged file with the new contents (regular files)
     target: str = ""        # symlink target (symlinks)
-    written: object = None  # [mode, oid] of the bytes `source` holds when they are not `new`'s blob
+    written: object = None  # the Entry of the bytes `source` holds when they are not `new`'s blob
                             # (a blob converted to the host's checkout form: eol, ident, encoding)
 
 
@@ -85,7 +85,7 @@ class SafeWriter:
             raise
 
     def current(self, path: str):
-        """[mode, oid] of the host file at `path` now, DIRECTORY for a directory, None if absent
+        """The Entry of the host file at `path` now, DIRECTORY for a directory, None if absent
         (also below a file or symlink). Symlinks are never followed."""
         try:
             fd, _ = self._open_parent(path, False, [])
@@ -101,15 +101,15 @@ class SafeWriter:
                 return None
             if stat.S_ISLNK(st.st_mode):
                 target = os.readlink(name, dir_fd=fd)
-                return [MODE_LINK, blob_oid(os.fsencode(target), self.algo)]
+                return Entry(MODE_LINK, blob_oid(os.fsencode(target), self.algo))
             if stat.S_ISDIR(st.st_mode):
-                return list(DIRECTORY)
+                return Entry(DIRECTORY)
             if not stat.S_ISREG(st.st_mode):
-                return ["special", ""]
+                return Entry("special", "")
             file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
             with os.fdopen(file_fd, "rb") as fh:
                 data = fh.read()
-            return [MODE_EXEC if st.st_mode & 0o100 else MODE_FILE, blob_oid(data, self.algo)]
+            return Entry(MODE_EXEC if st.st_mode & 0o100 else MODE_FILE, blob_oid(data, self.algo))
         finally:
             os.close(fd)
 
@@ -218,7 +218,7 @@ class SafeWriter:
                     os.close(fd)
 
     def _stage(self, fd: int, change: Change, name: str) -> str:
-        if change.new[0] == MODE_LINK:
+        if change.new.mode == MODE_LINK:
             os.symlink(change.target, name, dir_fd=fd)
             return name
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
@@ -229,7 +229,7 @@ class SafeWriter:
                     if not block:
                         break
                     os.write(out, block)
-            os.fchmod(out, 0o755 if change.new[0] == MODE_EXEC else 0o644)
+            os.fchmod(out, 0o755 if change.new.mode == MODE_EXEC else 0o644)
         finally:
             os.close(out)
         return name

@@ -9,6 +9,7 @@ import pytest
 from git_slicer.errors import UnsafeInput, WouldLoseWork
 from git_slicer.quarantine import check_state
 from git_slicer.safewrite import Change, SafeWriter
+from git_slicer.wire.gitobj import Entry
 from git_slicer.wire import tarstream
 from git_slicer.wire.paths import UnsafePath, check_relpath, collision_key
 from hostile_agent import build_tar, oid
@@ -62,7 +63,7 @@ def test_modes_are_sanitised(tmp_path):
 def _change(tmp_path, path, data=b"x", expect=None):
     src = tmp_path / ("src-%d" % len(os.listdir(tmp_path)))
     src.write_bytes(data)
-    return Change(path=path, expect=expect, new=["100644", oid(data)], source=str(src))
+    return Change(path=path, expect=expect, new=Entry("100644", oid(data)), source=str(src))
 
 
 def test_writer_never_follows_a_symlink_on_the_way(tmp_path):
@@ -80,7 +81,7 @@ def test_writer_refuses_dotgit_and_below_a_new_link(tmp_path):
     root.mkdir()
     with pytest.raises(UnsafeInput):
         SafeWriter(str(root)).apply([_change(tmp_path, ".git/hooks/pre-commit")])
-    link = Change(path="l", expect=None, new=["120000", oid(b"/etc")], target="/etc")
+    link = Change(path="l", expect=None, new=Entry("120000", oid(b"/etc")), target="/etc")
     with pytest.raises(UnsafeInput, match="below the file or symlink"):
         SafeWriter(str(root)).apply([link, _change(tmp_path, "l/x")])
     assert os.listdir(root) == []

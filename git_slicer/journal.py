@@ -33,6 +33,7 @@ from .quarantine import remove_stale
 from .repo import run_git
 from .safewrite import SafeWriter
 from .wire.files import write_atomic
+from .wire.gitobj import Entry, entries_of
 
 STAGING_PREFIX = "slicer-pull-"       # <git-dir>/slicer-pull-<pid>-*: contents staged by a pull
 
@@ -50,7 +51,7 @@ class HostWrite:
     @classmethod
     def from_json(cls, data: dict) -> "HostWrite":
         return cls(ref=data.get("ref", ""), old=data.get("old", ""), new=data.get("new", ""),
-                   index=data.get("index") or {}, skip=list(data.get("skip") or ()))
+                   index=entries_of(data.get("index") or {}), skip=list(data.get("skip") or ()))
 
 
 def journal_path(worktree) -> str:
@@ -100,12 +101,15 @@ class Journal:
 
 
 def read(path: str):
-    """A journal record (see the module docstring), or None when there is none."""
+    """A journal record (see the module docstring), or None when there is none; its entries are Entries."""
     try:
         with open(path, "rb") as fh:
-            return json.load(fh)
+            data = json.load(fh)
     except FileNotFoundError:
         return None
+    for entry in data.get("entries") or ():
+        entry["new"] = Entry.of(entry.get("new"))
+    return data
 
 
 def recover_interrupted(worktree) -> None:
@@ -136,7 +140,7 @@ def set_index(worktree, entries: dict, some_oid: str, skip_worktree=()) -> None:
     """Set index entries ({path: [mode, oid] or None}); `skip_worktree` paths (outside the sparse
     cone) keep their skip-worktree bit, which a replaced entry would lose."""
     zero = "0" * len(some_oid)
-    lines = b"".join(os.fsencode("%s %s\t%s" % ((e[0], e[1], p) if e else ("0", zero, p))) + b"\0"
+    lines = b"".join(os.fsencode("%s %s\t%s" % ((e.mode, e.oid, p) if e else ("0", zero, p))) + b"\0"
                      for p, e in sorted(entries.items()))
     # Writing the index re-checks "racily clean" entries by reading the files through the clean
     # filters that .gitattributes (maybe the VM's) names: point git at an empty worktree instead,

@@ -17,6 +17,7 @@ from .config import RESERVED_VM_NAMES
 from .errors import SlicerError, UsageError
 from .repo import Worktree
 from .wire.files import utc_now, write_atomic
+from .wire.gitobj import entries_of
 from .wire.paths import display
 
 _VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -144,6 +145,11 @@ def parse_link(raw: bytes, path: str, vm: str) -> Link:
     if overlay is not None and not (set(overlay) == {"index", "files"} and all(
             isinstance(overlay[k], dict) for k in ("index", "files"))):
         raise _corrupt(path, vm, "agreed_overlay is malformed")
+    if overlay is not None:
+        try:
+            known["agreed_overlay"] = {part: entries_of(overlay[part]) for part in ("index", "files")}
+        except ValueError:
+            raise _corrupt(path, vm, "agreed_overlay is malformed") from None
     if known.get("vm", vm) != vm:
         raise _corrupt(path, vm, "it names VM %s" % display_name(known["vm"]))
     known["vm"] = vm

@@ -59,6 +59,8 @@ CASES = {
     "link-not-utf8": (put_link(b"\xff\xfe{}"), ["diff"], 1, CORRUPT % ("vm-1", "not JSON")),
     "link-wrong-type": (put_link(b'{"agreed_commit": 5}'), ["status"], 1,
                         CORRUPT % ("vm-1", "agreed_commit is not a str")),
+    "link-bad-entry": (put_link(b'{"agreed_overlay": {"index": {}, "files": {"a": "100644"}}}'), ["status"], 1,
+                       CORRUPT % ("vm-1", "agreed_overlay is malformed")),
     "link-deep-json": (put_link(b"[" * 100000), ["status"], 1, CORRUPT % ("vm-1", "not JSON")),
     "link-in-hooks-status": (put_link(b"[]"), ["hooks", "status"], 1, CORRUPT % ("vm-1", "not a JSON object")),
     "link-in-list": (put_link(b"\0\0"), ["list"], 1, CORRUPT % ("vm-1", "not JSON")),

@@ -205,8 +205,10 @@ class Agent:
         repo = Repo(request["path"])
         branch = request["branch"]
         commit = request["commit"]
-        if not isinstance(request.get("overlay"), dict):
-            raise AgentError("bad-request", "a push needs the new overlay")
+        try:
+            request["overlay"] = overlay_mod.decoded(request["overlay"])    # entries read as .mode/.oid
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise AgentError("bad-request", "a push needs the new overlay") from None
         if not is_oid(commit) or subprocess.run(
                 ["git", "check-ref-format", "refs/heads/" + str(branch)], env=repo.env).returncode != 0:
             raise AgentError("bad-request", "invalid branch name %r or commit %r" % (branch, commit))
@@ -294,7 +296,10 @@ class Agent:
         if repo.exists:
             self._recover(repo)
         algo = repo.algo()
-        wanted = request.get("files", {})
+        try:
+            wanted = overlay_mod.entries_of(request.get("files", {}))
+        except (AttributeError, ValueError):
+            raise AgentError("bad-request", "files: a map of paths to [mode, oid]") from None
         self.conn.send({"ok": True, "streaming": True})
         crash_point("agent:files")
         self.conn.send_stream(tarstream.file_stream(repo.root, wanted, algo))
@@ -411,7 +416,7 @@ class Agent:
                 got = overlay_mod.blob_oid(os.fsencode(member.target), algo)
             else:
                 got = _hash_file(member.staged, algo)
-            if got != want[1]:
+            if got != want.oid:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
 
 
@@ -453,7 +458,7 @@ def _vm_identity(offered):
 
 def _hash_file(path: str, algo: str) -> str:
     entry = overlay_mod.hash_worktree_file(path, algo)
-    return entry[1] if entry else ""
+    return entry.oid if entry else ""
 
 
 def _enclosing_repo(path: str):

@@ -43,6 +43,7 @@ from contextlib import contextmanager
 
 from ..wire.files import write_atomic
 from ..wire.framing import crash_point
+from ..wire.overlay import decoded
 from ..wire.paths import check_relpath, has_control
 from .errors import AgentError
 
@@ -82,6 +83,7 @@ def recover(repo):
         if os.path.lexists(work):
             shutil.rmtree(work, ignore_errors=True)
         return None
+    journal["overlay"] = decoded(journal["overlay"])        # entries read as .mode/.oid
     _clear_own_locks(repo, journal)
     return finish(repo, journal)
 
@@ -344,7 +346,7 @@ def _apply(repo, j: dict) -> None:
     #    path can change between file, directory and symlink)
     lines = []
     for path, entry in sorted(new["index"].items()):
-        lines.append("0 %s\t%s" % ("0" * len(commit), path) if entry is None else "%s %s\t%s" % (entry[0], entry[1], path))
+        lines.append("0 %s\t%s" % ("0" * len(commit), path) if entry is None else "%s %s\t%s" % (entry.mode, entry.oid, path))
     if lines:
         repo.git(["update-index", "-z", "--index-info"], input=b"".join(os.fsencode(x) + b"\0" for x in lines), env=env)
         checkout = [p for p, e in new["index"].items() if e is not None and p not in new["files"]]

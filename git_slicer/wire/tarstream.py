@@ -278,7 +278,7 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
 def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
     """Yield a file stream of worktree files, each checked against its announced blob id.
 
-    `wanted` maps path -> [mode, oid]. A file whose bytes no longer hash to its oid (it changed
+    `wanted` maps path -> Entry (mode, oid). A file whose bytes no longer hash to its oid (it changed
     after the scan, or while it was read) aborts the stream, so the receiver never gets a torn
     or unannounced file. `extra` paths are sent as found (gitignored files on request).
     FIFOs, sockets and devices are never opened.
@@ -297,10 +297,10 @@ def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
             if entry is None:
                 continue
             raise changed(path) from None
-        if entry is not None and entry[0] == MODE_LINK or entry is None and os.path.islink(full):
+        if entry is not None and entry.mode == MODE_LINK or entry is None and os.path.islink(full):
             target = os.readlink(os.fsencode(full))
             digest = hashlib.new(algo, b"blob %d\0" % len(target) + target)
-            if entry is not None and digest.hexdigest() != entry[1]:
+            if entry is not None and digest.hexdigest() != entry.oid:
                 raise changed(path)
             yield member_header(path, "symlink", target=os.fsdecode(target))
             continue
@@ -311,7 +311,7 @@ def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
         fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb", buffering=0) as fh:
             size = os.fstat(fd).st_size
-            executable = entry[0] == MODE_EXEC if entry is not None else bool(st.st_mode & 0o100)
+            executable = entry.mode == MODE_EXEC if entry is not None else bool(st.st_mode & 0o100)
             yield member_header(path, "file", 0o755 if executable else 0o644, size)
             digest = hashlib.new(algo, b"blob %d\0" % size)
             remaining = size
@@ -322,7 +322,7 @@ def file_stream(root: str, wanted: dict, algo: str = "sha1", extra=()):
                 digest.update(block)
                 remaining -= len(block)
                 yield block
-            if fh.read(1) or (entry is not None and digest.hexdigest() != entry[1]):
+            if fh.read(1) or (entry is not None and digest.hexdigest() != entry.oid):
                 raise changed(path)
         yield padding(size)
     yield end_of_archive()

@@ -96,13 +96,13 @@ class Inbound:
         from_vm = {}
         with ObjectReader(self.wt) as odb:                # one `git cat-file` for all files
             for change in needed:
-                found = odb.read(change.new[1])
+                found = odb.read(change.new.oid)
                 if found is not None and found[0] == "blob":
                     data = found[1]
-                    if change.new[0] == overlay_mod.MODE_LINK:
+                    if change.new.mode == overlay_mod.MODE_LINK:
                         change.target = os.fsdecode(data)
                     else:
-                        change.source = os.path.join(staging, change.new[1] + ".blob")
+                        change.source = os.path.join(staging, change.new.oid + ".blob")
                         with open(change.source, "wb") as fh:
                             fh.write(data)
                 else:
@@ -119,11 +119,11 @@ class Inbound:
         for path, change in from_vm.items():
             member = got[path]
             if member.kind == "symlink":
-                actual = [overlay_mod.MODE_LINK, overlay_mod.blob_oid(os.fsencode(member.target), self.wt.algo)]
+                actual = overlay_mod.Entry(overlay_mod.MODE_LINK, overlay_mod.blob_oid(os.fsencode(member.target), self.wt.algo))
                 change.target = member.target
             elif member.kind == "file":
                 entry = overlay_mod.hash_worktree_file(member.staged, self.wt.algo)
-                actual = [change.new[0], entry[1]]
+                actual = overlay_mod.Entry(change.new.mode, entry.oid)
                 change.source = member.staged
             else:
                 actual = None

@@ -200,8 +200,8 @@ class Puller:
     # -- objects -------------------------------------------------------------------
     def _import(self, branches: dict, vm_view: dict) -> dict:
         """The VM's branch tips and staged blobs, through quarantine (inbound.py)."""
-        self.inbound.import_objects(branches.values(), [e[1] for e in vm_view["index"].values()
-                                                        if e is not None and e[0] != overlay_mod.MODE_GITLINK])
+        self.inbound.import_objects(branches.values(), [e.oid for e in vm_view["index"].values()
+                                                        if e is not None and e.mode != overlay_mod.MODE_GITLINK])
         self._imported = branches
         return branches
 
@@ -254,11 +254,11 @@ class Puller:
                 if it is not None:
                     skip_worktree.append(path)
                 continue
-            if wt != wh and not (wt and wt[0] == overlay_mod.MODE_GITLINK) \
-                    and not (wh and wh[0] == overlay_mod.MODE_GITLINK):
+            if wt != wh and not (wt and wt.mode == overlay_mod.MODE_GITLINK) \
+                    and not (wh and wh.mode == overlay_mod.MODE_GITLINK):
                 expect = before[path] if path in before else writer.current(path)
                 changes.append(Change(path=path, expect=expect, new=wt))
-                if from_blob and wt is not None and wt[0] != overlay_mod.MODE_LINK:
+                if from_blob and wt is not None and wt.mode != overlay_mod.MODE_LINK:
                     committed[path] = wt
         result.conflicts = conflicts
         if conflicts and not self.options.force:
@@ -293,7 +293,7 @@ class Puller:
             if source is not None:
                 change.source = source
                 entry = overlay_mod.hash_worktree_file(source, self.wt.algo)
-                change.written = [change.new[0], entry[1]]
+                change.written = overlay_mod.Entry(change.new.mode, entry.oid)
 
     def _backup(self, head: str, target: str, changes, reset: bool) -> dict:
         """Before --force replaces anything, keep the host's side in ONE ref: a stash-like commit

@@ -55,8 +55,8 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
             view = overlay_mod.filtered(state["overlay"], ignore.keep)
             if state["branch"] != link.branch:
                 view = overlay_mod.empty()
-            inbound.import_objects(branches.values(), [e[1] for e in view["index"].values()
-                                                       if e is not None and e[0] != overlay_mod.MODE_GITLINK])
+            inbound.import_objects(branches.values(), [e.oid for e in view["index"].values()
+                                                       if e is not None and e.mode != overlay_mod.MODE_GITLINK])
             changes = [Change(path=p, expect=None, new=e) for p, e in sorted(view["files"].items()) if e]
             staging = os.path.join(scratch, "staging")
             os.mkdir(staging)
@@ -64,12 +64,12 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
         env = {"GIT_OBJECT_DIRECTORY": scratch,
                "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.join(worktree.common_dir, "objects"),
                "GIT_INDEX_FILE": os.path.join(scratch, "index")}
-        vm_files = {c.path: ("link", c.target) if c.new[0] == overlay_mod.MODE_LINK else ("file", c.source)
+        vm_files = {c.path: ("link", c.target) if c.new.mode == overlay_mod.MODE_LINK else ("file", c.source)
                     for c in changes}
         tree = _worktree_tree(worktree, vm_tip, view, vm_files, env)
         host_head = worktree.rev("HEAD")
         ours = host_overlay(worktree, ignore)
-        host_files = {p: ("link", os.readlink(os.path.join(worktree.root, p))) if e[0] == overlay_mod.MODE_LINK
+        host_files = {p: ("link", os.readlink(os.path.join(worktree.root, p))) if e.mode == overlay_mod.MODE_LINK
                       else ("file", os.path.join(worktree.root, p)) for p, e in ours["files"].items() if e}
         host_tree = _worktree_tree(worktree, host_head, ours, host_files, env)
         base = worktree.git(["merge-base", host_head, vm_tip], check=False).strip().decode() or host_head
@@ -88,7 +88,7 @@ def _worktree_tree(worktree, commit: str, view: dict, files: dict, env: dict) ->
     zero = "0" * len(commit)
     for path, entry in sorted(view["index"].items()):
         if path not in view["files"]:
-            lines.append("%s %s\t%s" % ((entry[0], entry[1], path) if entry else ("0", zero, path)))
+            lines.append("%s %s\t%s" % ((entry.mode, entry.oid, path) if entry else ("0", zero, path)))
     for path, entry in sorted(view["files"].items()):
         if entry is None:
             lines.append("0 %s\t%s" % (zero, path))
@@ -98,7 +98,7 @@ def _worktree_tree(worktree, commit: str, view: dict, files: dict, env: dict) ->
             oid = worktree.git(["hash-object", "-w", "--stdin"], input=os.fsencode(source), env=env)
         else:
             oid = worktree.git(["hash-object", "-w", "--no-filters", "--", source], env=env)
-        lines.append("%s %s\t%s" % (entry[0], oid.decode().strip(), path))
+        lines.append("%s %s\t%s" % (entry.mode, oid.decode().strip(), path))
     if lines:
         worktree.git(["update-index", "-z", "--index-info"],
                      input=b"".join(os.fsencode(line) + b"\0" for line in lines), env=index_env)

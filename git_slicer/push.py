@@ -216,8 +216,8 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
 
     known = [c for c in {vm_state["head"], link.agreed_commit, *vm_state["branches"].values()} if c]
     haves = _host_has(worktree, known) if not first else []
-    index_blobs = sorted({e[1] for e in ours["index"].values()
-                          if e is not None and e[0] != overlay_mod.MODE_GITLINK})
+    index_blobs = sorted({e.oid for e in ours["index"].values()
+                          if e is not None and e.mode != overlay_mod.MODE_GITLINK})
     need_pack = first or vm_state["head"] != head or bool(index_blobs) or head not in vm_state["branches"].values()
     reuse = sorted(p for p, e in ours["files"].items()
                    if e is not None and vm_state["overlay"]["files"].get(p) == e)

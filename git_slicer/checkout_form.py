@@ -24,7 +24,7 @@ _EOL_KEYS = ("core.autocrlf", "core.eol", "core.attributesFile")
 
 
 def checkout_form(worktree, commit: str, entries: dict, dest: str) -> dict:
-    """{path: file in `dest` holding the blob entries[path] = [mode, oid] as checkout would write
+    """{path: file in `dest` holding the blob entries[path] (an Entry) as checkout would write
     it}. Attributes come from `commit`'s .gitattributes files (the state the pull moves to), the
     host's info/attributes and its global attributes file. {} when the conversion fails (the
     caller writes the blobs as they are)."""
@@ -66,7 +66,7 @@ def _convert(worktree, commit, entries, scratch, dest) -> dict:
     env.pop("GIT_CONFIG_PARAMETERS", None)
     env.pop("GIT_CONFIG_COUNT", None)
     run_git(settings + ["read-tree", commit], cwd=empty, env=env)
-    lines = b"".join(os.fsencode("%s %s\t%s" % (e[0], e[1], p)) + b"\0" for p, e in sorted(entries.items()))
+    lines = b"".join(os.fsencode("%s %s\t%s" % (e.mode, e.oid, p)) + b"\0" for p, e in sorted(entries.items()))
     run_git(settings + ["update-index", "-z", "--index-info"], cwd=empty, input=lines, env=env)
     out = run_git(settings + ["checkout-index", "--temp", "-z", "--stdin"], cwd=empty, env=env,
                   input=b"".join(os.fsencode(p) + b"\0" for p in sorted(entries)))

@@ -39,14 +39,14 @@ def is_ignore_file(path: str) -> bool:
 
 def new_contents(changes) -> dict:
     """{path: bytes or None (gone, or a symlink git would not read)} for the ignore files among
-    a pull's changes (objects with .path, .new [mode, oid] or None, and .source: staged bytes)."""
+    a pull's changes (objects with .path, .new (an Entry) or None, and .source: staged bytes)."""
     found = {}
     for change in changes:
         if not is_ignore_file(change.path):
             continue
         if change.new is None:
             found[change.path] = None
-        elif change.new[0] == MODE_LINK:
+        elif change.new.mode == MODE_LINK:
             if change.path == IGNORE_FILE:
                 raise IgnoreWidening("the VM's .slicerignore is a symlink; it is read only as a regular file; "
                                      "nothing was written",

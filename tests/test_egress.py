@@ -359,3 +359,17 @@ def test_the_proxy_starts_under_a_long_tmpdir_and_fails_in_one_line(tmp_path, mo
         broken.start()
     monkeypatch.undo()
     assert not os.path.exists(broken.dir)
+
+
+def test_providers_without_env_or_an_allowlist_refuse_in_one_line(repo):
+    """`exec --env` and `vm allow/deny/log` ask the provider's declared capabilities
+    (providers.Provider: passes_env, supports_egress); a VM known only by address has neither."""
+    repo.git("config", "slicer.far.address", "ssh:far.example")
+    proc = repo.slicer("exec", "far", "--cwd", ".", "--env", "HOME", "--", "true", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().splitlines()[0] == "error: provider address cannot hand variables to one command (--env)"
+    for args in (("vm", "allow", "far", "example.org"), ("vm", "log", "far")):
+        proc = repo.slicer(*args, check=False)
+        assert proc.returncode == 2, args
+        assert proc.stderr.decode().splitlines()[0] == \
+            "error: provider address cannot enforce an egress allowlist (--allow)", args

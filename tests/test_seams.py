@@ -3,14 +3,19 @@ its whole interface, so no caller has to probe for what it may call. (That every
 the same limits, deadline and state validation from `open_session` is tested in
 test_security_frames.py.)"""
 
+import importlib
 import inspect
 import os
+import pkgutil
 import re
 
 import pytest
 
-from git_slicer import transport
-from git_slicer.providers import AlwaysRunning, Provider
+from git_slicer import providers, transport
+from git_slicer.config import Settings
+from git_slicer.errors import UsageError
+from git_slicer.providers import AlwaysRunning, NoEgress, Provider
+from git_slicer.providers.registry import get_provider
 from git_slicer.providers.address import AddressProvider, SSHProvider
 from git_slicer.providers.local import LocalProvider
 from git_slicer.providers.local_agent import WarmChannel
@@ -22,12 +27,47 @@ def _methods(protocol) -> set:
     return {name for name, value in vars(protocol).items() if inspect.isfunction(value) and not name.startswith("_")}
 
 
-@pytest.mark.parametrize("cls", [LocalProvider, QemuProvider, AddressProvider, SSHProvider, SlicerProvider])
+def _provider_classes() -> list:
+    """Every provider class in git_slicer/providers/: a class whose `name` is a provider's."""
+    found = {}
+    for info in pkgutil.iter_modules(providers.__path__):
+        module = importlib.import_module("git_slicer.providers." + info.name)
+        for cls in vars(module).values():
+            if inspect.isclass(cls) and cls.__module__ == module.__name__ and isinstance(getattr(cls, "name", None), str) \
+                    and cls.name:
+                found[cls.__name__] = cls
+    return [found[name] for name in sorted(found)]
+
+
+def test_every_provider_class_is_checked():
+    names = sorted(cls.name for cls in _provider_classes())
+    assert names == ["address", "local", "qemu", "slicer", "ssh"]
+    with pytest.raises(UsageError) as known:            # and they are the ones get_provider knows
+        get_provider("none", Settings())
+    assert sorted(re.search(r"known: ([a-z, ]+)", str(known.value)).group(1).split(", ")) == names
+
+
+@pytest.mark.parametrize("cls", _provider_classes(), ids=lambda cls: cls.name)
 def test_every_provider_implements_the_whole_provider_interface(cls):
     missing = [name for name in sorted(_methods(Provider)) if getattr(cls, name, None) is getattr(Provider, name)
                or not callable(getattr(cls, name, None))]
     assert not missing, "%s lacks %s" % (cls.__name__, missing)
-    assert isinstance(cls.name, str) and cls.name
+    # Each capability is stated by the class itself, not inherited by accident (no caller probes).
+    undeclared = [name for name, kind in sorted(Provider.__annotations__.items())
+                  if not isinstance(vars(cls).get(name), {"str": str, "bool": bool}[kind])]
+    assert not undeclared, "%s does not declare %s" % (cls.__name__, undeclared)
+    assert cls.name
+    if cls.passes_env:                                  # `exec --env` hands them to exec
+        assert "env" in inspect.signature(cls.exec).parameters
+    if cls.supports_egress:
+        assert "allow" in inspect.signature(cls.launch).parameters
+        assert NoEgress not in cls.__mro__
+    else:
+        with pytest.raises(UsageError, match=r"^provider %s cannot enforce an egress allowlist \(--allow\)"
+                           % cls.name):
+            cls.set_egress(cls.__new__(cls), "x", [])
+        with pytest.raises(UsageError, match="cannot enforce an egress allowlist"):
+            cls.egress_log(cls.__new__(cls), "x")
 
 
 @pytest.mark.parametrize("cls", [AddressProvider, SSHProvider, SlicerProvider])

@@ -52,7 +52,7 @@ def command(ctx, vm, cwd, path, env_names, argv):
         raise UsageError("VM %s holds no repository of this worktree; give --cwd DIR (relative to the "
                          "VM's home) to run there anyway" % target.name,
                          hint="git slicer exec %s --cwd . -- CMD" % target.name)
-    if passed and not getattr(target.provider, "passes_env", False):
+    if passed and not target.provider.passes_env:
         raise UsageError("provider %s cannot hand variables to one command (--env)" % target.provider.name)
     target.check_reached()
     extra = {"env": passed} if passed else {}

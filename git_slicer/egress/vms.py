@@ -1,20 +1,21 @@
 """A VM's allowlist as the commands see it: launch with one, widen or narrow it, read its log.
 
-Providers that enforce an allowlist (today: local) have `set_egress(name, rules)` and
-`egress_log(name)` and take `allow=` at launch; for the others every one of these says so in
-one line instead of launching a VM that would silently have no way out.
+Providers that enforce an allowlist (today: local) say so (`supports_egress`), take `allow=` at
+launch and answer `set_egress(name, rules)` and `egress_log(name)`; for the others every one of
+these says so in one line (providers.no_egress) instead of launching a VM that would silently
+have no way out.
 """
 
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..providers import no_egress
 from .allowlist import BadHost, merge, remove
 
 
 def _check(provider) -> None:
-    if not hasattr(provider, "set_egress"):
-        why = "; its VMs have no network (see docs/qemu.md)" if provider.name == "qemu" else ""
-        raise UsageError("provider %s cannot enforce an egress allowlist (--allow)%s" % (provider.name, why))
+    if not provider.supports_egress:
+        raise no_egress(provider)
 
 
 def checked_rules(texts) -> list:

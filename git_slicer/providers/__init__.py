@@ -41,9 +41,13 @@ def record_roots(vm_root: str) -> dict:
 
 
 class Provider(Protocol):
-    """What every provider (local, qemu, slicer, ssh, address) implements, all of it."""
+    """What every provider (local, qemu, slicer, ssh, address) implements, all of it. Each
+    provider class states its two capabilities itself (tests/test_seams.py checks), so no
+    caller probes for them."""
 
     name: str
+    passes_env: bool        # exec takes env= (variables handed to that one command: `exec --env`)
+    supports_egress: bool   # launch takes allow=, set_egress and egress_log work; else they refuse
 
     def get(self, name: str) -> VM:
         """The VM called `name` (VMNotFound if there is none)."""
@@ -72,6 +76,29 @@ class Provider(Protocol):
     def shell(self, vm: VM, cwd: str = "") -> int:
         """An interactive shell in the VM, in `cwd` (the linked repository's guest path, "" for
         the home), on this terminal; its exit code."""
+
+    def set_egress(self, name: str, rules) -> VM:
+        """Replace the VM's egress allowlist (canonical rule texts), or `no_egress`'s refusal."""
+
+    def egress_log(self, name: str):
+        """The VM's connection log (egress.log.EgressLog), or `no_egress`'s refusal."""
+
+
+def no_egress(provider) -> UsageError:
+    """The one-line refusal of a provider that enforces no egress allowlist."""
+    why = "; its VMs have no network (see docs/qemu.md)" if provider.name == "qemu" else ""
+    return UsageError("provider %s cannot enforce an egress allowlist (--allow)%s" % (provider.name, why))
+
+
+class NoEgress:
+    """set_egress and egress_log for providers without an allowlist: each refuses in one line
+    (a VM that silently had no way out, or every way out, would be worse)."""
+
+    def set_egress(self, name: str, rules) -> VM:
+        raise no_egress(self)
+
+    def egress_log(self, name: str):
+        raise no_egress(self)
 
 
 # An interactive shell in the VM: bash where the guest has it, else sh.

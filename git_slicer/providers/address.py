@@ -14,7 +14,7 @@ import subprocess
 from .. import transport
 from ..errors import UsageError, VMNotFound
 from ..links import check_vm_name
-from . import VM, AlwaysRunning
+from . import VM, AlwaysRunning, NoEgress
 
 
 def transport_options(settings, vm_name: str) -> dict:
@@ -39,8 +39,10 @@ def vm_token(settings, vm_name: str):
     return token or None
 
 
-class AddressProvider(AlwaysRunning):
+class AddressProvider(AlwaysRunning, NoEgress):
     name = "address"
+    passes_env = False          # exec hands no variables to the command
+    supports_egress = False
 
     def __init__(self, settings):
         self.settings = settings
@@ -94,6 +96,8 @@ class SSHProvider(AddressProvider):
     slicer.<vm>.address says otherwise. Nothing to launch; everything else works."""
 
     name = "ssh"
+    passes_env = False
+    supports_egress = False
 
     def _address(self, name: str) -> str:
         return self.settings.vm(name, "address") or "ssh:" + name

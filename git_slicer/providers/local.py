@@ -43,6 +43,8 @@ NO_PROXY = "localhost,127.0.0.1,::1"
 
 class LocalProvider(DirectoryVMs):
     name = "local"
+    passes_env = True           # exec(env=...) hands variables to one command, nothing else
+    supports_egress = True      # the sandbox's only way out is the filtering proxy (egress/)
 
     def __init__(self, settings):
         self.settings = settings
@@ -247,8 +249,6 @@ class LocalProvider(DirectoryVMs):
 
     def start(self, name: str) -> VM:
         return self.get(name)
-
-    passes_env = True      # exec(env=...) hands variables to one command, nothing else
 
     def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False, env=None) -> int:
         sandbox = (self._record(vm.name) or {}).get("sandbox", "bwrap")

@@ -37,7 +37,7 @@ from ..wire.framing import Connection, ProtocolError
 from ..wire.serialsync import ack_pattern, new_nonce, sync_line
 from ..session import open_session
 from ..transport import SocketChannel
-from . import VM, DirectoryVMs, new_vm_id
+from . import VM, DirectoryVMs, NoEgress, new_vm_id
 from .qemu_image import build_image, find_image, image_root
 
 PORT_NAME = "org.git-slicer.agent"
@@ -202,8 +202,10 @@ def probe_kvm(binary: str, kernel: str, seconds: float = KVM_PROBE_SECONDS):
 
 
 # -- the provider ----------------------------------------------------------------------
-class QemuProvider(DirectoryVMs):
+class QemuProvider(DirectoryVMs, NoEgress):
     name = "qemu"
+    passes_env = True           # exec(env=...): the agent's exec op adds them for that one command
+    supports_egress = False     # its VMs have no network at all
 
     def __init__(self, settings):
         self.settings = settings
@@ -448,8 +450,6 @@ class QemuProvider(DirectoryVMs):
         return SerialChannel(self._file(name, "agent.sock"), "VM %s" % name, timeout,
                              alive=lambda: None if self._pid(name) else "VM %s stopped" % name,
                              handshake_timeout=self.settings.get("slicer.handshakeTimeout"))
-
-    passes_env = True      # exec(env=...): the agent's exec op adds them for that one command
 
     def exec(self, vm: VM, argv, cwd: str = "", interactive: bool = False, env=None) -> int:
         """Run argv in the guest through the agent's exec op (no stdin, no terminal)."""

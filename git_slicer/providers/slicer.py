@@ -29,7 +29,7 @@ from ..errors import AgentFailed, SlicerError, UsageError, VMNotFound
 from ..links import check_vm_name
 from ..transport import why
 from ..wire.framing import Connection, ProtocolError, RemoteError
-from . import VM, AlwaysRunning, new_vm_id
+from . import VM, AlwaysRunning, NoEgress, new_vm_id
 from .slicer_api import APIError, ExecOutput, SlicerAPI, exec_query, is_unix_url, run, vm_path
 from .slicer_shell import ShellSession
 
@@ -135,8 +135,10 @@ class ForwardChannel:
         self.ws.close()
 
 
-class SlicerProvider(AlwaysRunning):
+class SlicerProvider(AlwaysRunning, NoEgress):
     name = "slicer"
+    passes_env = False          # exec hands no variables to the command
+    supports_egress = False
 
     def __init__(self, settings):
         self.settings = settings

@@ -45,6 +45,7 @@ class Repo:
     def __init__(self, path: str):
         self.root = os.path.abspath(os.path.expanduser(path))
         self.env = _git_env()
+        self._algo = None           # the object format, asked once (see algo)
 
     @property
     def exists(self) -> bool:
@@ -63,7 +64,7 @@ class Repo:
         return out.decode() or None
 
     def algo(self) -> str:
-        if getattr(self, "_algo", None) is None:      # asked several times per request
+        if self._algo is None:                      # asked several times per request
             fmt = self.git(["rev-parse", "--show-object-format"], check=False).strip().decode()
             self._algo = "sha256" if fmt == "sha256" else "sha1"
         return self._algo

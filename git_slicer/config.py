@@ -139,6 +139,14 @@ class Settings:
                 key, _, value = item.partition(b"\n")
                 self._raw[_normalise(key.decode("utf-8", "replace"))] = value.decode("utf-8", "surrogateescape")
 
+    @classmethod
+    def of(cls, worktree) -> "Settings":
+        """The same settings, from the worktree's own read of its config (no second `git config`)."""
+        settings = cls.__new__(cls)
+        settings._raw = {_normalise(k): v.decode("utf-8", "surrogateescape")
+                         for k, v in worktree.config_items().items() if k.startswith("slicer.")}
+        return settings
+
     def get(self, name: str):
         key = _BY_NAME[name.lower()]
         if key.env and key.env in os.environ:

@@ -54,6 +54,8 @@ class Inbound:
         self.pack_limits = pack_limits
         self.file_limits = file_limits
         self.known = KnownPaths(worktree, link.agreed_overlay)    # names with control characters allowed back
+        self.refs = None        # refs/slicer/<vm>/* as read for the import, or before it by the caller
+                                # (record_refs compares-and-swaps against them)
 
     def state(self, applied: str = None, max_entries: int = STATE_ENTRIES) -> dict:
         """The VM repository's state, validated by the session (see AgentSession.state)."""
@@ -66,15 +68,18 @@ class Inbound:
                               hint="push it again with `git slicer push %s`" % self.link.vm)
         return valid_branches(self.wt, state["branches"], self.pack_limits.refs)
 
-    def import_objects(self, tips, blobs=()) -> None:
+    def import_objects(self, tips, blobs=(), head: str = "HEAD") -> None:
         """Bring the commits `tips` (and the blobs `blobs`) into the host's object store through
-        quarantine; nothing lands unless everything the VM sent passed validation."""
+        quarantine; nothing lands unless everything the VM sent passed validation. `head` is the
+        host's HEAD commit when the caller has it (a have for the VM's pack)."""
         wanted = sorted(set(tips))
         blobs = sorted(set(blobs))
         absent = missing(self.wt, wanted + blobs)
         if absent:
-            haves = [h for h in {self.wt.rev("HEAD"), self.link.agreed_commit} if h]
-            haves += slicer_refs(self.wt, self.link.vm).values()
+            haves = [h for h in {self.wt.rev("HEAD") if head == "HEAD" else head, self.link.agreed_commit} if h]
+            if self.refs is None:
+                self.refs = slicer_refs(self.wt, self.link.vm)
+            haves += self.refs.values()
             with Quarantine(self.wt, self.pack_limits, self.known) as q:
                 self.session.fetch(self.link.guest_path, wanted + [b for b in blobs if b in absent],
                                    sorted(set(haves)), q.receive, self.pack_limits.pack_bytes + 1)
@@ -88,13 +93,14 @@ class Inbound:
                             % (self.session.conn.bytes_in, self.link.vm))
         crash_point("pull:objects-in")
 
-    def fetch_files(self, changes, staging: str) -> None:
+    def fetch_files(self, changes, staging: str, odb: ObjectReader = None) -> None:
         """Put the new contents of every change (safewrite.Change) in `staging`: from the object
-        store when the host has the blob, otherwise from the VM's worktree (checked against its
-        blob id). Sets each change's `source` (regular files) or `target` (symlinks)."""
+        store when the host has the blob (read through `odb` when the caller has one open),
+        otherwise from the VM's worktree (checked against its blob id). Sets each change's
+        `source` (regular files) or `target` (symlinks)."""
         needed = [c for c in changes if c.new is not None]
         from_vm = {}
-        with ObjectReader(self.wt) as odb:                # one `git cat-file` for all files
+        with ObjectReader(self.wt) if odb is None else _Borrowed(odb) as odb:   # one `git cat-file` for all
             for change in needed:
                 found = odb.read(change.new.oid)
                 if found is not None and found[0] == "blob":
@@ -112,7 +118,7 @@ class Inbound:
         files_dir = os.path.join(staging, "files")
         os.mkdir(files_dir)
         members = self.session.files(self.link.guest_path, {p: c.new for p, c in from_vm.items()},
-                                     files_dir, self.file_limits, control_ok=set(from_vm))
+                                     files_dir, self.file_limits, control_ok=set(from_vm), algo=self.wt.algo)
         got = {m.path: m for m in members}
         if set(got) != set(from_vm):
             raise UnsafeInput("VM %s sent other files than were asked for" % self.link.vm)
@@ -122,8 +128,8 @@ class Inbound:
                 actual = overlay_mod.Entry(overlay_mod.MODE_LINK, overlay_mod.blob_oid(os.fsencode(member.target), self.wt.algo))
                 change.target = member.target
             elif member.kind == "file":
-                entry = overlay_mod.hash_worktree_file(member.staged, self.wt.algo)
-                actual = overlay_mod.Entry(change.new.mode, entry.oid)
+                actual = overlay_mod.Entry(change.new.mode, member.oid or
+                                           overlay_mod.hash_worktree_file(member.staged, self.wt.algo).oid)
                 change.source = member.staged
             else:
                 actual = None
@@ -131,6 +137,19 @@ class Inbound:
                 raise UnsafeInput("file %s from VM %s does not match its announced contents"
                                   % (display(path), self.link.vm))
 
+
+
+class _Borrowed:
+    """A reader the caller owns, used in a `with` without being closed."""
+
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __enter__(self):
+        return self.reader
+
+    def __exit__(self, *exc):
+        pass
 
 
 def missing(worktree, oids, env=None) -> list:

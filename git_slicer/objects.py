@@ -73,17 +73,41 @@ class TreeReader(ObjectReader):
         self._trees = {}
         self._oid_len = 32 if worktree.algo == "sha256" else 20
 
-    def _tree(self, oid: str) -> dict:
-        """{name: (mode, oid)} of a tree, or of a commit's tree."""
+    def _tree(self, oid: str, strict: bool = False) -> dict:
+        """{name: (mode, oid)} of a tree, or of a commit's tree ({} if there is none; with
+        `strict`, an error)."""
         if oid not in self._trees:
             found = self.read(oid)
             if found is not None and found[0] == "commit":
                 found = self.read(found[1].split(b"\n", 1)[0][5:].decode())
-            entries = {}
-            if found is not None and found[0] == "tree":
-                entries = {name: (mode, child) for mode, name, child in parse_tree(found[1], self._oid_len)}
-            self._trees[oid] = entries
+            if found is None or found[0] != "tree":
+                if strict:
+                    raise SlicerError("cannot read the tree of %s" % oid[:12])
+                return {}
+            self._trees[oid] = {name: (mode, child) for mode, name, child in parse_tree(found[1], self._oid_len)}
         return self._trees[oid]
+
+    def changed_paths(self, a: str, b: str) -> list:
+        """The paths of files, symlinks and gitlinks that differ between commits (or trees) `a`
+        and `b`: what `git diff-tree -r --no-renames --name-only a b` lists, read through this
+        process (only the subtrees that differ are read)."""
+        out = []
+        self._diff(a, b, "", out)
+        return out
+
+    def _diff(self, a, b, prefix: str, out: list) -> None:
+        ta = self._tree(a, strict=True) if a else {}
+        tb = self._tree(b, strict=True) if b else {}
+        for name in sorted(set(ta) | set(tb)):
+            ea, eb = ta.get(name), tb.get(name)
+            if ea == eb:
+                continue
+            a_tree = ea is not None and ea[0] == _TREE
+            b_tree = eb is not None and eb[0] == _TREE
+            if a_tree or b_tree:
+                self._diff(ea[1] if a_tree else None, eb[1] if b_tree else None, prefix + name + "/", out)
+            if (ea is not None and not a_tree) or (eb is not None and not b_tree):
+                out.append(prefix + name)
 
     def entry(self, commit: str, path: str):
         """The Entry (mode, oid) of the file, symlink or gitlink at `path` in `commit`; None if there is none."""

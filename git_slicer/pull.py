@@ -28,7 +28,7 @@ from .inbound import Inbound, limits_from, ref_parent, slicer_refs
 from .journal import HostWrite, Journal, recover_interrupted, set_index
 from .safewrite import DIRECTORY, Change, SafeWriter
 from .checkout_form import checkout_form
-from .scan import host_overlay
+from .scan import InBackground, host_overlay
 from .sparse import SparseCheckout
 from .submodules import pull_all
 from .target import resolve, vm_named
@@ -84,7 +84,7 @@ class PullResult:
 
 
 def pull(worktree, options: PullOptions, settings: Settings = None) -> PullResult:
-    settings = settings or Settings(worktree.root)
+    settings = settings or Settings.of(worktree)
     store = LinkStore.of(worktree)
     options.vm = vm_named(worktree, options.vm)
     if store.get(options.vm) is None:
@@ -151,10 +151,22 @@ class Puller:
         return result
 
     def _record_imports(self) -> None:
-        record_refs(self.wt, self.link.vm, self._imported)
+        record_refs(self.wt, self.link.vm, self._imported, existing=self.inbound.refs)
         crash_point("pull:imported")
 
     def _run(self) -> PullResult:
+        # The host's scan runs while the VM scans its own side; it is only a first look: every
+        # path the VM changed is judged again after its bytes are read (_merge_with).
+        with InBackground(self._scan_host) as scanning:
+            return self._run_scanning(scanning)
+
+    def _scan_host(self):
+        where = {}
+        overlay = host_overlay(self.wt, SlicerIgnore(self.wt.root), where=where)
+        self.inbound.refs = slicer_refs(self.wt, self.link.vm)      # the haves for the import, meanwhile too
+        return where.get("head"), overlay
+
+    def _run_scanning(self, scanning) -> PullResult:
         vm_state = self.inbound.state(applied=agreed.pending_id(self.link), max_entries=self.file_limits.max_entries)
         agreed.settle(self.store, self.link, vm_state, self.ignore.keep)
         if not self.link.agreed_commit:          # a first push that never reached the VM
@@ -168,15 +180,25 @@ class Puller:
             report.warn("the VM is on branch %s, not %s: its uncommitted files are not pulled"
                         % (display(str(vm_state["branch"])), self.link.branch))
         vm_view = overlay_mod.filtered(vm_state["overlay"], self.ignore.keep)
-        imported = self._import(branches, vm_view)
+        try:
+            head, self._host_scan = scanning.result()     # HEAD as the scan saw it: they belong together
+        except (SlicerError, OSError) as exc:           # reported where the scan is used, as before
+            head, self._host_scan = self.wt.rev("HEAD"), exc
+        imported = self._import(branches, vm_view, head)
 
-        head = self.wt.rev("HEAD")
+        trees = _Trees(self.wt)
+        try:
+            return self._merge_run(trees, head, vm_tip, vm_state, vm_view, imported)
+        finally:
+            trees.close()
+
+    def _merge_run(self, trees, head, vm_tip, vm_state, vm_view, imported) -> PullResult:
         result = PullResult(imported=imported, from_=head, to=head)
         target = head
         if vm_tip != head and not self.options.no_merge:
-            if self.wt.is_ancestor(head, vm_tip):
+            if trees.is_ancestor(head, vm_tip):
                 target = vm_tip
-            elif self.wt.is_ancestor(vm_tip, head):
+            elif trees.is_ancestor(vm_tip, head):
                 result.note = "the host branch is ahead of the VM's"
             elif self.options.force:
                 target = vm_tip
@@ -192,27 +214,21 @@ class Puller:
         if target == head and vm_tip != head:
             result.note = result.note or "files not applied: the VM is on a different commit"
             return result
-        self._merge(head, target, vm, result)
+        self._merge_with(trees, head, target, vm, result)
         self.link.agreed_commit = vm_tip
         self.link.agreed_overlay = vm.overlay
         return result
 
     # -- objects -------------------------------------------------------------------
-    def _import(self, branches: dict, vm_view: dict) -> dict:
+    def _import(self, branches: dict, vm_view: dict, head: str) -> dict:
         """The VM's branch tips and staged blobs, through quarantine (inbound.py)."""
         self.inbound.import_objects(branches.values(), [e.oid for e in vm_view["index"].values()
-                                                        if e is not None and e.mode != overlay_mod.MODE_GITLINK])
+                                                        if e is not None and e.mode != overlay_mod.MODE_GITLINK],
+                                    head=head)
         self._imported = branches
         return branches
 
     # -- commits and files -----------------------------------------------------------
-    def _merge(self, head: str, target: str, vm: State, result: PullResult) -> None:
-        trees = _Trees(self.wt)
-        try:
-            self._merge_with(trees, head, target, vm, result)
-        finally:
-            trees.close()
-
     def _merge_with(self, trees, head: str, target: str, vm: State, result: PullResult) -> None:
         base = State(self.link.agreed_commit, self.link.agreed_overlay)
         writer = SafeWriter(self.wt.root, self.wt.algo)
@@ -225,7 +241,7 @@ class Puller:
         # from its blob: eol, filters) is compared with itself, not with its blob.
         before = {p: writer.current(p) for p in sorted(vm_paths)
                   if trees.file(vm, p) != trees.file(base, p) or trees.index(vm, p) != trees.index(base, p)}
-        ours = State(head, host_overlay(self.wt, self.ignore))
+        ours = State(head, self._host_after(head, before))
         paths = set(vm_paths)
         paths.update(ours.overlay["index"], ours.overlay["files"])
         for a, b in ((base.commit, head), (head, target)):
@@ -273,8 +289,9 @@ class Puller:
                                 details={"conflicts": conflicts})
         staging = tempfile.mkdtemp(prefix="slicer-pull-%d-" % os.getpid(), dir=self.wt.git_dir)
         try:
-            self.inbound.fetch_files(changes, staging)
-            self._to_checkout_form(changes, committed, target, staging)
+            self.inbound.fetch_files(changes, staging, trees.reader)
+            moved = set(trees.diff(head, target)).union(ours.overlay["index"])   # the index, made the commit's
+            self._to_checkout_form(changes, committed, target, staging, moved)
             exposed = check_ignore_changes(self.wt, changes, self.link.vm, self.options.accept_ignore_changes)
             if exposed:
                 result.exposed_by_ignore_changes = exposed
@@ -284,10 +301,31 @@ class Puller:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _to_checkout_form(self, changes, committed: dict, target: str, staging: str) -> None:
+    def _host_after(self, head: str, before: dict) -> dict:
+        """The host's overlay, where the verdict on every path in `before` (the paths the VM
+        changed) is taken AFTER their bytes were read. Only those paths can be written; the
+        first scan (which overlapped the VM's) stands for the others, which the pull leaves alone."""
+        early = self._host_scan
+        if isinstance(early, BaseException):
+            raise early
+        if not before:
+            return early
+        where = {}
+        if len(before) > _RESCAN_PATHS or sum(map(len, before)) > _RESCAN_BYTES:  # command-line limits
+            overlay = host_overlay(self.wt, self.ignore, where=where)
+        else:
+            again = host_overlay(self.wt, self.ignore, where=where, paths=sorted(before))
+            overlay = {part: {p: e for p, e in early[part].items() if not _covered(p, before)} for part in early}
+            for part in overlay:
+                overlay[part].update(again[part])
+        if where.get("head") != head:
+            raise WouldLoseWork("%s moved on the host during the pull; nothing was changed" % self.branch)
+        return overlay
+
+    def _to_checkout_form(self, changes, committed: dict, target: str, staging: str, moved) -> None:
         """Committed files are written as `git checkout` would write them here (line endings),
         never through a filter driver (checkout_form.py)."""
-        converted = checkout_form(self.wt, target, committed, staging)
+        converted = checkout_form(self.wt, target, committed, staging, tree_paths=moved)
         for change in changes:
             source = converted.get(change.path)
             if source is not None:
@@ -370,6 +408,22 @@ class Puller:
                            "deleted": [c.path for c in changes if c.new is None]}
 
 
+# Above these, the second look at the host is a whole scan, not one of the changed paths.
+_RESCAN_PATHS, _RESCAN_BYTES = 1000, 64 * 1024
+
+
+def _covered(path: str, paths) -> bool:
+    """Whether `path` is one of `paths` or below one of them (what a literal pathspec matches)."""
+    if path in paths:
+        return True
+    at = path.find("/")
+    while at > 0:
+        if path[:at] in paths:
+            return True
+        at = path.find("/", at + 1)
+    return False
+
+
 class _Trees:
     """Cached lookups of paths in commits (one `git cat-file`), and of a state's index and file entries."""
 
@@ -397,24 +451,48 @@ class _Trees:
             return state.overlay["files"][path]
         return self.index(state, path)
 
+    def is_ancestor(self, a: str, b: str) -> bool:
+        """Whether commit `a` is `b` or an ancestor of it. A parent of `b` (one VM commit on top
+        of the host's, the everyday case) is read from `b` itself; anything else asks git, as do
+        repositories whose parents are not what the commits say (shallow, grafts)."""
+        if a == b:
+            return True
+        if not self._plain_history():
+            return self.wt.is_ancestor(a, b)
+        found = self.reader.read(b)
+        if found is not None and found[0] == "commit":
+            for line in found[1].split(b"\n\n", 1)[0].split(b"\n")[1:]:
+                if not line.startswith(b"parent "):
+                    break
+                if line[7:].decode("ascii", "replace") == a:
+                    return True
+        return self.wt.is_ancestor(a, b)
+
+    def _plain_history(self) -> bool:
+        if "plain" not in self._cache:
+            self._cache["plain"] = not any(os.path.lexists(os.path.join(self.wt.common_dir, name))
+                                           for name in ("shallow", os.path.join("info", "grafts")))
+        return self._cache["plain"]
+
     def diff(self, a: str, b: str):
         if not a or not b or a == b:
             return []
         if ("diff", a, b) not in self._cache:          # base..vm and head..target are often the same
-            out = self.wt.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b])
-            self._cache[("diff", a, b)] = [os.fsdecode(p) for p in out.split(b"\0") if p]
+            self._cache[("diff", a, b)] = self.reader.changed_paths(a, b)
         return list(self._cache[("diff", a, b)])
 
 
-def record_refs(worktree, vm: str, branches: dict) -> None:
+def record_refs(worktree, vm: str, branches: dict, existing: dict = None) -> None:
     """Point refs/slicer/<vm>/<name> at the VM's tips in one transaction (`update-ref --stdin`):
     all of them move or none. Earlier refs of that VM that are in the way of a new name (`a`
     when the VM now has `a/b`, or the reverse) are stale: they are deleted first, in a
-    transaction of their own (git refuses a deletion and a create of `a/b` in one)."""
+    transaction of their own (git refuses a deletion and a create of `a/b` in one). `existing`:
+    those refs as the caller read them (each update is a compare-and-swap against them)."""
     if not branches:
         return
     prefix = "refs/slicer/%s/" % vm
-    existing = slicer_refs(worktree, vm)
+    if existing is None:
+        existing = slicer_refs(worktree, vm)
     names = {prefix + n for n in branches}
     dirs = {n[:i] for n in names for i in range(len(prefix), len(n)) if n[i] == "/"}
     stale = [b"delete %s\0%s\0" % (os.fsencode(ref), existing[ref].encode()) for ref in sorted(existing)

@@ -50,15 +50,15 @@ class Worktree:
             raise NotARepository("not a directory: %s" % path)
         proc = subprocess.run(
             ["git", "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir",
-             "--git-common-dir", "--show-object-format"],
+             "--git-common-dir", "--show-object-format", "--git-path", "slicer"],
             cwd=path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
-        if proc.returncode != 0 or len(lines) != 4:
+        if proc.returncode != 0 or len(lines) != 5:
             raise NotARepository("not inside a git worktree: %s" % path,
                                  hint="run it inside a repository, or pass the worktree's path")
-        self.root, self.git_dir, self.common_dir, self.object_format = lines
+        self.root, self.git_dir, self.common_dir, self.object_format, slicer_dir = lines
         self.env = clean_env({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.root})
-        self._git_paths = {}
+        self._git_paths = {"slicer": slicer_dir}        # every command asks for it: one process fewer
         self._config = None         # every setting, read once (`git config --list`) on first use
 
     def git(self, args, input=None, check=True, env=None) -> bytes:
@@ -87,6 +87,19 @@ class Worktree:
         return "sha256" if self.object_format == "sha256" else "sha1"
 
     def branch(self):
+        """HEAD's branch, or None when it is detached. Read from HEAD itself where it names a
+        branch (the files ref backend), else from git."""
+        try:
+            with open(os.path.join(self.git_dir, "HEAD"), "rb") as fh:
+                head = fh.read(4096)
+        except OSError:
+            head = b""
+        if head.startswith(b"ref: refs/heads/") and head.endswith(b"\n") and head.count(b"\n") == 1:
+            name = head[len(b"ref: refs/heads/"):-1].decode("utf-8", "surrogateescape")
+            if name and name != ".invalid" and not name.endswith("/"):     # .invalid: the reftable backend
+                return name
+        elif len(head) in (41, 65) and head.endswith(b"\n") and all(c in b"0123456789abcdef" for c in head[:-1]):
+            return None                                                      # detached
         out = self.git(["symbolic-ref", "-q", "--short", "HEAD"], check=False).strip()
         return out.decode("utf-8", "surrogateescape") or None
 
@@ -106,14 +119,18 @@ class Worktree:
     def config(self, key: str, default=None):
         """`git config --get KEY` (the last value; default when unset or empty), all settings read
         with one `git config --list` on first use: a Worktree lives for one operation."""
+        out = self.config_items().get(_config_key(key), b"").strip()
+        return out.decode("utf-8", "surrogateescape") if out else default
+
+    def config_items(self) -> dict:
+        """Every setting, {normalised key: last value as bytes}, read once."""
         if self._config is None:
             self._config = {}
             for item in self.git(["config", "-z", "--list"], check=False).split(b"\0"):
                 name, _, value = item.partition(b"\n")
                 if name:
                     self._config[_config_key(name.decode("utf-8", "surrogateescape"))] = value
-        out = self._config.get(_config_key(key), b"").strip()
-        return out.decode("utf-8", "surrogateescape") if out else default
+        return self._config
 
     def remotes(self) -> dict:
         out = self.git(["config", "-z", "--get-regexp", r"^remote\..*\.url$"], check=False)

@@ -263,13 +263,15 @@ class AgentSession:
         except (ProtocolError, RemoteError, OSError) as exc:
             raise AgentFailed("VM %s: fetching objects failed: %s" % (self.vm, exc)) from None
 
-    def files(self, path: str, files: dict, into: str, limits: tarstream.Limits, control_ok=False) -> list:
+    def files(self, path: str, files: dict, into: str, limits: tarstream.Limits, control_ok=False,
+              algo: str = None) -> list:
         """The named worktree files (path -> [mode, blob id]) staged under `into`, within
-        `limits`; the caller checks each against its blob id."""
+        `limits`; the caller checks each against its blob id (with `algo`, each member's `oid`
+        is computed as it is staged)."""
         self._request({"op": "files", "path": path, "files": files})
         try:
             members = tarstream.read_members(self.conn.recv_stream(limits.max_total_bytes + 1024 * (len(files) + 4)),
-                                             into, limits, control_ok=control_ok)
+                                             into, limits, control_ok=control_ok, algo=algo)
             self.conn.recv_reply()
         except tarstream.UnsafeArchive as exc:
             raise UnsafeInput("files from VM %s refused: %s" % (self.vm, exc)) from None

@@ -134,7 +134,19 @@ class HostileAgent(Agent):
         self.conn.send_stream([data])
         return {"ok": True}
 
+    def op_push(self, request, current=None):
+        if self.name == "pause-push":               # hold the push after the host's scan, before its streams
+            open(os.path.join(HERE, "paused"), "w").close()
+            while not os.path.exists(os.path.join(HERE, "go")):
+                time.sleep(0.05)
+        return super().op_push(request, current)
+
     def op_fetch(self, request):
+        if self.name == "pause-fetch":              # hold the pull before its objects arrive
+            open(os.path.join(HERE, "paused"), "w").close()
+            while not os.path.exists(os.path.join(HERE, "go")):
+                time.sleep(0.05)
+            return super().op_fetch(request)
         if "pack" not in self.s and "pack_file" not in self.s and "pack_stream" not in self.s:
             return super().op_fetch(request)
         self.conn.send({"ok": True, "streaming": True})

@@ -192,3 +192,44 @@ def test_push_waits_for_a_running_pull_and_gives_up_clearly(launched):
         holder.wait()
     repo.slicer("push")                     # the kernel released the lock with the process
     assert "x.txt" in repo.vm_status(vm)
+
+
+def test_tree_diff_read_in_process_lists_what_git_diff_tree_lists(tmp_path):
+    """The pull reads which paths two commits differ in through its one `git cat-file` process;
+    it must list exactly what `git diff-tree -r --name-only` lists: a file turned into a
+    directory and back, mode and symlink changes, gitlinks, deep additions and deletions."""
+    from git_slicer.objects import TreeReader
+    from git_slicer.repo import Worktree
+    repo = Repo(tmp_path / "r")
+    repo.path.mkdir()
+    repo.git("init", "-q", "-b", "main")
+    for name in ("a.txt", "d/x", "d/y", "f", "keep/deep/k.txt", "gone/g1", "gone/sub/g2", "m.sh"):
+        repo.write(name, name + "\n")
+    os.symlink("a.txt", repo.path / "l")
+    repo.git("add", "-A")
+    repo.git("update-index", "--add", "--cacheinfo", "160000,%s,mod" % ("1" * 40))
+    repo.git("commit", "-qm", "first")          # not repo.commit: `add -A` would drop the gitlink
+    first = repo.git("rev-parse", "HEAD").strip()
+    repo.write("a.txt", "changed\n")
+    os.unlink(repo.path / "d" / "x")
+    os.unlink(repo.path / "d" / "y")
+    os.rmdir(repo.path / "d")
+    repo.write("d", "now a file\n")
+    os.unlink(repo.path / "f")
+    repo.write("f/z", "now a directory\n")
+    (repo.path / "m.sh").chmod(0o755)
+    os.unlink(repo.path / "l")
+    os.symlink("d", repo.path / "l")
+    repo.write("new/deep/er/n.txt", "new\n")
+    repo.git("rm", "-rq", "gone")
+    repo.git("add", "-A")
+    repo.git("update-index", "--add", "--cacheinfo", "160000,%s,mod" % ("2" * 40))
+    repo.git("commit", "-qm", "second")
+    second = repo.git("rev-parse", "HEAD").strip()
+    reader = TreeReader(Worktree(str(repo.path)))
+    try:
+        for a, b in ((first, second), (second, first), (first, first)):
+            expect = repo.git("diff-tree", "-r", "--no-renames", "--name-only", a, b).split()
+            assert sorted(reader.changed_paths(a, b)) == sorted(expect) and (a == b or expect)
+    finally:
+        reader.close()

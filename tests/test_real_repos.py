@@ -64,6 +64,76 @@ def test_autocrlf_host_pulls_without_false_conflicts(tmp_path):
     assert repo.git("diff", "--stat").strip().startswith("notes.txt | 1 +")
 
 
+def _eol_rule(repo, tmp_path, where: str) -> None:
+    """Make `sub/*.txt` check out with CRLF, from one of the places git reads such a rule."""
+    rule = "*.txt text eol=crlf\n"
+    if where == "nested .gitattributes":
+        repo.write("sub/.gitattributes", rule)
+        repo.commit("attributes")
+    elif where == "info/attributes":
+        repo.write(".git/info/attributes", rule)
+    elif where == "core.attributesFile":
+        (tmp_path / "attrs").write_text(rule)
+        repo.git("config", "core.attributesFile", str(tmp_path / "attrs"))
+    elif where == "global attributes":             # core.attributesFile's default
+        path = os.path.join(os.environ["XDG_CONFIG_HOME"], "git", "attributes")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(rule)
+    elif where == "core.autocrlf":
+        repo.git("config", "core.autocrlf", "true")
+    elif where == "text=auto":
+        repo.write(".gitattributes", "* text=auto eol=crlf\n")
+        repo.commit("attributes")
+
+
+def _lf_repo(tmp_path) -> Repo:
+    path = tmp_path / "lf"
+    path.mkdir()
+    repo = Repo(path)
+    repo.git("init", "-q", "-b", "main")
+    repo.write("sub/notes.txt", "one\ntwo\n")
+    repo.write("top.txt", "top\n")
+    repo.commit("initial")
+    return repo
+
+
+@pytest.mark.parametrize("where", ["nested .gitattributes", "info/attributes", "core.attributesFile",
+                                   "global attributes", "core.autocrlf", "text=auto", "the VM's commit"])
+def test_pulled_commits_get_line_endings_from_every_source_of_eol_rules(tmp_path, where):
+    """Wherever the rule lives, a pulled file is written as checkout writes it (the conversion
+    step is skipped only when no rule can apply: this fails if that test is too broad)."""
+    repo = _lf_repo(tmp_path)
+    _eol_rule(repo, tmp_path, where)
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    add = "printf '*.txt text eol=crlf\\n' > sub/.gitattributes && " if where == "the VM's commit" else ""
+    repo.vm_sh(vm, add + "printf 'one\\nTWO\\n' > sub/notes.txt && git add -A && git commit -qm vm")
+    repo.slicer("pull", vm)
+    assert (repo.path / "sub/notes.txt").read_bytes() == b"one\r\nTWO\r\n"
+    assert repo.status() == ""
+
+
+def test_pull_skips_the_line_ending_step_when_no_rule_exists(tmp_path):
+    """No attributes anywhere and no eol setting: no scratch checkout runs (three git processes
+    fewer), and files arrive as committed. A host that stages the removal of a committed
+    .gitattributes still converts (the commit the pull moves to has it)."""
+    repo = _lf_repo(tmp_path)
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "printf 'one\\nTWO\\n' > sub/notes.txt && git commit -qam vm")
+    trace = tmp_path / "trace"
+    repo.slicer("pull", vm, env={**os.environ, "GIT_TRACE": str(trace)})
+    assert (repo.path / "sub/notes.txt").read_bytes() == b"one\nTWO\n"
+    assert "checkout-index" not in trace.read_text()
+    # The rule is committed, but the host's index no longer has it: the pull still converts.
+    repo.write("sub/.gitattributes", "*.txt text eol=crlf\n")
+    repo.commit("attributes")
+    repo.slicer("push", vm)
+    repo.git("rm", "-q", "--cached", "sub/.gitattributes")
+    repo.vm_sh(vm, "printf 'one\\nTHREE\\n' > sub/notes.txt && git commit -qam vm2")
+    repo.slicer("pull", vm, env={**os.environ, "GIT_TRACE": str(trace)})
+    assert (repo.path / "sub/notes.txt").read_bytes() == b"one\r\nTHREE\r\n"
+
+
 LFS_CLEAN = """#!/bin/sh
 # A stand-in for git-lfs: content becomes a pointer (a pointer passes through), content is kept
 # in a store; every run is logged.

@@ -82,6 +82,7 @@ TAR_CASES = {
     "36-gnu-longname": ([dict(name="x.txt", type="L")], "GNU long name"),
     "36-huge-member": ([dict(name="x.txt", type="0", size=1 << 40)], "larger than"),
     "not-asked-for": ([f("other.txt")], "other files than were asked"),
+    "other-bytes-than-announced": ([f("x.txt", "not the announced bytes\n")], "does not match its announced contents"),
 }
 
 

@@ -59,6 +59,66 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def test_agent_never_applies_a_file_that_differs_from_the_manifest(tmp_path):
+    """The end-to-end check on the VM's side: a push whose file stream carries other bytes than
+    the blob id its overlay announces is refused ("corrupt") and nothing of it is applied. (The
+    agent hashes each file as it stages it.) Driven with a real agent over a pipe."""
+    import subprocess
+    import sys
+    from git_slicer.session import AgentSession
+    from git_slicer.transport import ProcessChannel
+    from git_slicer.wire import tarstream
+    from conftest import Repo
+    vm_repo = Repo(tmp_path / "vm")
+    vm_repo.path.mkdir()
+    vm_repo.git("init", "-q", "-b", "main")
+    vm_repo.write("README.md", "hello\n")
+    commit = vm_repo.commit("initial")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_bytes(b"the bytes sent\n")
+    announced = git_blob_id(b"the bytes announced\n")
+    channel = ProcessChannel([sys.executable, "-m", "git_slicer.agent", "--stdio"], env=dict(os.environ))
+    session = AgentSession(channel, "t")
+    session.hello()
+    ready = session.push(str(vm_repo.path), push_id="p1", branch="main", commit=commit, object_format="sha1",
+                         overlay={"index": {}, "files": {"a.txt": ["100644", announced]}}, reuse=[], extra=[],
+                         pack=False, tar=True, shallow=[], expect=None, config={}, remotes={}, excludes=[])
+    assert ready.get("ready") is True
+    session.conn.send_stream(tarstream.file_stream(str(tmp_path / "src"), {}, extra=["a.txt"]))
+    reply = session.conn.recv()
+    assert reply["ok"] is False and reply["error"]["code"] == "corrupt", reply
+    assert not (vm_repo.path / "a.txt").exists() and vm_repo.status() == ""
+    session.close()
+    channel.proc.wait(10)
+
+
+def test_33b_file_changed_between_the_scan_and_the_send_is_not_sent(launched):
+    """The push announces a file's blob id from its scan, then sends it: a file that changed in
+    between (same size, other bytes) fails the push; the VM never gets the old bytes as if they
+    were still the file's, nor the new ones under the old blob id."""
+    import subprocess
+    import sys
+    import time
+    from hostile_agent import install
+    repo, vm = launched
+    target = repo.path / "big.bin"
+    target.write_bytes(b"A" * (3 * 1024 * 1024))
+    directory = install(repo, vm, {"name": "pause-push"})
+    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", "push", vm], cwd=repo.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (directory / "paused").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        time.sleep(0.05)
+    with open(target, "r+b") as fh:           # rewritten in place after the scan: same size
+        fh.seek(2 * 1024 * 1024)
+        fh.write(b"B")
+    (directory / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"big.bin changed while it was being sent" in err, err
+    assert "big.bin" not in repo.vm_sh(vm, "ls")
+
+
 def test_33_file_changing_during_push_is_never_torn(launched):
     """A file rewritten in place while pushes run. The host's own file may be half one version
     and half the other when the push scans it (the writer can be descheduled mid-rewrite for

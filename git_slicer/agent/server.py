@@ -251,7 +251,7 @@ class Agent:
         if request.get("tar"):
             limits = tarstream.Limits(max_total_bytes=MAX_PUSH_BYTES, max_file_bytes=MAX_PUSH_BYTES)
             for m in tarstream.read_members(self.conn.recv_stream(MAX_PUSH_BYTES), staging,
-                                            limits, check_collisions=False, control_ok=True):
+                                            limits, check_collisions=False, control_ok=True, algo=repo.algo()):
                 members[m.path] = m
         request["_streaming"] = False
         self._verify_members(repo, members, new_overlay)
@@ -407,7 +407,8 @@ class Agent:
             raise AgentError("index-pack", "index-pack failed: " + err.decode("utf-8", "replace")[:2000])
 
     def _verify_members(self, repo: Repo, members: dict, new_overlay: dict) -> None:
-        """End-to-end check: every file's bytes hash to the blob id the host announced."""
+        """End-to-end check: every file's bytes hash to the blob id the host announced (hashed
+        as they were staged, from the bytes written)."""
         algo = repo.algo()
         for path, member in members.items():
             want = new_overlay["files"].get(path)
@@ -416,7 +417,7 @@ class Agent:
             if member.kind == "symlink":
                 got = overlay_mod.blob_oid(os.fsencode(member.target), algo)
             else:
-                got = _hash_file(member.staged, algo)
+                got = member.oid or _hash_file(member.staged, algo)
             if got != want.oid:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
 

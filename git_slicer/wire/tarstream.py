@@ -44,12 +44,14 @@ class Limits:
 
 class Member:
     """One accepted member: kind is "file" | "symlink" | "dir"; mode is 0o644 or 0o755; a
-    symlink's target is data, never dereferenced; `staged` is where a file's bytes were put."""
+    symlink's target is data, never dereferenced; `staged` is where a file's bytes were put, and
+    `oid` their blob id, hashed from the very bytes written there (read_members with `algo`)."""
 
-    __slots__ = ("path", "kind", "mode", "size", "target", "staged")
+    __slots__ = ("path", "kind", "mode", "size", "target", "staged", "oid")
 
     def __init__(self, path: str, kind: str, mode: int, size: int = 0, target: str = "", staged: str = ""):
         self.path, self.kind, self.mode, self.size, self.target, self.staged = path, kind, mode, size, target, staged
+        self.oid = ""
 
     def __repr__(self) -> str:
         return "Member(%r, %r, %o, size=%d)" % (self.path, self.kind, self.mode, self.size)
@@ -131,9 +133,31 @@ class _Blocks:
         del self._buf[:n]
         return out
 
+    def read_some(self, n: int):
+        """Up to `n` bytes (at least one), without copying a whole chunk where one can be
+        handed on: a file's data arrives in chunks of up to a MiB, and each copy costs."""
+        if not self._buf:
+            try:
+                chunk = next(self._it)
+            except StopIteration:
+                raise UnsafeArchive("file stream ends in the middle of a member") from None
+            if len(chunk) <= n:
+                return chunk
+            self._buf += chunk
+        if len(self._buf) <= n:
+            out, self._buf = self._buf, bytearray()
+            return out
+        return self.read(n)
+
     def drain(self) -> None:
         for _ in self._it:
             pass
+
+
+def _write_all(out, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
 
 
 def _parse_octal(field: bytes, what: str) -> int:
@@ -171,8 +195,10 @@ def _parse_pax(data: bytes) -> dict:
 
 
 def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_collisions: bool = True,
-                 control_ok=False):
+                 control_ok=False, algo: str = None):
     """Parse a file stream, staging file contents under `staging_dir`; return the members.
+    With `algo` ("sha1", "sha256"), each file's blob id is computed from the bytes as they are
+    written (Member.oid): the receiver checks them without reading the files again.
 
     Raises UnsafeArchive on anything outside the accepted subset or over a limit. Names are
     validated (no absolute paths, '..', .git, control characters unless `control_ok` allows
@@ -262,12 +288,17 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
             member.staged = os.path.join(staging_dir, "%08d" % len(members))
             fd = os.open(member.staged,
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
+            digest = hashlib.new(algo, b"blob %d\0" % size) if algo else None
+            with os.fdopen(fd, "wb", buffering=0) as out:
                 remaining = size
                 while remaining:
-                    piece = blocks.read(min(remaining, 1024 * 1024))
-                    out.write(piece)
+                    piece = blocks.read_some(min(remaining, 1024 * 1024))
+                    _write_all(out, piece)
+                    if digest is not None:
+                        digest.update(piece)
                     remaining -= len(piece)
+            if digest is not None:
+                member.oid = digest.hexdigest()
             blocks.read(len(padding(size)))
             leaves.add(key)
         pax = {}

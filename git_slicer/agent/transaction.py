@@ -202,7 +202,9 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
     journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
-               "shallow": shallow, "touched": touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra)}
+               "shallow": shallow, "touched": touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra),
+               # a clean VM moves from its HEAD by a two-way merge (see _apply, step 2)
+               "clean_from": old_head if old_head and old_overlay == {"index": {}, "files": {}} else None}
     _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal
@@ -340,7 +342,7 @@ def _apply(repo, j: dict) -> None:
             os.unlink(os.path.join(work, name))
     if os.path.exists(os.path.join(work, "index.old")):
         shutil.copyfile(os.path.join(work, "index.old"), index)
-    repo.git(["read-tree", "--reset", "-u", commit], env=env)
+    _read_tree(repo, j, env)
     crash_point("agent:push-applying")
     # 3. the overlay: index entries, then worktree files (removals before placements, so a
     #    path can change between file, directory and symlink)
@@ -377,6 +379,27 @@ def _apply(repo, j: dict) -> None:
     repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
     # 5. the index, installed as git installs one
     _install_index(_git_dir(repo), index)
+
+
+def _read_tree(repo, j: dict, env: dict) -> None:
+    """Step 2. A VM that was clean at `clean_from` (its index that commit's tree, no file changed,
+    nothing untracked) moves to the commit by a two-way merge, which touches only the entries the
+    commit changes (`--reset` also stats every other one: ~80 ms at 50k files), and ends where
+    `--reset` would. The merge refuses instead of overwriting anything that differs from
+    index.old (a file an earlier, killed run of these steps wrote, an ignored file in the way)
+    and writes nothing then: `--reset` from index.old runs instead, as it always did."""
+    work = _work(repo)
+    if j.get("clean_from"):
+        try:
+            repo.git(["read-tree", "-m", "-u", j["clean_from"], j["commit"]], env=env)
+            return
+        except AgentError:
+            index = os.path.join(work, "index")
+            if os.path.lexists(index):
+                os.unlink(index)
+            if os.path.exists(os.path.join(work, "index.old")):
+                shutil.copyfile(os.path.join(work, "index.old"), index)
+    repo.git(["read-tree", "--reset", "-u", j["commit"]], env=env)
 
 
 def _install_index(git_dir: str, private: str) -> None:

@@ -1,5 +1,5 @@
-"""The `git-slicer` console script: hand the command to the user's warm host process when one runs,
-else run it here (and start one for the next command).
+"""What `git-slicer` (bin/git-slicer) runs first: hand the command to the user's warm host
+process when one runs, else run it here (and start one for the next command).
 
 Starting Python, click and our modules costs about 70 ms, four times git's own `git status` on a
 5k-file tree; agents call push, pull and status in loops. The warm host process (`warmhost.py`)

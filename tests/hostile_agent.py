@@ -247,3 +247,23 @@ def install(repo, vm, scenario=None, env=None):
 
 def uninstall(repo):
     repo.git("config", "--unset", "slicer.local.python")
+
+
+def run_paused(repo, vm, scenario: str, argv, while_paused):
+    """Run `git slicer ARGV` (in its own process) against the hostile agent `scenario`, which
+    pauses; call `while_paused()` during the pause, let it go on, and return (the finished
+    process, its stderr)."""
+    import subprocess
+    import sys
+    import time
+    directory = install(repo, vm, {"name": scenario})
+    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", *argv], cwd=repo.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (directory / "paused").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        time.sleep(0.05)
+    while_paused()
+    (directory / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    return proc, err

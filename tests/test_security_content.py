@@ -11,7 +11,7 @@ import re
 import pytest
 
 from conftest import run
-from hostile_agent import _guest, install, vm_home
+from hostile_agent import _guest, run_paused, vm_home
 
 # Builds a tree from raw entries (mode, name, oid hex) with `git hash-object --literally`, so any
 # name git itself would refuse can be tried; prints the tree id. Runs with python3 in the VM.
@@ -264,25 +264,6 @@ def test_27_diverged_history_does_not_move_the_branch(launched):
     assert not (repo.path / "v.txt").exists()
 
 
-def _pull_paused_at(repo, vm, scenario, while_paused):
-    """Run a pull against the hostile agent `scenario` (which pauses), call `while_paused()`
-    during the pause, and return the finished process and its stderr."""
-    import subprocess
-    import sys
-    import time
-    directory = install(repo, vm, {"name": scenario})
-    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", "pull", vm], cwd=repo.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (directory / "paused").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-        time.sleep(0.05)
-    while_paused()
-    (directory / "go").touch()
-    _, err = proc.communicate(timeout=60)
-    return proc, err
-
-
 def test_28b_host_edit_after_the_first_scan_is_never_overwritten(launched):
     """The pull's first look at the host runs while the VM scans; a tracked file the host then
     edits (here: while the VM's pack arrives) and that the VM's commit also changes is a
@@ -294,7 +275,7 @@ def test_28b_host_edit_after_the_first_scan_is_never_overwritten(launched):
     repo.slicer("push", vm)
     repo.vm_sh(vm, "echo vm > shared.txt && git commit -qam vm")
     head = repo.git("rev-parse", "HEAD").strip()
-    proc, err = _pull_paused_at(repo, vm, "pause-fetch", lambda: repo.write("shared.txt", "host edit\n"))
+    proc, err = run_paused(repo, vm, "pause-fetch", ["pull", vm], lambda: repo.write("shared.txt", "host edit\n"))
     assert proc.returncode != 0 and b"both changed: shared.txt" in err, err
     assert (repo.path / "shared.txt").read_text() == "host edit\n"
     assert repo.git("rev-parse", "HEAD").strip() == head
@@ -303,22 +284,15 @@ def test_28b_host_edit_after_the_first_scan_is_never_overwritten(launched):
 def test_28_host_branch_moving_during_the_pull_stops_it(launched):
     """The VM (a hostile agent that pauses) holds the pull after the host read its branch; the
     host commits; the compare-and-swap then fails and nothing of the VM's is written."""
-    import subprocess
-    import sys
-    import time
     repo, vm = launched
     repo.vm_sh(vm, "echo vm > v.txt && git add v.txt && git commit -qm vm && echo new > untracked.txt")
-    directory = install(repo, vm, {"name": "pause-files"})
-    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", "pull", vm], cwd=repo.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (directory / "paused").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-        time.sleep(0.05)
-    repo.write("h.txt", "host\n")
-    head = repo.commit("host moved")
-    (directory / "go").touch()
-    _, err = proc.communicate(timeout=60)
+    moved = []
+
+    def host_commits():
+        repo.write("h.txt", "host\n")
+        moved.append(repo.commit("host moved"))
+    proc, err = run_paused(repo, vm, "pause-files", ["pull", vm], host_commits)
+    head = moved[0]
     assert proc.returncode != 0
     assert b"main moved on the host during the pull; nothing was changed" in err, err
     assert repo.git("rev-parse", "HEAD").strip() == head

@@ -63,7 +63,6 @@ def test_agent_never_applies_a_file_that_differs_from_the_manifest(tmp_path):
     """The end-to-end check on the VM's side: a push whose file stream carries other bytes than
     the blob id its overlay announces is refused ("corrupt") and nothing of it is applied. (The
     agent hashes each file as it stages it.) Driven with a real agent over a pipe."""
-    import subprocess
     import sys
     from git_slicer.session import AgentSession
     from git_slicer.transport import ProcessChannel
@@ -96,25 +95,16 @@ def test_33b_file_changed_between_the_scan_and_the_send_is_not_sent(launched):
     """The push announces a file's blob id from its scan, then sends it: a file that changed in
     between (same size, other bytes) fails the push; the VM never gets the old bytes as if they
     were still the file's, nor the new ones under the old blob id."""
-    import subprocess
-    import sys
-    import time
-    from hostile_agent import install
+    from hostile_agent import run_paused
     repo, vm = launched
     target = repo.path / "big.bin"
     target.write_bytes(b"A" * (3 * 1024 * 1024))
-    directory = install(repo, vm, {"name": "pause-push"})
-    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", "push", vm], cwd=repo.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (directory / "paused").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-        time.sleep(0.05)
-    with open(target, "r+b") as fh:           # rewritten in place after the scan: same size
-        fh.seek(2 * 1024 * 1024)
-        fh.write(b"B")
-    (directory / "go").touch()
-    _, err = proc.communicate(timeout=60)
+
+    def rewrite_in_place():                   # after the scan: same size, other bytes
+        with open(target, "r+b") as fh:
+            fh.seek(2 * 1024 * 1024)
+            fh.write(b"B")
+    proc, err = run_paused(repo, vm, "pause-push", ["push", vm], rewrite_in_place)
     assert proc.returncode != 0 and b"big.bin changed while it was being sent" in err, err
     assert "big.bin" not in repo.vm_sh(vm, "ls")
 

@@ -190,3 +190,14 @@ def test_the_agent_ends_when_its_vm_directory_is_deleted(launched):
     pid = agent_info(vm)["pid"]
     shutil.rmtree(vm_home(vm).parent)
     assert wait_dead(pid), "the agent outlived its VM's home"
+
+
+def test_a_remade_vm_repository_is_never_taken_for_the_old_one(launched):
+    """The warm agent remembers each repository's object format between requests; a repository
+    made again at the same path in another format is seen as what it is now."""
+    repo, vm = launched
+    assert repo.slicer("status").returncode == 0            # the agent has seen the sha1 repository
+    repo.vm_sh(vm, "cd ~ && rm -rf %s && git init -q --object-format=sha256 %s" % ((repo.path.name,) * 2))
+    proc = repo.slicer("push", check=False)
+    assert proc.returncode != 0
+    assert b"uses sha256 objects, the host's uses sha1" in proc.stderr, proc.stderr

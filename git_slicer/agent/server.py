@@ -39,6 +39,20 @@ def _git_env() -> dict:
     return env
 
 
+# A warm agent serves many requests: each repository's object format, remembered with the
+# identity of the .git/config that says it (a re-made repository has another file), saves a git
+# process per request.
+_OBJECT_FORMATS = {}
+
+
+def _config_identity(root: str):
+    try:
+        st = os.stat(os.path.join(root, ".git", "config"))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class Repo:
     """The VM-side repository at one path."""
 
@@ -65,8 +79,15 @@ class Repo:
 
     def algo(self) -> str:
         if self._algo is None:                      # asked several times per request
-            fmt = self.git(["rev-parse", "--show-object-format"], check=False).strip().decode()
-            self._algo = "sha256" if fmt == "sha256" else "sha1"
+            identity = _config_identity(self.root)
+            known = _OBJECT_FORMATS.get(self.root)
+            if identity is not None and known and known[0] == identity:
+                self._algo = known[1]
+            else:
+                fmt = self.git(["rev-parse", "--show-object-format"], check=False).strip().decode()
+                self._algo = "sha256" if fmt == "sha256" else "sha1"
+                if identity is not None:
+                    _OBJECT_FORMATS[self.root] = (identity, self._algo)
         return self._algo
 
     def excludes(self):
@@ -80,11 +101,11 @@ class Repo:
         if not self.exists:
             return {"exists": False, "branch": None, "head": None, "branches": {},
                     "overlay": overlay_mod.empty(), "object_format": None}
-        branches = {}
-        for line in self.git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"]
-                             ).decode("utf-8", "surrogateescape").splitlines():
-            oid, ref = line.split(" ", 1)
-            branches[ref[len("refs/heads/"):]] = oid
+        # The branches are listed while the scan runs (the caller holds the agent lock: nothing
+        # moves in between); a warm agent's status waits on the VM's scan alone.
+        refs = subprocess.Popen(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"],
+                                cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
             cache = overlay_mod.StatCache.load(cache_path)
@@ -100,6 +121,14 @@ class Repo:
                 pass
         except overlay_mod.UnmergedPaths as exc:
             raise AgentError("unmerged", "the VM repository has unmerged paths: " + ", ".join(exc.paths[:10]))
+        finally:
+            out, err = refs.communicate()
+        if refs.returncode != 0:
+            raise AgentError("git-failed", "git for-each-ref failed: " + err.decode("utf-8", "replace").strip()[:2000])
+        branches = {}
+        for line in out.decode("utf-8", "surrogateescape").splitlines():
+            oid, ref = line.split(" ", 1)
+            branches[ref[len("refs/heads/"):]] = oid
         return {"exists": True, "branch": where["branch"], "head": where["head"], "branches": branches,
                 "overlay": overlay, "object_format": self.algo(),
                 "shallow": os.path.exists(os.path.join(self.root, ".git", "shallow"))}

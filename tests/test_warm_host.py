@@ -286,6 +286,19 @@ def test_garbage_on_the_socket_leaves_the_host_serving(repo, warm):
     assert warm.served(repo.path, "list").returncode == 0
 
 
+def test_a_silent_client_holds_up_no_one_and_is_dropped(repo, warm):
+    sock = warm.start(repo.path)
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(str(sock))                     # says nothing
+    started = time.monotonic()
+    assert warm.served(repo.path, "list").returncode == 0
+    assert time.monotonic() - started < 4         # not held behind the silent one (5 s limit)
+    silent.settimeout(30)
+    assert silent.recv(100) == b""                # dropped at the limit, nothing started
+    assert 4 < time.monotonic() - started < 30
+    silent.close()
+
+
 def test_concurrent_commands_are_each_served(launched, warm):
     repo, vm = launched
     warm.start(repo.path)

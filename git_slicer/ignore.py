@@ -105,8 +105,7 @@ def host_excludes(worktree) -> list:
     first: core.excludesFile (default `$XDG_CONFIG_HOME/git/ignore`), then `info/exclude`. Push
     sends the patterns themselves (never a host path) and the VM keeps them as its
     `.git/info/exclude`, so git ignores there exactly what it ignores here."""
-    configured = worktree.git(["config", "--type=path", "--get", "core.excludesFile"], check=False)
-    configured = os.fsdecode(configured.rstrip(b"\n"))
+    configured = worktree.config_path("core.excludesFile")
     if not configured:
         xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
         configured = os.path.join(xdg, "git", "ignore")

@@ -65,7 +65,7 @@ class PushResult:
 
 
 def push(worktree, options: PushOptions, settings: Settings = None) -> PushResult:
-    settings = settings or Settings(worktree.root)
+    settings = settings or Settings.of(worktree)      # one `git config --list` serves the whole push
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
     store = LinkStore.of(worktree)

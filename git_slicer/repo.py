@@ -50,15 +50,16 @@ class Worktree:
             raise NotARepository("not a directory: %s" % path)
         proc = subprocess.run(
             ["git", "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir",
-             "--git-common-dir", "--show-object-format", "--git-path", "slicer"],
+             "--git-common-dir", "--show-object-format", "--git-path", "slicer", "--git-path", "info/exclude"],
             cwd=path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
-        if proc.returncode != 0 or len(lines) != 5:
+        if proc.returncode != 0 or len(lines) != 6:
             raise NotARepository("not inside a git worktree: %s" % path,
                                  hint="run it inside a repository, or pass the worktree's path")
-        self.root, self.git_dir, self.common_dir, self.object_format, slicer_dir = lines
+        self.root, self.git_dir, self.common_dir, self.object_format, slicer_dir, exclude = lines
         self.env = clean_env({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.root})
-        self._git_paths = {"slicer": slicer_dir}        # every command asks for it: one process fewer
+        # Every command asks for these (a push for info/exclude): no process of their own.
+        self._git_paths = {"slicer": slicer_dir, "info/exclude": exclude}
         self._config = None         # every setting, read once (`git config --list`) on first use
 
     def git(self, args, input=None, check=True, env=None) -> bytes:
@@ -133,13 +134,22 @@ class Worktree:
         return self._config
 
     def remotes(self) -> dict:
-        out = self.git(["config", "-z", "--get-regexp", r"^remote\..*\.url$"], check=False)
-        remotes = {}
-        for item in out.split(b"\0"):
-            if b"\n" in item:
-                key, value = item.split(b"\n", 1)
-                remotes[key.decode()[len("remote."):-len(".url")]] = value.decode("utf-8", "replace")
-        return remotes
+        """{remote name: its (last) url}, from the settings read once."""
+        return {key[len("remote."):-len(".url")]: value.decode("utf-8", "replace")
+                for key, value in self.config_items().items()
+                if key.startswith("remote.") and key.endswith(".url") and len(key) > len("remote..url")}
+
+    def config_path(self, key: str):
+        """`git config --type=path --get KEY`: `~` and `~user` expanded as git expands them; None
+        when unset or empty."""
+        value = self.config_items().get(_config_key(key), b"").strip()
+        if not value:
+            return None
+        if value.startswith(b"%(prefix)/"):        # git's runtime prefix: only git knows it
+            value = self.git(["config", "--type=path", "--get", key], check=False).strip()
+        elif value.startswith(b"~"):
+            value = os.path.expanduser(value)
+        return os.fsdecode(value) or None
 
     def worktrees(self):
         """[(path, branch or None)] for every worktree of this repository, main first."""

@@ -285,6 +285,11 @@ def test_every_host_ignore_source_shapes_the_vm_view(repo, hermetic_seal, tmp_pa
     assert repo.vm_status(vm) == repo.status()
     exclude = repo.vm_sh(vm, "cat .git/info/exclude")
     assert "*.cache" in exclude and "*.tmp" in exclude and str(other) not in exclude   # patterns, not paths
+    (hermetic_seal / "home-ignore").write_text("*.mine\n")
+    repo.git("config", "core.excludesFile", "~/home-ignore")                # expanded as git expands it
+    repo.write("y.mine", "m\n")
+    repo.slicer("push")
+    assert repo.vm_status(vm) == repo.status() and "*.mine" in repo.vm_sh(vm, "cat .git/info/exclude")
 
 
 def test_worktree_remove_with_a_link_to_a_vanished_vm(repo, hermetic_seal, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -56,6 +57,32 @@ def test_vm_repo_is_fresh_not_a_copy_of_host_git(repo):
     assert "local" not in repo.vm_git(vm, "remote").split()
     assert repo.vm_git(vm, "config", "user.name").strip() == "Test User"
     assert repo.vm_sh(vm, "ls .git/hooks | grep -v sample || true").strip() == ""
+
+
+def test_every_push_puts_the_hosts_identity_and_remotes_back(repo):
+    """The warm agent remembers what it set in .git/config; a change on either side is still
+    made right by the next push."""
+    repo.git("remote", "add", "origin", "https://example.com/acme/one.git")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+
+    def push(content):
+        repo.write("a.txt", content)
+        repo.slicer("push", vm)
+
+    time.sleep(2.1)
+    push("1\n")        # the VM's .git/config is settled now: the agent trusts its memory from here
+    repo.git("remote", "set-url", "origin", "https://example.com/acme/two.git")       # the host changes
+    repo.git("config", "user.email", "new@example.com")
+    push("2\n")
+    assert repo.vm_git(vm, "remote", "get-url", "origin").strip() == "https://example.com/acme/two.git"
+    assert repo.vm_git(vm, "config", "user.email").strip() == "new@example.com"
+    time.sleep(2.1)
+    push("3\n")
+    repo.vm_sh(vm, "git config user.email vm@example.com && git remote set-url origin https://evil.example/x.git"
+               " && touch -d 2001-01-01 .git/config")                    # the VM changes them
+    push("4\n")
+    assert repo.vm_git(vm, "remote", "get-url", "origin").strip() == "https://example.com/acme/two.git"
+    assert repo.vm_git(vm, "config", "user.email").strip() == "new@example.com"
 
 
 def test_delta_push_sends_only_new_objects_and_changed_files(launched):

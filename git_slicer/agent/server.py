@@ -12,6 +12,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import time
 
 from .. import __version__
 from ..wire import overlay as overlay_mod
@@ -43,6 +44,14 @@ def _git_env() -> dict:
 # identity of the .git/config that says it (a re-made repository has another file), saves a git
 # process per request.
 _OBJECT_FORMATS = {}
+
+
+# What a push made sure of in each repository's .git/config (the file's identity then, the
+# settings): a later push with the same settings runs no git for them while the file is the same.
+# Kept only when the file's last change was 2 s before (git's racy rule): a change in the same
+# timestamp tick would leave the identity as it was.
+_CONFIGURED = {}
+_SETTLED_NS = 2 * 10**9
 
 
 def _config_identity(root: str):
@@ -406,16 +415,30 @@ class Agent:
                 changed = True
             if changed:
                 write_atomic(path, text, mode=0o644, durable=False)
-        for key, value in sorted(request.get("config", {}).items()):
-            if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
-                repo.git(["config", key, value])
-        for name, url in sorted(request.get("remotes", {}).items()):
-            if "\n" in name or "\n" in url or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        wanted = _wanted_config(request)
+        known = _CONFIGURED.get(repo.root)
+        if known and known[0] == _config_identity(repo.root) and all(known[1].get(k) == v
+                                                                    for k, v in wanted.items()):
+            return changed
+        pattern = r"^(user\.(name|email)|remote\..*\.url)$"
+        current = {}
+        for item in repo.git(["config", "-z", "--get-regexp", pattern], check=False).split(b"\0"):
+            key, _, value = item.partition(b"\n")
+            if key:
+                current[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        for key, value in sorted(wanted.items()):
+            if current.get(key) == value:
                 continue
-            if repo.git(["config", "--get", "remote.%s.url" % name], check=False):
-                repo.git(["remote", "set-url", name, url])
+            if key.startswith("remote."):
+                name = key[len("remote."):-len(".url")]
+                repo.git(["remote", "set-url" if key in current else "add", name, value])
             else:
-                repo.git(["remote", "add", name, url])
+                repo.git(["config", key, value])
+        identity = _config_identity(repo.root)
+        if identity is not None and time.time_ns() - identity[4] >= _SETTLED_NS:
+            _CONFIGURED[repo.root] = (identity, wanted)
+        else:                           # changed too recently: a change in the same tick looks the same
+            _CONFIGURED.pop(repo.root, None)
         return changed
 
     def _receive_pack(self, repo: Repo) -> None:
@@ -449,6 +472,20 @@ class Agent:
                 got = member.oid or _hash_file(member.staged, algo)
             if got != want.oid:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
+
+
+def _wanted_config(request) -> dict:
+    """{config key: value} a push asks for: the host's identity and its remotes' safe URLs."""
+    wanted = {}
+    for key, value in request.get("config", {}).items():
+        if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
+            wanted[key] = value
+    for name, url in request.get("remotes", {}).items():
+        if not isinstance(name, str) or not isinstance(url, str) or "\n" in name or "\n" in url \
+                or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            continue
+        wanted["remote.%s.url" % name] = url
+    return wanted
 
 
 @functools.lru_cache(maxsize=None)

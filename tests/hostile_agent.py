@@ -213,6 +213,11 @@ def vm_home(vm):
     return Path(os.environ["XDG_DATA_HOME"]) / "git-slicer" / "vms" / vm / "home"
 
 
+def guest_home(vm) -> str:
+    """The VM's home as the agent inside it sees it."""
+    return _guest(vm)[0]
+
+
 def _guest(vm):
     """(guest path of the VM's home, python inside the VM)."""
     with open(vm_home(vm).parent / "vm.json") as fh:

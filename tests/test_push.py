@@ -344,11 +344,13 @@ def test_stat_cache_never_serves_a_changed_file(launched):
     assert repo.vm_status(vm) == repo.status()
 
 
-def test_stat_cache_entries_are_trusted_only_when_stat_matches(tmp_path):
+def test_stat_cache_entries_are_trusted_only_when_stat_matches(tmp_path, monkeypatch):
     from git_slicer.wire.overlay import StatCache, hash_worktree_file
+    monkeypatch.setattr(StatCache, "RACY_SECONDS", 0.3)
     path = tmp_path / "f"
     path.write_bytes(b"x" * 100)
     os.utime(path, (1_700_000_000, 1_700_000_000))
+    time.sleep(0.4)                                 # its last change (ctime) has settled
     cache = StatCache()
     first = hash_worktree_file(str(path), "sha1", cache, "f")
     st = os.lstat(path)
@@ -356,9 +358,33 @@ def test_stat_cache_entries_are_trusted_only_when_stat_matches(tmp_path):
     path.write_bytes(b"y" * 100)                    # same size
     os.utime(path, (1_700_000_000, 1_700_000_000))  # same mtime
     assert StatCache(cache.used).get("f", os.lstat(path)) is None
+
+
+def test_stat_cache_never_trusts_an_entry_hashed_while_the_file_was_racy(tmp_path, monkeypatch):
+    """Hashed within RACY_SECONDS of its last change, a file could change again in the same
+    timestamp tick with no trace in its stat data: such an entry is hashed again, however old it
+    is by the time it is asked for (git's racy rule)."""
+    from git_slicer.wire.overlay import StatCache, hash_worktree_file
+    monkeypatch.setattr(StatCache, "RACY_SECONDS", 0.3)
     fresh = tmp_path / "g"
-    fresh.write_bytes(b"z")                         # modified just now: racy, never trusted
-    StatCache.RACY_SECONDS = 2.0
-    c2 = StatCache()
-    hash_worktree_file(str(fresh), "sha1", c2, "g")
-    assert StatCache(c2.used).get("g", os.lstat(fresh)) is None
+    fresh.write_bytes(b"z")
+    cache = StatCache()
+    hash_worktree_file(str(fresh), "sha1", cache, "g")          # racy when hashed
+    time.sleep(0.4)
+    assert StatCache(cache.used).get("g", os.lstat(fresh)) is None
+    again = StatCache(cache.used)
+    hash_worktree_file(str(fresh), "sha1", again, "g")          # settled now: hashed again, kept
+    assert StatCache(again.used).get("g", os.lstat(fresh)) is not None
+
+
+def test_stat_cache_takes_a_vouched_entry_only_for_that_stat(tmp_path):
+    from git_slicer.wire.overlay import StatCache, blob_oid, hash_worktree_file
+    path = tmp_path / "placed"
+    path.write_bytes(b"written by the agent")
+    known = ["100644", blob_oid(b"written by the agent")]
+    cache = StatCache()
+    cache.vouch("placed", os.lstat(path), known)
+    assert hash_worktree_file(str(path), "sha1", cache, "placed") == known
+    assert StatCache(cache.used).get("placed", os.lstat(path)) is None     # the next scan hashes it again
+    path.write_bytes(b"changed by the VM's user")   # other stat data: the vouched entry is not used
+    assert hash_worktree_file(str(path), "sha1", cache, "placed") == ["100644", blob_oid(b"changed by the VM's user")]

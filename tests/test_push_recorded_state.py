@@ -189,3 +189,36 @@ def test_a_push_that_changes_the_hosts_excludes(repo):
     recorded, scanned = recorded_and_scanned(repo, vm)
     assert recorded == scanned and "scratch.tmp" in recorded["overlay"]["files"]
 
+
+def test_a_file_the_vm_rewrites_while_the_push_finishes_is_recorded_as_the_vms(launched):
+    """The agent takes the blob ids of the files it has just placed instead of hashing them
+    again, but only while their stat data says nobody wrote them since: a same-size rewrite by
+    the VM's user before the scan is recorded as the VM's, and the push says so."""
+    import subprocess
+    import sys
+    import time
+    from hostile_agent import guest_home, install, uninstall, vm_home
+    repo, vm = launched
+    repo.write("data.bin", b"host" * 4096)
+    hold = vm_home(vm) / "hold"
+    hold.mkdir()
+    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-applied",
+                                 "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
+    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", "push", vm], cwd=repo.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (hold / "held").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    placed = next(vm_home(vm).glob("*/data.bin"))
+    placed.write_bytes(b"vm!!" * 4096)                 # the VM's user, in the same size
+    (hold / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    uninstall(repo)
+    assert proc.returncode == 0, err
+    assert b"data.bin" in err                          # "the VM's status differs from the host's"
+    recorded, scanned = recorded_and_scanned(repo, vm)
+    assert recorded == scanned
+    assert recorded["overlay"]["files"]["data.bin"][1] == repo.git(
+        "hash-object", "--stdin", input=b"vm!!" * 4096).strip()
+

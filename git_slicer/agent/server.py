@@ -103,10 +103,11 @@ class Repo:
         ignore = os.path.join(self.root, ".slicerignore")
         return ["core.excludesFile=" + ignore] if os.path.isfile(ignore) else []
 
-    def state(self, paths=None) -> dict:
+    def state(self, paths=None, vouched=None) -> dict:
         """HEAD, its branch, the branches and the overlay, from one `git status`. With `paths`
         (transaction.touched_paths), the overlay is scanned below those paths only: the caller
-        knows every other path is clean."""
+        knows every other path is clean. `vouched`: {path: (stat data, Entry)} of files the
+        caller has just written (StatCache.vouch)."""
         if not self.exists:
             return {"exists": False, "branch": None, "head": None, "branches": {},
                     "overlay": overlay_mod.empty(), "object_format": None}
@@ -118,6 +119,8 @@ class Repo:
         try:
             cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
             cache = overlay_mod.StatCache.load(cache_path)
+            for path, (st, entry) in (vouched or {}).items():
+                cache.vouch(path, st, entry)
             where = {"head": None, "branch": None}      # HEAD and its branch, from the same `git status`
             # `git status` refreshes a private copy of the index: a VM killed mid-scan never
             # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).

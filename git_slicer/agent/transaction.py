@@ -43,7 +43,7 @@ from contextlib import contextmanager
 
 from ..wire.files import write_atomic
 from ..wire.framing import crash_point
-from ..wire.overlay import decoded
+from ..wire.overlay import Entry, decoded, file_mode
 from ..wire.paths import check_relpath, has_control
 from .errors import AgentError
 
@@ -304,8 +304,9 @@ def _stuck(repo, exc) -> AgentError:
 
 def _finish(repo, journal: dict) -> dict:
     work = _work(repo)
+    placed = {}
     if journal.get("phase") == "apply":
-        _apply(repo, journal)
+        placed = _apply(repo, journal)
         _sync(repo.root)               # the new state on disk before the journal says it is there
         journal["phase"] = "applied"
         _write_json(os.path.join(work, JOURNAL), journal)
@@ -318,7 +319,7 @@ def _finish(repo, journal: dict) -> dict:
             else:
                 os.unlink(full)
     # Only the paths the push touched are scanned: the journal proved every other one clean.
-    state = repo.state(paths=journal.get("touched"))
+    state = repo.state(paths=journal.get("touched"), vouched=_still_placed(repo, journal, placed))
     record = {"id": journal["id"], "head": state["head"], "branch": state["branch"], "overlay": state["overlay"]}
     _write_json(os.path.join(_git_dir(repo), APPLIED), record)
     crash_point("agent:push-recorded")
@@ -327,7 +328,25 @@ def _finish(repo, journal: dict) -> dict:
     return state
 
 
-def _apply(repo, j: dict) -> None:
+def _still_placed(repo, j: dict, placed: dict) -> dict:
+    """{path: (stat data, Entry)} for the host's files this process has just placed (their bytes
+    verified against the overlay's blob ids when staged) that nobody has written since: removing
+    the staged link moved only their ctime. The scan after the push takes their blob ids instead
+    of hashing the files once more."""
+    vouched = {}
+    for path, before in placed.items():
+        try:
+            st = os.lstat(os.path.join(repo.root, path))
+        except OSError:
+            continue
+        same = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode) == \
+            (before.st_ino, before.st_size, before.st_mtime_ns, before.st_mode)
+        if same and stat.S_ISREG(st.st_mode):
+            vouched[path] = (st, Entry(file_mode(st), j["overlay"]["files"][path].oid))
+    return vouched
+
+
+def _apply(repo, j: dict) -> dict:
     root, work = repo.root, _work(repo)
     commit, branch, new = j["commit"], j["branch"], j["overlay"]
     index = os.path.join(work, "index")
@@ -362,9 +381,13 @@ def _apply(repo, j: dict) -> None:
         if entry is None:
             _remove_file(root, path)
     in_place = set(j["in_place"])
+    placed = {}
     for path, entry in sorted(new["files"].items()):
         if entry is not None and path not in in_place:
-            _put(root, work, path, j["sources"][path])
+            source = j["sources"][path]
+            _put(root, work, path, source)
+            if source.get("file", "").startswith("files/"):       # staged from the host's stream
+                placed[path] = os.lstat(os.path.join(root, path))
             crash_point("agent:push-placing")
     for path in j["extra"]:
         _put(root, work, path, j["sources"][path])
@@ -379,6 +402,7 @@ def _apply(repo, j: dict) -> None:
     repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
     # 5. the index, installed as git installs one
     _install_index(_git_dir(repo), index)
+    return placed
 
 
 def _read_tree(repo, j: dict, env: dict) -> None:

@@ -40,9 +40,18 @@ class RemoteError(Exception):
 
 
 def crash_point(phase: str) -> None:
-    """Test hook: die at once (no cleanup) when GIT_SLICER_TEST_CRASH_AT names this phase."""
+    """Test hook: die at once (no cleanup) when GIT_SLICER_TEST_CRASH_AT names this phase; wait
+    there when GIT_SLICER_TEST_HOLD_AT does (GIT_SLICER_TEST_HOLD_DIR gets a file `held`, and
+    the wait ends when a file `go` appears there, or after a minute)."""
     if os.environ.get("GIT_SLICER_TEST_CRASH_AT") == phase:
         os._exit(99)
+    if os.environ.get("GIT_SLICER_TEST_HOLD_AT") == phase and os.environ.get("GIT_SLICER_TEST_HOLD_DIR"):
+        import time
+        directory = os.environ["GIT_SLICER_TEST_HOLD_DIR"]
+        open(os.path.join(directory, "held"), "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(directory, "go")) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 class StreamAborted(ProtocolError):

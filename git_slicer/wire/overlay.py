@@ -62,33 +62,54 @@ def file_mode(st: os.stat_result) -> str:
 class StatCache:
     """Blob ids of files whose stat data has not changed since they were hashed, as git's index
     keeps them: a push must not re-read a large untracked file that did not change. An entry is
-    trusted only if size, mtime, ctime, inode and mode all match and the file was not modified
-    within the last two seconds (a write in the same timestamp tick could go unseen: git's
-    "racy" rule). Kept as JSON by the caller (`load`/`dump`)."""
+    trusted only if size, mtime, ctime, inode and mode all match and it was recorded at least two
+    seconds after the file's last change (its ctime, which no tool can set back) as the stat data
+    taken before the read shows it. A write in the same timestamp tick as that change leaves the
+    stat data as it was: git's "racy" rule, which git keeps by hashing such an entry again, as
+    this does. Kept as JSON by the caller
+    (`load`/`dump`)."""
 
     RACY_SECONDS = 2.0
 
     def __init__(self, entries=None):
         self.entries = entries if isinstance(entries, dict) else {}
         self.used = {}
+        self.vouched = {}
 
     @staticmethod
     def key(st) -> list:
         return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode]
 
     def get(self, path: str, st):
+        """The Entry kept for `path` if it may be trusted with stat data `st` (and kept for the
+        next scan), else None."""
+        vouched = self.vouched.get(path)
+        if vouched is not None and vouched[0] == self.key(st):
+            self.put(path, st, vouched[1], time.time_ns())
+            return vouched[1]
         entry = self.entries.get(path)
-        if not entry or entry[:5] != self.key(st):
-            return None
-        if time.time() - st.st_mtime_ns / 1e9 < self.RACY_SECONDS:
+        if not entry or len(entry) != 7 or entry[:5] != self.key(st):
             return None
         try:
-            return Entry.of(entry[5])
-        except (IndexError, ValueError):        # a damaged cache: hash the file again
+            if int(entry[6]) - max(st.st_mtime_ns, st.st_ctime_ns) < self.RACY_SECONDS * 1e9:
+                return None                     # it could have changed unseen since it was hashed
+            result = Entry.of(entry[5])
+        except (ValueError, TypeError):         # a damaged cache: hash the file again
             return None
+        if result is not None:
+            self.used[path] = entry
+        return result
 
-    def put(self, path: str, st, result) -> None:
-        self.used[path] = self.key(st) + [list(result)]
+    def put(self, path: str, st, result, stat_ns: int) -> None:
+        """Keep `result` for the file whose stat data `st` was taken at `stat_ns`
+        (time.time_ns()), before the file was read."""
+        self.used[path] = self.key(st) + [list(result), stat_ns]
+
+    def vouch(self, path: str, st, result) -> None:
+        """A file the caller has just written itself, `result` its entry: this process's scans
+        take it while the stat data is `st` (as git's checkout records what it writes), and it is
+        saved like any fresh entry, hashed again by a later scan unless it has settled."""
+        self.vouched[path] = (self.key(st), result)
 
     @classmethod
     def load(cls, path: str) -> "StatCache":
@@ -112,6 +133,7 @@ def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = No
     Never opens FIFOs, sockets or devices (so a scan cannot block on them). With `cache` (and
     `rel`, the path's cache key) an unchanged file is not read again.
     """
+    stat_ns = time.time_ns()
     try:
         st = os.lstat(full_path)
     except FileNotFoundError:
@@ -119,11 +141,10 @@ def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = No
     if cache is not None and rel is not None:
         known = cache.get(rel, st)
         if known is not None:
-            cache.put(rel, st, known)
             return known
         result = hash_worktree_file(full_path, algo)
         if result is not None:
-            cache.put(rel, st, result)
+            cache.put(rel, st, result, stat_ns)
         return result
     if stat.S_ISLNK(st.st_mode):
         return Entry(MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo))

@@ -103,9 +103,9 @@ def applied(repo, push_id) -> dict:
 
 @contextmanager
 def scan_index(repo):
-    """Environment for a `git status` that may refresh stat data: it works on a copy of the
-    index, installed back (through index.lock, as git does) only if git rewrote the copy and
-    nobody changed the index meanwhile. A stale .git/index.lock that is a link of that copy is
+    """Environment for a `git status` that may refresh stat data: it works on a snapshot of the
+    index (_snapshot), installed back (through index.lock, as git does) only if git rewrote the
+    snapshot and nobody changed the index meanwhile. A stale .git/index.lock that is a link of that copy is
     ours (the VM died between the two steps) and is removed first."""
     git_dir = _git_dir(repo)
     real, private = os.path.join(git_dir, "index"), os.path.join(git_dir, "slicer-scan-index")
@@ -117,7 +117,7 @@ def scan_index(repo):
             os.unlink(name)
     try:
         before = os.stat(real)
-        shutil.copyfile(real, private)
+        _snapshot(real, private)
     except FileNotFoundError:
         yield {}
         return
@@ -198,7 +198,7 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
             sources[path] = {"file": os.path.relpath(link, work)}
     old_index = os.path.join(_git_dir(repo), "index")
     if os.path.exists(old_index):
-        shutil.copyfile(old_index, os.path.join(work, "index.old"))
+        _snapshot(old_index, os.path.join(work, "index.old"))
     journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
@@ -360,7 +360,7 @@ def _apply(repo, j: dict) -> dict:
         if os.path.lexists(os.path.join(work, name)):
             os.unlink(os.path.join(work, name))
     if os.path.exists(os.path.join(work, "index.old")):
-        shutil.copyfile(os.path.join(work, "index.old"), index)
+        _snapshot(os.path.join(work, "index.old"), index)
     _read_tree(repo, j, env)
     crash_point("agent:push-applying")
     # 3. the overlay: index entries, then worktree files (removals before placements, so a
@@ -422,7 +422,7 @@ def _read_tree(repo, j: dict, env: dict) -> None:
             if os.path.lexists(index):
                 os.unlink(index)
             if os.path.exists(os.path.join(work, "index.old")):
-                shutil.copyfile(os.path.join(work, "index.old"), index)
+                _snapshot(os.path.join(work, "index.old"), index)
     repo.git(["read-tree", "--reset", "-u", j["commit"]], env=env)
 
 
@@ -528,6 +528,16 @@ def _put(root: str, work: str, path: str, source: dict) -> None:
         os.symlink(source["target"], full)
     else:
         _link_or_copy(os.path.join(work, source["file"]), full)
+
+
+def _snapshot(index: str, target: str) -> None:
+    """`target` becomes the index file as it is now: a second link (git never writes an index
+    file in place, it renames a new one over it), so no copy and git's racy check still sees
+    when the index was written; a copy where links fail."""
+    try:
+        os.link(index, target)
+    except OSError:
+        shutil.copyfile(index, target)
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -399,20 +399,37 @@ def _apply(repo, j: dict) -> dict:
         write_atomic(os.path.join(_git_dir(repo), "shallow"), "".join(o + "\n" for o in j["shallow"]).encode(),
                      mode=0o644)
     repo.git(["update-ref", "-m", "slicer push", "refs/heads/" + branch, commit])
-    repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
-    # 5. the index, installed as git installs one
-    _install_index(_git_dir(repo), index)
+    if _head_ref(repo) != "refs/heads/" + branch:
+        repo.git(["symbolic-ref", "HEAD", "refs/heads/" + branch])
+    # 5. the index, installed as git installs one (unless nothing above rewrote it: it is the
+    #    VM's own index file still, and renaming a file over another link of itself does nothing)
+    if not _same_file(index, os.path.join(work, "index.old")):
+        _install_index(_git_dir(repo), index)
     return placed
+
+
+def _head_ref(repo):
+    """The ref .git/HEAD names, or None (detached, unreadable, or not a plain file)."""
+    try:
+        with open(os.path.join(_git_dir(repo), "HEAD"), "rb") as fh:
+            text = fh.read(4096)
+    except OSError:
+        return None
+    if not text.startswith(b"ref: ") or not text.endswith(b"\n") or text.count(b"\n") != 1:
+        return None
+    return os.fsdecode(text[len(b"ref: "):-1])
 
 
 def _read_tree(repo, j: dict, env: dict) -> None:
     """Step 2. A VM that was clean at `clean_from` (its index that commit's tree, no file changed,
-    nothing untracked) moves to the commit by a two-way merge, which touches only the entries the
-    commit changes (`--reset` also stats every other one: ~80 ms at 50k files), and ends where
-    `--reset` would. The merge refuses instead of overwriting anything that differs from
+    nothing untracked) is there already if that is the commit; else it moves to the commit by a
+    two-way merge, which touches only the entries the commit changes (`--reset` also stats every
+    other one: ~80 ms at 50k files), and ends where `--reset` would. The merge refuses instead of overwriting anything that differs from
     index.old (a file an earlier, killed run of these steps wrote, an ignored file in the way)
     and writes nothing then: `--reset` from index.old runs instead, as it always did."""
     work = _work(repo)
+    if j.get("clean_from") == j["commit"]:
+        return              # the index holds the commit's tree and every file is as it says
     if j.get("clean_from"):
         try:
             repo.git(["read-tree", "-m", "-u", j["clean_from"], j["commit"]], env=env)

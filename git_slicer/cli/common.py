@@ -25,6 +25,15 @@ def emit(as_json: bool, data, text: str = None) -> None:
         click.echo(report.terminal_text(text))     # VM-supplied strings never reach the terminal raw
 
 
+def size(n: int) -> str:
+    """A byte count for people: 640 bytes, 12.5 KiB, 3.1 MiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return "%d %s" % (n, unit) if unit == "bytes" else "%.1f %s" % (n, unit)
+        n /= 1024
+    return ""
+
+
 def short(oid) -> str:
     return (oid or "-")[:12]
 

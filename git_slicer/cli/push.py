@@ -1,6 +1,7 @@
 import click
 
-from .common import emit, hostgroup_option, json_option, parse_tags, short, tag_option, vm_argument, worktree_at
+from .common import (emit, hostgroup_option, json_option, parse_tags, short, size, tag_option, vm_argument,
+                     worktree_at)
 
 
 @click.command("push", short_help="Copy the worktree into a VM, or send what changed.", context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,8 +50,13 @@ def describe(result) -> str:
         text = "VM %s is up to date with %s (%s)" % (result["vm"], result["branch"], short(result["commit"]))
     else:
         sent = result["sent"]
-        text = "%s %s into VM %s at %s: %s %s, %d file(s), %d bytes" % (
+        parts = []
+        if sent["pack_bytes"]:
+            parts.append("%s of history" % size(sent["pack_bytes"]))
+        if sent["files"]:
+            parts.append("%d file(s) (%s)" % (sent["files"], size(sent["file_bytes"])))
+        text = "%s %s into VM %s at %s: commit %s; %s" % (
             "launched and pushed" if result["launched"] else "pushed", result["branch"], result["vm"],
-            result["guest_path"], "commit", short(result["commit"]), sent["files"],
-            sent["pack_bytes"] + sent["file_bytes"])
+            result["guest_path"], short(result["commit"]),
+            "sent " + " and ".join(parts) if parts else "the VM had everything it needed")
     return text

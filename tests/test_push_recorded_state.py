@@ -81,6 +81,34 @@ def test_exec_bits_symlinks_and_a_dirty_overlay_record_what_a_scan_finds(repo):
     push_and_compare(repo, vm, "--force")
 
 
+def test_a_clean_vm_follows_commits_of_every_shape_path_by_path(repo):
+    """A clean VM moves to each new commit by restoring only the paths it changes (or by the
+    two-way merge where restore refuses: a file where a directory was). After each push the VM's
+    index and files are the commit's, no directory a commit emptied is left, nothing ran the
+    VM's post-checkout hook, and the record is what a full scan finds."""
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_sh(vm, "printf '#!/bin/sh\\ntouch $HOME/hook-ran\\n' > .git/hooks/post-checkout && "
+                   "chmod +x .git/hooks/post-checkout")
+    steps = [
+        lambda: repo.write("src/app.py", "print('edited')\n"),
+        lambda: repo.write("deep/a/b/c.txt", "deep\n"),
+        lambda: repo.git("rm", "-rq", "deep"),                                    # empties deep/a/b
+        lambda: (repo.git("rm", "-q", "src/lib.py"), repo.write("src/lib.py/inner.py", "x = 1\n")),
+        lambda: (repo.git("rm", "-rq", "src/lib.py"), repo.write("src/lib.py", "VALUE = 9\n")),
+        lambda: os.chmod(repo.path / "bin" / "run", 0o644),
+        lambda: (os.unlink(repo.path / "app-link"), os.symlink("src", repo.path / "app-link")),
+    ]
+    for n, step in enumerate(steps):
+        step()
+        repo.git("add", "-A")
+        repo.commit("shape %d" % n)
+        push_and_compare(repo, vm)
+        assert repo.vm_git(vm, "diff-index", "--cached", "HEAD") == ""
+        assert repo.vm_git(vm, "diff-files") == ""
+        assert repo.vm_sh(vm, "find . -path ./.git -prune -o -type d -empty -print") == ""
+    assert repo.vm_sh(vm, "ls $HOME/hook-ran 2>/dev/null || true") == ""
+
+
 def test_eol_attributes_and_a_push_that_changes_them(tmp_path):
     repo = crlf_repo(tmp_path)
     vm = repo.slicer_json("push", "--launch")["vm"]

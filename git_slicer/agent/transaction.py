@@ -9,7 +9,8 @@ under the agent lock) runs them again, so a push killed at any moment (the agent
 whole VM) ends exactly as an uninterrupted one would: the host never reads a half-applied VM.
 
     1. remove the old state's untracked files that the new state does not have
-    2. `read-tree --reset -u COMMIT` into a private index started from index.old
+    2. the commit's tree into a private index started from index.old (`read-tree --reset -u
+       COMMIT`, or only the paths the commit changes when the VM was clean: see _read_tree)
     3. the overlay's index entries, then its worktree files (removals first)
     4. refresh the private index; .git/shallow; the branch ref; HEAD
     5. install the private index as .git/index (through index.lock, as git does)
@@ -199,12 +200,15 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
     old_index = os.path.join(_git_dir(repo), "index")
     if os.path.exists(old_index):
         _snapshot(old_index, os.path.join(work, "index.old"))
+    changed = _commit_changes(repo, old_head, commit) if old_head else None
+    touched = touched_paths(old_head, changed, old_overlay, new_overlay, extra)
+    clean_from = old_head if old_head and old_overlay == {"index": {}, "files": {}} else None
     journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
-               "shallow": shallow, "touched": touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra),
-               # a clean VM moves from its HEAD by a two-way merge (see _apply, step 2)
-               "clean_from": old_head if old_head and old_overlay == {"index": {}, "files": {}} else None}
+               "shallow": shallow, "touched": touched,
+               # a clean VM moves from its HEAD by restoring the paths the commit changes (see _read_tree)
+               "clean_from": clean_from, "changed": changed if clean_from and touched is not None else None}
     _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal
@@ -217,7 +221,18 @@ _RULE_FILES = (".gitignore", ".gitattributes", ".gitmodules")
 MAX_TOUCHED = 2000          # beyond this, one full `git status` costs less than a long pathspec
 
 
-def touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra):
+def _commit_changes(repo, old_head: str, commit: str):
+    """The paths that differ between two commits (sorted), or None if git cannot tell."""
+    if old_head == commit:
+        return []
+    proc = subprocess.run(["git", "diff-tree", "-r", "-z", "--no-renames", "--name-only", old_head, commit],
+                          cwd=repo.root, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        return None
+    return sorted(os.fsdecode(p) for p in proc.stdout.split(b"\0") if p)
+
+
+def touched_paths(old_head, changed, old_overlay, new_overlay, extra):
     """The paths whose status a push can change, or None when the state after it must be
     scanned in full.
 
@@ -230,16 +245,10 @@ def touched_paths(repo, old_head, commit, old_overlay, new_overlay, extra):
     old_head=None then), or .slicerignore (the VM's excludes file). So the scan after the push
     covers these paths only, and git itself still answers for each of them, stat-dirty entries,
     filters, exec bits, symlinks and submodules included."""
-    if not old_head:
+    if not old_head or changed is None:
         return None
     paths = set(old_overlay["index"]) | set(old_overlay["files"]) | set(new_overlay["index"]) \
-        | set(new_overlay["files"]) | set(extra)
-    if old_head != commit:
-        proc = subprocess.run(["git", "diff-tree", "-r", "-z", "--no-renames", "--name-only", old_head, commit],
-                              cwd=repo.root, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            return None
-        paths.update(os.fsdecode(p) for p in proc.stdout.split(b"\0") if p)
+        | set(new_overlay["files"]) | set(extra) | set(changed)
     if not paths or len(paths) > MAX_TOUCHED:
         return None
     if any(p == ".slicerignore" or p.rsplit("/", 1)[-1] in _RULE_FILES for p in paths):
@@ -422,25 +431,44 @@ def _head_ref(repo):
 
 def _read_tree(repo, j: dict, env: dict) -> None:
     """Step 2. A VM that was clean at `clean_from` (its index that commit's tree, no file changed,
-    nothing untracked) is there already if that is the commit; else it moves to the commit by a
-    two-way merge, which touches only the entries the commit changes (`--reset` also stats every
-    other one: ~80 ms at 50k files), and ends where `--reset` would. The merge refuses instead of overwriting anything that differs from
-    index.old (a file an earlier, killed run of these steps wrote, an ignored file in the way)
-    and writes nothing then: `--reset` from index.old runs instead, as it always did."""
-    work = _work(repo)
+    nothing untracked) is there already if that is the commit. Else `git restore` of the paths
+    the commit changes (`changed`) moves it there, touching those entries and files only, in one
+    index read and write (~35 ms at 50k files; a two-way `read-tree -m -u` walks both trees
+    whole, ~90 ms, and `--reset` also stats every file). Where restore refuses (an old git, a
+    file turning into a directory's place) or the VM has a sparse checkout, the two-way merge
+    runs; it refuses instead of overwriting anything that differs from index.old (a file an
+    earlier, killed run of these steps wrote, an ignored file in the way) and writes nothing then:
+    `--reset` from index.old runs instead, as it always did. Each ends where `--reset` would."""
+    changed = j.get("changed")
+    sparse = os.path.exists(os.path.join(_git_dir(repo), "info", "sparse-checkout"))
     if j.get("clean_from") == j["commit"]:
         return              # the index holds the commit's tree and every file is as it says
+    if j.get("clean_from") and changed and not sparse:
+        try:
+            # (no post-checkout hook: read-tree runs none either)
+            repo.git(["-c", "core.hooksPath=/dev/null", "restore", "--source=" + j["commit"], "--staged",
+                      "--worktree", "--pathspec-from-file=-", "--pathspec-file-nul"],
+                     input=b"".join(os.fsencode(p) + b"\0" for p in changed), env=env)
+            return
+        except AgentError:
+            _restart_index(repo)
     if j.get("clean_from"):
         try:
             repo.git(["read-tree", "-m", "-u", j["clean_from"], j["commit"]], env=env)
             return
         except AgentError:
-            index = os.path.join(work, "index")
-            if os.path.lexists(index):
-                os.unlink(index)
-            if os.path.exists(os.path.join(work, "index.old")):
-                _snapshot(os.path.join(work, "index.old"), index)
+            _restart_index(repo)
     repo.git(["read-tree", "--reset", "-u", j["commit"]], env=env)
+
+
+def _restart_index(repo) -> None:
+    """The private index as index.old again, after a step that refused."""
+    work = _work(repo)
+    index = os.path.join(work, "index")
+    if os.path.lexists(index):
+        os.unlink(index)
+    if os.path.exists(os.path.join(work, "index.old")):
+        _snapshot(os.path.join(work, "index.old"), index)
 
 
 def _install_index(git_dir: str, private: str) -> None:

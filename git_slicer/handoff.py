@@ -4,8 +4,9 @@ process when one runs, else run it here (and start one for the next command).
 Starting Python, click and our modules costs about 70 ms, four times git's own `git status` on a
 5k-file tree; agents call push, pull and status in loops. The warm host process (`warmhost.py`)
 has all of that imported and forks a child per command. The child takes this process's
-descriptors 0-2, cwd, umask, environment and arguments, so it runs exactly the command this
-process would have run; this process only relays signals and exits as the child did.
+descriptors 0-2, cwd, umask, niceness, environment and arguments, so it runs exactly the
+command this process would have run; this process only relays signals and exits as the child
+did.
 
 This module runs before anything else of ours and imports only what a handoff needs. A command is
 handed off only when a host process for this exact code (`stamp`) answers on the user's own
@@ -72,20 +73,21 @@ def socket_path():
     return None if directory is None else os.path.join(directory, stamp() + ".sock")
 
 
-def encode_request(argv, cwd: str, umask: int, env) -> bytes:
-    """NUL-separated (no argument, path or variable can hold a NUL): cwd, umask, the argument
-    count, the arguments, then NAME=VALUE per variable."""
-    fields = [cwd, "%o" % umask, str(len(argv)), *argv, *("%s=%s" % item for item in env.items())]
+def encode_request(argv, cwd: str, umask: int, nice: int, env) -> bytes:
+    """NUL-separated (no argument, path or variable can hold a NUL): cwd, umask, niceness, the
+    argument count, the arguments, then NAME=VALUE per variable."""
+    fields = [cwd, "%o" % umask, str(nice), str(len(argv)), *argv, *("%s=%s" % item for item in env.items())]
     return b"\0".join(os.fsencode(field) for field in fields)
 
 
 def decode_request(data: bytes) -> dict:
     fields = [os.fsdecode(field) for field in data.split(b"\0")]
-    count = int(fields[2])
-    if count < 0 or len(fields) < 3 + count:
+    count = int(fields[3])
+    if count < 0 or len(fields) < 4 + count:
         raise ValueError("malformed request")
-    env = dict(field.split("=", 1) for field in fields[3 + count:])
-    return {"cwd": fields[0], "umask": int(fields[1], 8), "argv": fields[3:3 + count], "env": env}
+    env = dict(field.split("=", 1) for field in fields[4 + count:])
+    return {"cwd": fields[0], "umask": int(fields[1], 8), "nice": int(fields[2]), "argv": fields[4:4 + count],
+            "env": env}
 
 
 def hand_off(path: str, argv):
@@ -101,7 +103,7 @@ def hand_off(path: str, argv):
             return None
         umask = os.umask(0o022)
         os.umask(umask)
-        request = encode_request(argv, os.getcwd(), umask, os.environ)
+        request = encode_request(argv, os.getcwd(), umask, os.getpriority(os.PRIO_PROCESS, 0), os.environ)
         descriptors = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
         sock.sendmsg([len(request).to_bytes(4, "big")], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, descriptors)])
         sock.sendall(request)

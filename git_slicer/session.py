@@ -9,6 +9,7 @@ agent/server.py): `state`, `push`, `fetch`, `files`, `exec`; `state` validates w
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -184,6 +185,9 @@ class AgentSession:
         message = {"op": "hello", "protocol": PROTOCOL_VERSION, "client": "git-slicer/" + __version__}
         if vm_id:
             message["vm_id"] = vm_id
+        nice = _niceness()
+        if nice > 0:                # `nice git slicer ...`, the hooks' runner: the VM's side yields too
+            message["nice"] = nice
         try:
             self.conn.send(message)
             reply = self.conn.recv_reply()
@@ -330,3 +334,10 @@ class AgentSession:
 
     def __exit__(self, exc_type, *exc):
         self.close(polite=exc_type is None)
+
+
+def _niceness() -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return 0

@@ -9,7 +9,7 @@ seconds pass with no command, the socket is removed or replaced, or a command's 
 says `slicer.hostIdle=0`.
 
 Per connection (peer uid checked): the client sends a 4-byte length with its descriptors 0-2
-attached, then the request (cwd, umask, argv, environment: `handoff.encode_request`). The process
+attached, then the request (cwd, umask, niceness, argv, environment: `handoff.encode_request`). The process
 forks; the child takes them all and runs the CLI's `main`; the parent answers `pid N`, relays
 `signal S` lines to the child (SIGINT and SIGQUIT to its process group, as a terminal would),
 kills the child when the client vanishes (as if the command had been killed), and after reaping
@@ -314,9 +314,12 @@ class Pending:
 
 
 def _adopt(request) -> None:
-    """Become the client: its cwd, umask, environment and standard streams."""
+    """Become the client: its cwd, umask, niceness (only ever raised), environment and standard
+    streams."""
     os.chdir(request["cwd"])
     os.umask(request["umask"])
+    if request["nice"] > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, min(request["nice"], 19))
     os.environ.clear()
     os.environ.update(request["env"])
     encoding = sys.stdout.encoding

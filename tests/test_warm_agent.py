@@ -201,3 +201,25 @@ def test_a_remade_vm_repository_is_never_taken_for_the_old_one(launched):
     proc = repo.slicer("push", check=False)
     assert proc.returncode != 0
     assert b"uses sha256 objects, the host's uses sha1" in proc.stderr, proc.stderr
+
+
+def test_a_niced_command_is_niced_in_the_vm_too_and_only_that_command(launched):
+    """The hooks' runner pushes at niceness 10 so the user's own work goes first; the VM's side
+    of that push yields too (its thread of the warm agent and the git it starts), while the
+    agent's next connection runs as before."""
+    repo, vm = launched
+    repo.vm_sh(vm, "printf '#!/bin/sh\\ncut -d\" \" -f19 /proc/$$/stat >> $HOME/nice.log\\n' "
+                   "> .git/hooks/reference-transaction && chmod +x .git/hooks/reference-transaction")
+    log = vm_home(vm) / "nice.log"
+
+    def push(*prefix):
+        repo.write("a.txt", "%s\n" % time.monotonic())
+        repo.commit("host")
+        log.write_text("")
+        subprocess.run([*prefix, *SLICER, "push", vm], cwd=repo.path, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return set(log.read_text().split())
+
+    assert push() == {"0"}
+    assert push("nice", "-n", "7") == {"7"}
+    assert push() == {"0"}

@@ -12,6 +12,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from .. import __version__
@@ -180,6 +181,7 @@ class Agent:
 
     # -- requests ----------------------------------------------------------
     def op_hello(self, request):
+        _yield_to(request.get("nice"))
         version = _git_version()
         if request.get("protocol") != PROTOCOL_VERSION:
             raise AgentError("version", "agent speaks protocol %d, host asked for %r"
@@ -475,6 +477,22 @@ class Agent:
                 got = member.oid or _hash_file(member.staged, algo)
             if got != want.oid:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
+
+
+def _yield_to(nice) -> None:
+    """Run this connection's work, and the git it starts, at the host command's niceness (a
+    background push yields to the user's foreground work in the VM too). Linux keeps niceness
+    per thread, so a warm agent's other connections are untouched; elsewhere it would be the
+    whole process, so nothing changes there. Niceness only ever goes up."""
+    if not isinstance(nice, int) or isinstance(nice, bool) or not 0 < nice <= 19 \
+            or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (AttributeError, OSError):
+        pass
 
 
 def _wanted_config(request) -> dict:

@@ -123,11 +123,18 @@ class Repo:
             for path, (st, entry) in (vouched or {}).items():
                 cache.vouch(path, st, entry)
             where = {"head": None, "branch": None}      # HEAD and its branch, from the same `git status`
-            # `git status` refreshes a private copy of the index: a VM killed mid-scan never
-            # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).
-            with transaction.scan_index(self) as env:
-                overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
-                                           self.excludes(), cache=cache, branch=where, paths=paths)
+            if paths:
+                # After a push: the stat data git would refresh is that of files written this
+                # second, which git counts as racy and settles at the next full scan anyway; not
+                # writing the 6 MB index here saves ~20 ms at 50k files.
+                overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), refresh_index=False,
+                                           cache=cache, branch=where, paths=paths)
+            else:
+                # `git status` refreshes a private copy of the index: a VM killed mid-scan never
+                # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).
+                with transaction.scan_index(self) as env:
+                    overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
+                                               self.excludes(), cache=cache, branch=where, paths=paths)
             try:
                 cache.dump(cache_path)
             except OSError:

@@ -103,6 +103,43 @@ def test_agent_speaks_protocol_on_stdio(tmp_path):
     assert proc.wait(10) == 0
 
 
+def test_agent_refuses_malformed_requests_in_one_line_and_serves_on(tmp_path):
+    """The host is trusted, but a confused one (a bug of ours, another version) gets a
+    `bad-request` naming what is wrong, never an internal error, and the agent serves on."""
+    from git_slicer.wire.framing import Connection
+    subprocess.run(["git", "init", "-q", str(tmp_path / "r")], check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "git_slicer", "agent", "--stdio"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    conn = Connection(proc.stdout, proc.stdin)
+    conn.send({"op": "hello", "protocol": 1})
+    conn.recv_reply()
+    push = {"op": "push", "path": str(tmp_path / "r"), "branch": "main", "commit": "1" * 40,
+            "overlay": {"index": {}, "files": {}}}
+    malformed = {
+        "missing 'branch'": {k: v for k, v in push.items() if k != "branch"},
+        "missing 'commit'": {k: v for k, v in push.items() if k != "commit"},
+        "missing 'path'": {k: v for k, v in push.items() if k != "path"},
+        "TypeError": {**push, "path": 5},
+        "AttributeError": {**push, "config": ["user.name"]},
+        "the new overlay": {**push, "overlay": {"index": {"a": "not an entry"}, "files": {}}},
+        "invalid branch name": {**push, "branch": "a..b"},
+        "unknown object format": {**push, "object_format": "md5"},
+        "state: malformed request (missing 'path')": {"op": "state"},
+        "fetch: malformed request (missing 'path')": {"op": "fetch"},
+    }
+    for expect, request in malformed.items():
+        conn.send(request)
+        error = conn.recv()["error"]
+        assert error["code"] == "bad-request" and expect in error["message"], (expect, error)
+    conn.send({"op": "state", "path": str(tmp_path / "r")})
+    assert conn.recv_reply()["exists"] is True
+    conn.send({"op": "bye"})
+    conn.recv_reply()
+    assert proc.wait(10) == 0
+    err = proc.stderr.read().decode()
+    assert "internal error" not in err and "Traceback" not in err, err
+
+
 @pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed")
 def test_sandbox_hides_host_and_network(launched, tmp_path):
     repo, vm = launched

@@ -181,6 +181,14 @@ class Agent:
             except (ProtocolError, tarstream.UnsafeArchive, UnsafePath, OSError) as exc:
                 self.conn.send(error_reply("failed", "%s: %s" % (op, exc)))
                 return 1
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # A field missing or of the wrong type: the host is ours, but a confused one gets
+                # one line, and this connection (or this warm agent) lives on unless mid-stream.
+                what = "missing %s" % exc if isinstance(exc, KeyError) else "%s: %s" % (type(exc).__name__, exc)
+                self.conn.send(error_reply("bad-request", "%s: malformed request (%s)" % (op, what[:200])))
+                if request.get("_streaming"):
+                    return 1
+                continue
             if reply is not None:
                 self.conn.send(reply)
             if op == "bye":

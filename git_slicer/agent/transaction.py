@@ -106,8 +106,8 @@ def applied(repo, push_id) -> dict:
 def scan_index(repo):
     """Environment for a `git status` that may refresh stat data: it works on a snapshot of the
     index (_snapshot), installed back (through index.lock, as git does) only if git rewrote the
-    snapshot and nobody changed the index meanwhile. A stale .git/index.lock that is a link of that copy is
-    ours (the VM died between the two steps) and is removed first."""
+    snapshot and nobody changed the index meanwhile. A stale .git/index.lock that is a link of
+    the rewritten snapshot is ours (the VM died between the two steps) and is removed first."""
     git_dir = _git_dir(repo)
     real, private = os.path.join(git_dir, "index"), os.path.join(git_dir, "slicer-scan-index")
     lock = os.path.join(git_dir, "index.lock")
@@ -439,10 +439,10 @@ def _read_tree(repo, j: dict, env: dict) -> None:
     runs; it refuses instead of overwriting anything that differs from index.old (a file an
     earlier, killed run of these steps wrote, an ignored file in the way) and writes nothing then:
     `--reset` from index.old runs instead, as it always did. Each ends where `--reset` would."""
-    changed = j.get("changed")
-    sparse = os.path.exists(os.path.join(_git_dir(repo), "info", "sparse-checkout"))
     if j.get("clean_from") == j["commit"]:
         return              # the index holds the commit's tree and every file is as it says
+    changed = j.get("changed")
+    sparse = os.path.exists(os.path.join(_git_dir(repo), "info", "sparse-checkout"))
     if j.get("clean_from") and changed and not sparse:
         try:
             # (no post-checkout hook: read-tree runs none either)

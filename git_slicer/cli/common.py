@@ -27,11 +27,12 @@ def emit(as_json: bool, data, text: str = None) -> None:
 
 def size(n: int) -> str:
     """A byte count for people: 640 bytes, 12.5 KiB, 3.1 MiB."""
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return "%d %s" % (n, unit) if unit == "bytes" else "%.1f %s" % (n, unit)
+    if n < 1024:
+        return "%d bytes" % n
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    return ""
+        if n < 1024 or unit == "GiB":
+            return "%.1f %s" % (n, unit)
 
 
 def short(oid) -> str:

@@ -66,8 +66,7 @@ class StatCache:
     seconds after the file's last change (its ctime, which no tool can set back) as the stat data
     taken before the read shows it. A write in the same timestamp tick as that change leaves the
     stat data as it was: git's "racy" rule, which git keeps by hashing such an entry again, as
-    this does. Kept as JSON by the caller
-    (`load`/`dump`)."""
+    this does. Kept as JSON by the caller (`load`/`dump`)."""
 
     RACY_SECONDS = 2.0
 

@@ -27,6 +27,7 @@ import threading
 import time
 
 from ..wire.framing import DEFAULT_MAX_JSON, Connection, ProtocolError, error_reply
+from . import memo
 from .server import Agent
 
 HANDSHAKE_SECONDS = 30
@@ -205,6 +206,8 @@ def serve(address: str, token_file: str = None, once: bool = False, idle: float 
         sys.stderr.write("git-slicer agent: %s\n" % exc)
         return 2
     handler = functools.partial(handle, agent=agent)
+    if not once:
+        memo.enable()                   # a warm agent: it remembers what its scans found
     stopping = threading.Event()
 
     def stop(signum, frame):

@@ -23,6 +23,7 @@ from ..wire.gitobj import is_oid
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
                             crash_point, error_reply)
 from ..wire.paths import UnsafePath
+from . import memo as memo_mod
 from . import transaction
 from .errors import AgentError
 
@@ -70,6 +71,7 @@ class Repo:
         self.root = os.path.abspath(os.path.expanduser(path))
         self.env = _git_env()
         self._algo = None           # the object format, asked once (see algo)
+        self.index_installed = None   # stat data of the index this request installed (agent/memo.py)
 
     @property
     def exists(self) -> bool:
@@ -104,19 +106,20 @@ class Repo:
         ignore = os.path.join(self.root, ".slicerignore")
         return ["core.excludesFile=" + ignore] if os.path.isfile(ignore) else []
 
-    def state(self, paths=None, vouched=None) -> dict:
+    def state(self, paths=None, vouched=None, since=None) -> dict:
         """HEAD, its branch, the branches and the overlay, from one `git status`. With `paths`
         (transaction.touched_paths), the overlay is scanned below those paths only: the caller
         knows every other path is clean. `vouched`: {path: (stat data, Entry)} of files the
-        caller has just written (StatCache.vouch)."""
+        caller has just written (StatCache.vouch). `since`: the memo token the push that wrote
+        them started from (agent/memo.py). A warm agent rescans only what changed since its
+        last scan when it can vouch for the rest (agent/memo.py)."""
         if not self.exists:
             return {"exists": False, "branch": None, "head": None, "branches": {},
                     "overlay": overlay_mod.empty(), "object_format": None}
         # The branches are listed while the scan runs (the caller holds the agent lock: nothing
         # moves in between); a warm agent's status waits on the VM's scan alone.
-        refs = subprocess.Popen(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"],
-                                cwd=self.root, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        refs = _Branches(self.root, self.env)
+        memo = memo_mod.of(self.root)
         try:
             cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
             cache = overlay_mod.StatCache.load(cache_path)
@@ -127,14 +130,24 @@ class Repo:
                 # After a push: the stat data git would refresh is that of files written this
                 # second, which git counts as racy and settles at the next full scan anyway; not
                 # writing the 6 MB index here saves ~20 ms at 50k files.
+                resumed = memo is not None and memo.before_push_scan(since)
                 overlay = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), refresh_index=False,
                                            cache=cache, branch=where, paths=paths)
+                if resumed:
+                    memo.after_push_scan(paths, overlay, where["head"], where["branch"], self.index_installed)
             else:
-                # `git status` refreshes a private copy of the index: a VM killed mid-scan never
-                # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).
-                with transaction.scan_index(self) as env:
-                    overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
-                                               self.excludes(), cache=cache, branch=where, paths=paths)
+                overlay = self._recalled(memo, refs, cache, where) if memo is not None and memo.remembers() else None
+                if overlay is None:
+                    if memo is not None:
+                        memo.begin_scan()
+                    # `git status` refreshes a private copy of the index: a VM killed mid-scan never
+                    # leaves a .git/index.lock that is not recognisably ours (agent/transaction.py).
+                    self.index_installed = None
+                    with transaction.scan_index(self) as env:
+                        overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
+                                                   self.excludes(), cache=cache, branch=where, paths=paths)
+                    if memo is not None:
+                        memo.end_scan(overlay, where["head"], where["branch"], self.index_installed)
             try:
                 cache.dump(cache_path)
             except OSError:
@@ -142,16 +155,48 @@ class Repo:
         except overlay_mod.UnmergedPaths as exc:
             raise AgentError("unmerged", "the VM repository has unmerged paths: " + ", ".join(exc.paths[:10]))
         finally:
-            out, err = refs.communicate()
-        if refs.returncode != 0:
+            refs.finish()
+        return {"exists": True, "branch": where["branch"], "head": where["head"], "branches": refs.result(),
+                "overlay": overlay, "object_format": self.algo(),
+                "shallow": os.path.exists(os.path.join(self.root, ".git", "shallow"))}
+
+    def _recalled(self, memo, refs, cache, where):
+        """The overlay from the memo and a scan of what changed since, or None (scan in full)."""
+        head = memo_mod.read_head(self.root, refs.result())
+        dirty = memo.recall(*head) if head is not None else None
+        if dirty is None:
+            return None
+        where["head"], where["branch"] = head
+        partial = overlay_mod.empty()
+        if dirty:
+            partial = overlay_mod.scan(self.root, self.git, self.algo(), self.excludes(), refresh_index=False,
+                                       cache=cache, paths=dirty)
+        return memo.patched(dirty, partial, *head)
+
+
+class _Branches:
+    """`git for-each-ref refs/heads/`, running beside the scan: result() is {branch: commit}."""
+
+    def __init__(self, root: str, env: dict):
+        self._proc = subprocess.Popen(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"],
+                                      cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._output = None
+
+    def finish(self) -> None:
+        if self._output is None:
+            self._output = self._proc.communicate()
+
+    def result(self) -> dict:
+        self.finish()
+        out, err = self._output
+        if self._proc.returncode != 0:
             raise AgentError("git-failed", "git for-each-ref failed: " + err.decode("utf-8", "replace").strip()[:2000])
         branches = {}
         for line in out.decode("utf-8", "surrogateescape").splitlines():
             oid, ref = line.split(" ", 1)
             branches[ref[len("refs/heads/"):]] = oid
-        return {"exists": True, "branch": where["branch"], "head": where["head"], "branches": branches,
-                "overlay": overlay, "object_format": self.algo(),
-                "shallow": os.path.exists(os.path.join(self.root, ".git", "shallow"))}
+        return branches
 
 
 class Agent:
@@ -317,7 +362,8 @@ class Agent:
             repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
             old_head=current["head"] if current["exists"] and not excludes_changed else None,
             old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
-            reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"))
+            reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"),
+            since=memo_mod.token(repo.root))
         crash_point("agent:push-journaled")
         state = transaction.finish(repo, journal)
         return {"ok": True, "path": repo.root, **state}

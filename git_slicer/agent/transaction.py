@@ -135,6 +135,7 @@ def scan_index(repo):
             now = os.stat(real)
             if (now.st_ino, now.st_mtime_ns, now.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size):
                 os.rename(lock, real)
+                repo.index_installed = os.stat(real)
             else:
                 os.unlink(lock)
     finally:
@@ -154,11 +155,12 @@ def staging(repo) -> str:
 
 
 def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay, members, reuse, extra,
-            shallow) -> dict:
+            shallow, since=None) -> dict:
     """Check everything, secure every source of the new state below .git/slicer-push/, and write
     the journal. Nothing in the worktree, index or refs has changed yet; any error here leaves
     the VM exactly as it was. `old_head`: the HEAD the VM's `old_overlay` was scanned against, or
-    None to have the state after the push scanned in full (see touched_paths)."""
+    None to have the state after the push scanned in full (see touched_paths). `since`: the
+    warm agent's name for that old state (agent/memo.py), handed to the scan after the push."""
     work = _work(repo)
     files, index = new_overlay["files"], new_overlay["index"]
     for part in (index, files):           # the host's paths: any name git tracks (control characters too)
@@ -208,7 +210,8 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
                "shallow": shallow, "touched": touched,
                # a clean VM moves from its HEAD by restoring the paths the commit changes (see _read_tree)
-               "clean_from": clean_from, "changed": changed if clean_from and touched is not None else None}
+               "clean_from": clean_from, "changed": changed if clean_from and touched is not None else None,
+               "since": since}
     _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal
@@ -328,7 +331,8 @@ def _finish(repo, journal: dict) -> dict:
             else:
                 os.unlink(full)
     # Only the paths the push touched are scanned: the journal proved every other one clean.
-    state = repo.state(paths=journal.get("touched"), vouched=_still_placed(repo, journal, placed))
+    state = repo.state(paths=journal.get("touched"), vouched=_still_placed(repo, journal, placed),
+                       since=journal.get("since"))
     record = {"id": journal["id"], "head": state["head"], "branch": state["branch"], "overlay": state["overlay"]}
     _write_json(os.path.join(_git_dir(repo), APPLIED), record)
     crash_point("agent:push-recorded")
@@ -413,7 +417,7 @@ def _apply(repo, j: dict) -> dict:
     # 5. the index, installed as git installs one (unless nothing above rewrote it: it is the
     #    VM's own index file still, and renaming a file over another link of itself does nothing)
     if not _same_file(index, os.path.join(work, "index.old")):
-        _install_index(_git_dir(repo), index)
+        repo.index_installed = _install_index(_git_dir(repo), index)
     return placed
 
 
@@ -471,7 +475,8 @@ def _restart_index(repo) -> None:
         _snapshot(os.path.join(work, "index.old"), index)
 
 
-def _install_index(git_dir: str, private: str) -> None:
+def _install_index(git_dir: str, private: str):
+    """Install the private index as git does; return its stat data (agent/memo.py knows it)."""
     lock = os.path.join(git_dir, "index.lock")
     deadline = time.monotonic() + INDEX_LOCK_WAIT
     while True:
@@ -486,6 +491,7 @@ def _install_index(git_dir: str, private: str) -> None:
                                  "will be finished by the next request" % lock) from None
             time.sleep(0.05)
     os.rename(lock, os.path.join(git_dir, "index"))
+    return os.stat(os.path.join(git_dir, "index"))
 
 
 def _clear_own_locks(repo, j: dict) -> None:

@@ -1,0 +1,258 @@
+"""What a warm agent's last scan of a repository found, and whether it still holds.
+
+A full `git status` of a 50k-file VM costs ~150 ms, and most requests find nothing changed
+since the last one. A warm agent (one that serves a listening socket) keeps, per repository, the
+state its last scan found and inotify watches over the worktree (agent/watch.py). The next
+request then rescans only the paths that changed since (with `git status -- PATHS`, so git still
+answers for each), or none. Anything it cannot vouch for means a full scan, exactly as before:
+
+  - events were lost (queue overflow, a directory moved), or the watches are not in place
+    (a remote file system, submodules or a nested repository, too many directories);
+  - anything in `.git` changed but refs, logs, objects, lock files and our own files: the index,
+    config, info/ (exclude, attributes, sparse-checkout), ... The index this agent installed
+    itself is recognised by its stat data;
+  - HEAD names another commit or branch; a global or system git config, ignore or attributes
+    file changed (their stat data; a file changed in the last 2 s is not trusted);
+  - a changed path is an ignore or attribute file, .gitmodules or .slicerignore (they change the
+    status of other paths), or there are more than MAX_DIRTY changed paths;
+  - the last full scan is older than TRUST_SECONDS: what no event reports (a write through a
+    writable mmap or through a hard link from outside the worktree, an include.path or
+    core.excludesFile elsewhere) is seen within that time, as git's own fsmonitor sees it never.
+
+After a push, the state is the one before it with the paths the push touched rescanned (see
+transaction.touched_paths): the changes reported meanwhile elsewhere stay pending for the next
+request. Nothing here is written to disk: a new agent starts with a full scan.
+
+Callers hold the repository's agent lock (transaction.hold) around every call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from .watch import Changes, Unsupported, Watches
+
+MAX_DIRTY = 1000
+TRUST_SECONDS = 60.0
+_SETTLED_NS = 2 * 10**9
+_RULE_FILES = (".gitignore", ".gitattributes", ".gitmodules")
+# Entries of .git whose change cannot change a path's status (the caller compares HEAD's commit).
+_HARMLESS = {"HEAD", "ORIG_HEAD", "FETCH_HEAD", "COMMIT_EDITMSG", "packed-refs", "refs", "logs", "objects",
+             "gc.pid", "gc.log", "description", "hooks", "branches"}
+
+_enabled = False
+_memos = {}
+_registry = threading.Lock()
+
+
+def enable() -> None:
+    """Keep memos in this process (a warm agent: it serves more than one request)."""
+    global _enabled
+    _enabled = True
+
+
+def of(root: str):
+    """The memo of the repository at `root`, or None when this agent keeps none."""
+    if not _enabled:
+        return None
+    with _registry:
+        return _memos.setdefault(root, Memo(root))
+
+
+def token(root: str):
+    """Names the state the last scan of `root` found (a push records it in its journal)."""
+    memo = of(root)
+    return memo.token if memo is not None else None
+
+
+def same_index(a, b) -> bool:
+    """Whether two stat results show the same index file, unwritten since. Not its ctime: the
+    agent unlinks its other names (the private copies it was made as) after installing it. git
+    writes an index as a new file, so another one has another inode while this one exists."""
+    return a is not None and b is not None and \
+        (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
+
+
+def read_head(root: str, branches: dict):
+    """(HEAD's commit or None, its branch or None) from .git/HEAD and `branches` (refs/heads),
+    or None when HEAD is anything else (then git is asked)."""
+    try:
+        with open(os.path.join(root, ".git", "HEAD"), "rb") as fh:
+            text = fh.read(4096).decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+    if text.startswith("ref: refs/heads/") and text.endswith("\n") and text.count("\n") == 1:
+        name = text[len("ref: refs/heads/"):-1]
+        return branches.get(name), name
+    oid = text.strip()
+    if text.count("\n") == 1 and len(oid) in (40, 64) and all(c in "0123456789abcdef" for c in oid):
+        return oid, None
+    return None
+
+
+def _config_files() -> list:
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    files = [os.path.join(home, ".gitconfig"), "/etc/gitconfig", "/etc/gitattributes"]
+    files += [os.path.join(xdg, "git", name) for name in ("config", "ignore", "attributes")]
+    files += [os.environ[v] for v in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM") if os.environ.get(v)]
+    return files
+
+
+def _configs():
+    """The stat data of the git config, ignore and attributes files outside the repository, or
+    None if one changed too recently to tell a later change from it."""
+    now = time.time_ns()
+    seen = []
+    for path in _config_files():
+        try:
+            st = os.stat(path)
+        except OSError:
+            seen.append(None)
+            continue
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+            return None
+        seen.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return seen
+
+
+def _harmless(name: str) -> bool:
+    return name in _HARMLESS or name.startswith(("slicer", ".tmp-")) or name.endswith(".lock")
+
+
+def _decides_status(path: str) -> bool:
+    return path == ".slicerignore" or path.rsplit("/", 1)[-1] in _RULE_FILES
+
+
+def _under(path: str, marks: set) -> bool:
+    """Whether `path` is one of `marks` or lies below one."""
+    while True:
+        if path in marks:
+            return True
+        cut = path.rfind("/")
+        if cut < 0:
+            return False
+        path = path[:cut]
+
+
+def patched(overlay: dict, dirty, partial: dict) -> dict:
+    """`overlay` with everything at or below `dirty` replaced by `partial` (their scan)."""
+    marks = set(dirty)
+    return {part: {**{p: e for p, e in overlay[part].items() if not _under(p, marks)}, **partial[part]}
+            for part in ("index", "files")}
+
+
+class Memo:
+    def __init__(self, root: str):
+        self.root = root
+        self.watches = None
+        self.disabled = False       # no watches possible here: every scan is a full one
+        self.known = None           # {"head", "branch", "overlay", "configs", "since"}
+        self.pending = set()        # paths changed during or since that scan: rescanned next
+        self.token = None
+        self._before_push = None
+
+    def _forget(self, watches_too: bool = False) -> None:
+        self.known, self.pending, self.token = None, set(), None
+        if watches_too and self.watches is not None:
+            self.watches.close()
+            self.watches = None
+
+    def _drain(self) -> Changes:
+        if self.watches is None:
+            changes = Changes()
+            changes.lost = True
+            return changes
+        return self.watches.drain()
+
+    def _remember(self, changes: Changes, overlay: dict, head, branch, installed, since: float) -> None:
+        if changes.lost:
+            self._forget(watches_too=True)
+            return
+        git = set(changes.git)
+        if "index" in git and same_index(installed, _stat(os.path.join(self.root, ".git", "index"))):
+            git.discard("index")        # the index this agent installed, and no later one
+        configs = _configs()
+        if configs is None or not all(_harmless(name) for name in git):
+            self._forget()
+            return
+        self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since}
+        self.pending = set(changes.paths)
+        self.token = os.urandom(8).hex()
+
+    # -- a full scan ----------------------------------------------------------------------------
+    def begin_scan(self) -> None:
+        """Before a full scan: the watches in place, earlier events dropped (the scan sees them)."""
+        self._forget()
+        if self.disabled:
+            return
+        if self.watches is not None and self._drain().lost:
+            self._forget(watches_too=True)
+        if self.watches is None:
+            try:
+                self.watches = Watches(self.root)
+            except (Unsupported, OSError):
+                self.disabled = True
+
+    def end_scan(self, overlay: dict, head, branch, installed) -> None:
+        """After a full scan: remember what it found; what changed while it ran stays pending.
+        `installed`: the stat data of the index the scan installed (or None)."""
+        if self.watches is not None:
+            self._remember(self._drain(), overlay, head, branch, installed, time.monotonic())
+
+    # -- a request that finds little or nothing changed -------------------------------------------
+    def remembers(self) -> bool:
+        return self.known is not None
+
+    def recall(self, head, branch):
+        """The paths to rescan ([]: none) for the remembered state to be the current one, or
+        None: scan in full. `head`, `branch`: what HEAD says now."""
+        known = self.known
+        changes = self._drain()
+        dirty = self.pending | changes.paths
+        if (changes.lost or not all(_harmless(name) for name in changes.git)
+                or (head, branch) != (known["head"], known["branch"])
+                or time.monotonic() - known["since"] > TRUST_SECONDS or _configs() != known["configs"]
+                or len(dirty) > MAX_DIRTY or any(_decides_status(p) for p in dirty)):
+            self._forget(watches_too=changes.lost)
+            return None
+        self.pending = dirty
+        return sorted(dirty)
+
+    def patched(self, dirty, partial: dict, head, branch) -> dict:
+        """The remembered overlay with `dirty` replaced by `partial`, their fresh scan."""
+        known = self.known
+        overlay = patched(known["overlay"], dirty, partial)
+        self._remember(self._drain(), overlay, head, branch, None, known["since"])
+        return overlay
+
+    # -- the state after a push ---------------------------------------------------------------------
+    def before_push_scan(self, since_token) -> bool:
+        """Before scanning the paths a push touched: whether the state before the push was ours
+        (`since_token`, from the journal), so the one after it can be remembered too."""
+        self._before_push = None
+        if since_token is None or since_token != self.token or self.known is None:
+            self._forget()
+            return False
+        self._before_push = self._drain()       # the push's own writes, and anyone else's
+        return True
+
+    def after_push_scan(self, touched, overlay: dict, head, branch, installed) -> None:
+        before, self._before_push = self._before_push, None
+        if before is None:
+            return
+        marks = set(touched)
+        changes = self._drain()
+        changes.lost |= before.lost
+        changes.git |= before.git
+        changes.paths |= {p for p in self.pending | before.paths if not _under(p, marks)}
+        self._remember(changes, overlay, head, branch, installed, self.known["since"])
+
+
+def _stat(path: str):
+    try:
+        return os.stat(path)
+    except OSError:
+        return None

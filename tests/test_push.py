@@ -377,6 +377,38 @@ def test_stat_cache_never_trusts_an_entry_hashed_while_the_file_was_racy(tmp_pat
     assert StatCache(again.used).get("g", os.lstat(fresh)) is not None
 
 
+def test_a_file_that_vanishes_or_turns_into_a_symlink_while_it_is_hashed_is_looked_at_again(tmp_path):
+    """Between the lstat and the open a file can go, or become a symlink: the scan is told the
+    file changed (and reads it again), never an error that ends the agent's connection."""
+    import threading
+    from git_slicer.wire.overlay import FileChanged, hash_worktree_file
+    path, aside = tmp_path / "f", tmp_path / "aside"
+    aside.write_bytes(b"x" * 100)
+    os.symlink("aside", tmp_path / "link")
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            os.rename(aside, path)
+            os.rename(path, aside)
+            os.rename(tmp_path / "link", path)          # a symlink where the file was
+            os.rename(path, tmp_path / "link")
+    thread = threading.Thread(target=swap)
+    thread.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and "changed" not in seen:
+            try:
+                seen.add("none" if hash_worktree_file(str(path)) is None else "entry")
+            except FileChanged:
+                seen.add("changed")
+    finally:
+        stop.set()
+        thread.join()
+    assert "changed" in seen, "the race was never hit"
+
+
 def test_stat_cache_takes_a_vouched_entry_only_for_that_stat(tmp_path):
     from git_slicer.wire.overlay import StatCache, blob_oid, hash_worktree_file
     path = tmp_path / "placed"

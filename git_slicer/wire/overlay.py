@@ -13,6 +13,7 @@ of the bytes (a symlink's blob is its target). In memory each [mode, oid] is an 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -145,14 +146,21 @@ def hash_worktree_file(full_path: str, algo: str = "sha1", cache: StatCache = No
         if result is not None:
             cache.put(rel, st, result, stat_ns)
         return result
-    if stat.S_ISLNK(st.st_mode):
-        return Entry(MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo))
-    if not stat.S_ISREG(st.st_mode):
-        return None
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            return Entry(MODE_LINK, blob_oid(os.readlink(os.fsencode(full_path)), algo))
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        fd = os.open(full_path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileChanged(full_path) from None        # removed since the lstat: look again
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EINVAL):  # a file and a symlink swapped since the lstat
+            raise FileChanged(full_path) from None
+        raise
     digest = hashlib.new(algo)
     digest.update(b"blob %d\0" % st.st_size)
     seen = 0
-    fd = os.open(full_path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
     try:
         while True:
             block = os.read(fd, _HASH_CHUNK)

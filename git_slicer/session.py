@@ -201,12 +201,16 @@ class AgentSession:
         return reply
 
     def state(self, path: str, base: str = None, applied: str = None, max_entries: int = STATE_ENTRIES,
-              known=False) -> dict:
+              known=False, fresh: bool = False) -> dict:
         """The VM repository's branch, HEAD and overlay (and commits ahead of/behind `base`; and
         with `applied`, a push id, that push's record if it is the last one the VM completed),
         validated (types, object ids, modes, every path) before anyone uses it. `known`: names with
-        control characters the host already has (scan.KnownPaths), which the VM may report too."""
+        control characters the host already has (scan.KnownPaths), which the VM may report too.
+        `fresh`: a full scan, never a warm agent's memory of one (agents that do not know the
+        field always scan in full)."""
         message = {"op": "state", "path": path}
+        if fresh:
+            message["fresh"] = True
         if base:
             message["base"] = base
         if applied:

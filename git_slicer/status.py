@@ -19,11 +19,13 @@ from .target import resolve
 from .wire import overlay as overlay_mod
 
 
-def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
+def status(worktree, vm_name: str = None, settings: Settings = None, fresh: bool = False) -> dict:
+    """Where the worktree and the VM stand. `fresh`: the VM scans in full, not from a warm
+    agent's memory (before anything that cannot be undone, such as removing the VM)."""
     settings = settings or Settings(worktree.root)
     target = resolve(settings, vm_name, worktree=worktree, require_link=True)
     if pending_id(target.link) is None:
-        return _status(worktree, target, None)
+        return _status(worktree, target, None, fresh)
     # A push the link lost track of (killed before its reply). Settled and saved as push and pull
     # settle it: under the link's lock, so the VM's answer is final (no push of that id can
     # still be on its way). With the lock taken by a running push or pull, only this report
@@ -36,10 +38,10 @@ def status(worktree, vm_name: str = None, settings: Settings = None) -> dict:
             if target.link is None:
                 raise NotLinked("this worktree is not linked to VM %s" % target.name,
                                 hint="git slicer push %s" % target.name)
-        return _status(worktree, target, store)
+        return _status(worktree, target, store, fresh)
 
 
-def _status(worktree, target, store) -> dict:
+def _status(worktree, target, store, fresh: bool) -> dict:
     name, link = target.name, target.link
     ignore = SlicerIgnore(worktree.root)
     where = {}          # HEAD and its branch, from the scan's own `git status`
@@ -47,7 +49,7 @@ def _status(worktree, target, store) -> dict:
     with InBackground(host_overlay, worktree, ignore, False, where) as scanning:
         with target.session() as session:
             theirs = session.state(link.guest_path, base=asked, applied=pending_id(link),
-                                   known=KnownPaths(worktree, link.agreed_overlay))
+                                   known=KnownPaths(worktree, link.agreed_overlay), fresh=fresh)
         ours = scanning.result()
     settle(store, link, theirs, ignore.keep)     # an interrupted push the VM completed
     if link.agreed_commit != asked:              # the VM measured itself against the old base

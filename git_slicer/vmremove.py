@@ -45,7 +45,7 @@ def unpulled_work(worktree, link):
     if not pushed(link):
         return None
     try:
-        report = status(worktree, link.vm)
+        report = status(worktree, link.vm, fresh=True)    # nothing from memory before a removal
     except NotLinked:
         return None             # a first push that never reached the VM: nothing of ours there
     except UnprovenLink:

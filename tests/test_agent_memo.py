@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import HAVE_BWRAP, git
-from git_slicer.wire.framing import Connection
+from git_slicer.wire.framing import Connection, ProtocolError
 from hostile_agent import guest_home, install, uninstall, vm_home
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
@@ -54,18 +54,25 @@ class WarmAgent:
 
     def state(self, path) -> dict:
         self.log.write_text("")
-        self.conn.send({"op": "state", "path": str(path)})
-        return self.conn.recv_reply()
+        try:
+            self.conn.send({"op": "state", "path": str(path)})
+            return self.conn.recv_reply()
+        except (ProtocolError, OSError):
+            self.proc.kill()
+            raise AssertionError("the agent ended: " + self.proc.communicate()[1].decode()[-3000:]) from None
 
     def statuses(self) -> list:
         """The `git status` calls of the last request, each as its argv after `status`."""
         return [line for line in self.log.read_text().splitlines() if " status " in " %s " % line]
 
     def close(self) -> None:
-        self.conn.send({"op": "bye"})
-        self.conn.recv_reply()
+        try:
+            self.conn.send({"op": "bye"})
+            self.conn.recv_reply()
+        except (ProtocolError, OSError):
+            pass                        # it ended already (the test says why)
         self.sock.close()
-        self.proc.terminate()
+        self.proc.kill()
         self.proc.wait(10)
 
 
@@ -221,7 +228,7 @@ def test_a_warm_agent_under_a_stream_of_writes_ends_with_the_full_scans_answer(t
     try:
         agent.state(root)
         thread.start()
-        for _ in range(25):
+        for _ in range(60):             # each one races the writer (files vanish as they are hashed)
             agent.state(root)
         stop.set()
         thread.join()
@@ -276,3 +283,44 @@ def test_a_vm_edit_made_while_a_push_is_applied_is_seen_by_the_next_command(laun
     status = repo.slicer_json("status", vm)         # the same warm agent
     uninstall(repo)
     assert status["vm_side"]["changed_since_sync"] == ["README.md"], status
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
+def test_a_push_never_overwrites_a_vm_change_no_event_reported(launched):
+    """A write through a hard link from outside the worktree raises no event the agent sees.
+    The state from memory then calls the file clean, but the push scans the paths it is about
+    to write afresh and stops instead of overwriting the VM's change."""
+    repo, vm = launched
+    time.sleep(2.1)                                 # the VM's git config files settle (agent/memo.py)
+    vm_file = next(vm_home(vm).glob("*/README.md"))
+    outside = vm_home(vm) / "readme-link"
+    os.link(vm_file, outside)
+    assert repo.slicer_json("status", vm)["in_sync"] is True
+    with open(outside, "a") as fh:
+        fh.write("the VM's own line\n")
+    assert repo.slicer_json("status", vm)["in_sync"] is True, "from memory: no event came"
+    repo.write("README.md", "# the host's version\n")
+    result = repo.slicer("push", vm, check=False)
+    assert result.returncode != 0 and b"changed since it was inspected" in result.stderr, result.stderr
+    assert "the VM's own line" in vm_file.read_text()
+    again = repo.slicer("push", vm, check=False)              # a full scan now: the usual refusal
+    assert again.returncode != 0 and b"README.md" in again.stderr, again.stderr
+    assert "the VM's own line" in vm_file.read_text()
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
+def test_vm_rm_asks_for_a_full_scan_never_the_warm_agents_memory(launched):
+    """A change no event reported may hide from the warm agent's memory for a while; removing
+    the VM cannot be undone, so `vm rm` has the VM scanned in full and still refuses."""
+    repo, vm = launched
+    time.sleep(2.1)                                 # the VM's git config files settle (agent/memo.py)
+    vm_file = next(vm_home(vm).glob("*/README.md"))
+    outside = vm_home(vm) / "readme-link"
+    os.link(vm_file, outside)
+    assert repo.slicer_json("status", vm)["in_sync"] is True
+    with open(outside, "a") as fh:
+        fh.write("the VM's own line\n")
+    assert repo.slicer_json("status", vm)["in_sync"] is True, "from memory: no event came"
+    result = repo.slicer("vm", "rm", vm, check=False)
+    assert result.returncode != 0 and b"README.md" in result.stderr, result.stderr
+    assert vm_file.exists()

@@ -126,7 +126,7 @@ def _decides_status(path: str) -> bool:
     return path == ".slicerignore" or path.rsplit("/", 1)[-1] in _RULE_FILES
 
 
-def _under(path: str, marks: set) -> bool:
+def under(path: str, marks: set) -> bool:
     """Whether `path` is one of `marks` or lies below one."""
     while True:
         if path in marks:
@@ -140,7 +140,7 @@ def _under(path: str, marks: set) -> bool:
 def patched(overlay: dict, dirty, partial: dict) -> dict:
     """`overlay` with everything at or below `dirty` replaced by `partial` (their scan)."""
     marks = set(dirty)
-    return {part: {**{p: e for p, e in overlay[part].items() if not _under(p, marks)}, **partial[part]}
+    return {part: {**{p: e for p, e in overlay[part].items() if not under(p, marks)}, **partial[part]}
             for part in ("index", "files")}
 
 
@@ -152,10 +152,11 @@ class Memo:
         self.known = None           # {"head", "branch", "overlay", "configs", "since"}
         self.pending = set()        # paths changed during or since that scan: rescanned next
         self.token = None
+        self.recalled = False       # the last state came from memory, not a full scan
         self._before_push = None
 
-    def _forget(self, watches_too: bool = False) -> None:
-        self.known, self.pending, self.token = None, set(), None
+    def forget(self, watches_too: bool = False) -> None:
+        self.known, self.pending, self.token, self.recalled = None, set(), None, False
         if watches_too and self.watches is not None:
             self.watches.close()
             self.watches = None
@@ -169,14 +170,14 @@ class Memo:
 
     def _remember(self, changes: Changes, overlay: dict, head, branch, installed, since: float) -> None:
         if changes.lost:
-            self._forget(watches_too=True)
+            self.forget(watches_too=True)
             return
         git = set(changes.git)
         if "index" in git and same_index(installed, _stat(os.path.join(self.root, ".git", "index"))):
             git.discard("index")        # the index this agent installed, and no later one
         configs = _configs()
         if configs is None or not all(_harmless(name) for name in git):
-            self._forget()
+            self.forget()
             return
         self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since}
         self.pending = set(changes.paths)
@@ -185,11 +186,11 @@ class Memo:
     # -- a full scan ----------------------------------------------------------------------------
     def begin_scan(self) -> None:
         """Before a full scan: the watches in place, earlier events dropped (the scan sees them)."""
-        self._forget()
+        self.forget()
         if self.disabled:
             return
         if self.watches is not None and self._drain().lost:
-            self._forget(watches_too=True)
+            self.forget(watches_too=True)
         if self.watches is None:
             try:
                 self.watches = Watches(self.root)
@@ -216,9 +217,9 @@ class Memo:
                 or (head, branch) != (known["head"], known["branch"])
                 or time.monotonic() - known["since"] > TRUST_SECONDS or _configs() != known["configs"]
                 or len(dirty) > MAX_DIRTY or any(_decides_status(p) for p in dirty)):
-            self._forget(watches_too=changes.lost)
+            self.forget(watches_too=changes.lost)
             return None
-        self.pending = dirty
+        self.pending, self.recalled = dirty, True
         return sorted(dirty)
 
     def patched(self, dirty, partial: dict, head, branch) -> dict:
@@ -232,11 +233,16 @@ class Memo:
     def before_push_scan(self, since_token) -> bool:
         """Before scanning the paths a push touched: whether the state before the push was ours
         (`since_token`, from the journal), so the one after it can be remembered too."""
-        self._before_push = None
         if since_token is None or since_token != self.token or self.known is None:
-            self._forget()
+            self.forget()
+            self._before_push = None
             return False
-        self._before_push = self._drain()       # the push's own writes, and anyone else's
+        changes = self._drain()                 # the push's own writes, and anyone else's
+        if self._before_push is not None:       # an earlier try of this scan found a file changing
+            changes.paths |= self._before_push.paths
+            changes.git |= self._before_push.git
+            changes.lost |= self._before_push.lost
+        self._before_push = changes
         return True
 
     def after_push_scan(self, touched, overlay: dict, head, branch, installed) -> None:
@@ -247,7 +253,7 @@ class Memo:
         changes = self._drain()
         changes.lost |= before.lost
         changes.git |= before.git
-        changes.paths |= {p for p in self.pending | before.paths if not _under(p, marks)}
+        changes.paths |= {p for p in self.pending | before.paths if not under(p, marks)}
         self._remember(changes, overlay, head, branch, installed, self.known["since"])
 
 

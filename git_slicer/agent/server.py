@@ -33,6 +33,18 @@ _EXCLUDES_HEADER = "# the host's core.excludesFile and info/exclude patterns: gi
 _KEEP_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ")
 
 
+def _present(root: str, path: str) -> bool:
+    """Whether anything is at `path` below `root` (or in the way of it: a file where a
+    directory of it should be)."""
+    try:
+        os.lstat(os.path.join(root, path))
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def _git_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV or k.startswith("GIT_CONFIG")
            or k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_"))}
@@ -106,13 +118,26 @@ class Repo:
         ignore = os.path.join(self.root, ".slicerignore")
         return ["core.excludesFile=" + ignore] if os.path.isfile(ignore) else []
 
+    def stat_cache_path(self) -> str:
+        return os.path.join(self.root, ".git", "slicer-statcache.json")
+
     def state(self, paths=None, vouched=None, since=None) -> dict:
         """HEAD, its branch, the branches and the overlay, from one `git status`. With `paths`
         (transaction.touched_paths), the overlay is scanned below those paths only: the caller
         knows every other path is clean. `vouched`: {path: (stat data, Entry)} of files the
         caller has just written (StatCache.vouch). `since`: the memo token the push that wrote
         them started from (agent/memo.py). A warm agent rescans only what changed since its
-        last scan when it can vouch for the rest (agent/memo.py)."""
+        last scan when it can vouch for the rest (agent/memo.py). A file that changes while it
+        is hashed is read again (three tries, as the host's scan)."""
+        for attempt in range(3):
+            try:
+                return self._state(paths, vouched, since)
+            except overlay_mod.FileChanged:
+                if attempt == 2:
+                    raise AgentError("busy", "files in the VM keep changing while they are scanned; "
+                                     "try again") from None
+
+    def _state(self, paths, vouched, since) -> dict:
         if not self.exists:
             return {"exists": False, "branch": None, "head": None, "branches": {},
                     "overlay": overlay_mod.empty(), "object_format": None}
@@ -121,7 +146,7 @@ class Repo:
         refs = _Branches(self.root, self.env)
         memo = memo_mod.of(self.root)
         try:
-            cache_path = os.path.join(self.root, ".git", "slicer-statcache.json")
+            cache_path = self.stat_cache_path()
             cache = overlay_mod.StatCache.load(cache_path)
             for path, (st, entry) in (vouched or {}).items():
                 cache.vouch(path, st, entry)
@@ -261,6 +286,9 @@ class Agent:
             return {"ok": True, "path": repo.root, **repo.state()}
         with transaction.hold(repo):
             transaction.recover(repo)
+            memo = memo_mod.of(repo.root)
+            if request.get("fresh") and memo is not None:
+                memo.forget()                   # a full scan (agent/memo.py), e.g. before the VM is removed
             reply = {"ok": True, "path": repo.root, **repo.state()}
             if request.get("applied"):
                 reply["applied"] = transaction.applied(repo, request["applied"])
@@ -363,7 +391,7 @@ class Agent:
             old_head=current["head"] if current["exists"] and not excludes_changed else None,
             old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
             reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"),
-            since=memo_mod.token(repo.root))
+            since=memo_mod.token(repo.root), recheck=self._rechecker(repo, current))
         crash_point("agent:push-journaled")
         state = transaction.finish(repo, journal)
         return {"ok": True, "path": repo.root, **state}
@@ -523,6 +551,37 @@ class Agent:
         err = proc.stderr.read()
         if proc.wait() != 0:
             raise AgentError("index-pack", "index-pack failed: " + err.decode("utf-8", "replace")[:2000])
+
+    @staticmethod
+    def _rechecker(repo: Repo, current: dict):
+        """When `current` came from the warm agent's memory (agent/memo.py), the paths a push is
+        about to write are scanned afresh first: no event reports a write through a writable
+        mmap or through a hard link from outside the worktree, and a push must never overwrite
+        a VM change. Otherwise (a full scan has just looked) None."""
+        memo = memo_mod.of(repo.root)
+        if memo is None or not memo.recalled:
+            return None
+
+        def recheck(touched) -> None:
+            if touched is None:
+                memo.forget()
+                fresh, seen = repo.state()["overlay"], current["overlay"]
+            else:
+                # A path that is not there holds nothing to overwrite (and its removal raised an
+                # event): only the others, and those the state lists, are scanned.
+                listed = set(current["overlay"]["index"]) | set(current["overlay"]["files"])
+                suspects = sorted(p for p in touched if p in listed or _present(repo.root, p))
+                if not suspects:
+                    return
+                marks = set(suspects)
+                fresh = overlay_mod.scan(repo.root, repo.git, repo.algo(), repo.excludes(), refresh_index=False,
+                                         cache=overlay_mod.StatCache.load(repo.stat_cache_path()), paths=suspects)
+                seen = {part: {p: e for p, e in entries.items() if memo_mod.under(p, marks)}
+                        for part, entries in current["overlay"].items()}
+            if fresh != seen:
+                memo.forget()
+                raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
+        return recheck
 
     def _verify_members(self, repo: Repo, members: dict, new_overlay: dict) -> None:
         """End-to-end check: every file's bytes hash to the blob id the host announced (hashed

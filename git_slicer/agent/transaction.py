@@ -155,12 +155,14 @@ def staging(repo) -> str:
 
 
 def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay, members, reuse, extra,
-            shallow, since=None) -> dict:
+            shallow, since=None, recheck=None) -> dict:
     """Check everything, secure every source of the new state below .git/slicer-push/, and write
     the journal. Nothing in the worktree, index or refs has changed yet; any error here leaves
     the VM exactly as it was. `old_head`: the HEAD the VM's `old_overlay` was scanned against, or
     None to have the state after the push scanned in full (see touched_paths). `since`: the
-    warm agent's name for that old state (agent/memo.py), handed to the scan after the push."""
+    warm agent's name for that old state (agent/memo.py), handed to the scan after the push.
+    `recheck(touched)`: called before anything is secured; it raises when the paths the push
+    writes (touched_paths; None: all) are no longer as `old_overlay` says."""
     work = _work(repo)
     files, index = new_overlay["files"], new_overlay["index"]
     for part in (index, files):           # the host's paths: any name git tracks (control characters too)
@@ -204,6 +206,8 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
         _snapshot(old_index, os.path.join(work, "index.old"))
     changed = _commit_changes(repo, old_head, commit) if old_head else None
     touched = touched_paths(old_head, changed, old_overlay, new_overlay, extra)
+    if recheck is not None:
+        recheck(touched)
     clean_from = old_head if old_head and old_overlay == {"index": {}, "files": {}} else None
     journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),

@@ -157,6 +157,7 @@ class Memo:
 
     def forget(self, watches_too: bool = False) -> None:
         self.known, self.pending, self.token, self.recalled = None, set(), None, False
+        self._before_push = None
         if watches_too and self.watches is not None:
             self.watches.close()
             self.watches = None
@@ -182,6 +183,7 @@ class Memo:
         self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since}
         self.pending = set(changes.paths)
         self.token = os.urandom(8).hex()
+        self._before_push = None
 
     # -- a full scan ----------------------------------------------------------------------------
     def begin_scan(self) -> None:
@@ -235,7 +237,6 @@ class Memo:
         (`since_token`, from the journal), so the one after it can be remembered too."""
         if since_token is None or since_token != self.token or self.known is None:
             self.forget()
-            self._before_push = None
             return False
         changes = self._drain()                 # the push's own writes, and anyone else's
         if self._before_push is not None:       # an earlier try of this scan found a file changing

@@ -26,6 +26,7 @@ import time
 
 from ..wire.framing import Connection
 from ..wire.serialsync import SYNC_RE, ack_line
+from . import memo
 from .server import Agent
 
 IDLE_SLEEP = 0.1
@@ -88,6 +89,7 @@ def wait_for_sync(fd: int):
 
 def serve_port(path: str) -> int:
     fd = os.open(path, os.O_RDWR)
+    memo.enable()                   # one process, session after session: it remembers its scans
     sys.stderr.write("git-slicer agent: serving %s\n" % path)
     sys.stderr.flush()
     while True:

@@ -83,6 +83,10 @@ def test_every_push_puts_the_hosts_identity_and_remotes_back(repo):
     push("4\n")
     assert repo.vm_git(vm, "remote", "get-url", "origin").strip() == "https://example.com/acme/two.git"
     assert repo.vm_git(vm, "config", "user.email").strip() == "new@example.com"
+    repo.vm_sh(vm, "git config --unset remote.origin.url")                 # a section with a fetch line only
+    push("5\n")
+    assert repo.vm_git(vm, "remote", "get-url", "origin").strip() == "https://example.com/acme/two.git"
+    assert repo.vm_git(vm, "config", "remote.origin.fetch").strip() == "+refs/heads/*:refs/remotes/origin/*"
 
 
 def test_delta_push_sends_only_new_objects_and_changed_files(launched):

@@ -525,7 +525,12 @@ class Agent:
                 continue
             if key.startswith("remote."):
                 name = key[len("remote."):-len(".url")]
-                repo.git(["remote", "set-url" if key in current else "add", name, value])
+                try:
+                    repo.git(["remote", "set-url" if key in current else "add", name, value])
+                except AgentError:
+                    # The VM has that remote's section without a url (a fetch line of its own):
+                    # `remote add` refuses it, the url alone is what is missing.
+                    repo.git(["config", key, value])
             else:
                 repo.git(["config", key, value])
         identity = _config_identity(repo.root)

@@ -104,7 +104,9 @@ class Watches:
             raise Unsupported("inotify_init1: %s" % os.strerror(ctypes.get_errno()))
         self.fd = fd
         self.dirs = {}               # watch descriptor -> directory ("" the root, "/.git" .git itself)
-        self.budget = min(MAX_DIRECTORIES, _max_user_watches() // 2)
+        # The user's watches are shared with everything else they run (an editor, a build
+        # watcher) and with the agent's other repositories: one repository takes a quarter at most.
+        self.budget = min(MAX_DIRECTORIES, _max_user_watches() // 4)
         try:
             self.device = os.lstat(root).st_dev
             if not self._watch("", "") or not self._watch(".git", "/.git"):

@@ -94,7 +94,7 @@ class Watches:
 
     def __init__(self, root: str):
         self.root = root
-        kind = filesystem_of(root)
+        kind = filesystem_of(os.path.realpath(root))     # mountinfo names real paths
         if kind not in LOCAL_FILESYSTEMS:
             raise Unsupported("file system %s" % kind)
         self._libc, ctypes = _libc()

@@ -285,12 +285,9 @@ def test_a_vm_edit_made_while_a_push_is_applied_is_seen_by_the_next_command(laun
     assert status["vm_side"]["changed_since_sync"] == ["README.md"], status
 
 
-@pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
-def test_a_push_never_overwrites_a_vm_change_no_event_reported(launched):
-    """A write through a hard link from outside the worktree raises no event the agent sees.
-    The state from memory then calls the file clean, but the push scans the paths it is about
-    to write afresh and stops instead of overwriting the VM's change."""
-    repo, vm = launched
+def edited_where_no_event_reports_it(repo, vm):
+    """README.md in the VM, once the warm agent remembers it clean, edited through a hard link
+    from outside the worktree: no inotify event reaches the agent, its memory still says clean."""
     time.sleep(2.1)                                 # the VM's git config files settle (agent/memo.py)
     vm_file = next(vm_home(vm).glob("*/README.md"))
     outside = vm_home(vm) / "readme-link"
@@ -299,6 +296,16 @@ def test_a_push_never_overwrites_a_vm_change_no_event_reported(launched):
     with open(outside, "a") as fh:
         fh.write("the VM's own line\n")
     assert repo.slicer_json("status", vm)["in_sync"] is True, "from memory: no event came"
+    return vm_file
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
+def test_a_push_never_overwrites_a_vm_change_no_event_reported(launched):
+    """A write through a hard link from outside the worktree raises no event the agent sees.
+    The state from memory then calls the file clean, but the push scans the paths it is about
+    to write afresh and stops instead of overwriting the VM's change."""
+    repo, vm = launched
+    vm_file = edited_where_no_event_reports_it(repo, vm)
     repo.write("README.md", "# the host's version\n")
     result = repo.slicer("push", vm, check=False)
     assert result.returncode != 0 and b"changed since it was inspected" in result.stderr, result.stderr
@@ -313,14 +320,7 @@ def test_vm_rm_asks_for_a_full_scan_never_the_warm_agents_memory(launched):
     """A change no event reported may hide from the warm agent's memory for a while; removing
     the VM cannot be undone, so `vm rm` has the VM scanned in full and still refuses."""
     repo, vm = launched
-    time.sleep(2.1)                                 # the VM's git config files settle (agent/memo.py)
-    vm_file = next(vm_home(vm).glob("*/README.md"))
-    outside = vm_home(vm) / "readme-link"
-    os.link(vm_file, outside)
-    assert repo.slicer_json("status", vm)["in_sync"] is True
-    with open(outside, "a") as fh:
-        fh.write("the VM's own line\n")
-    assert repo.slicer_json("status", vm)["in_sync"] is True, "from memory: no event came"
+    vm_file = edited_where_no_event_reports_it(repo, vm)
     result = repo.slicer("vm", "rm", vm, check=False)
     assert result.returncode != 0 and b"README.md" in result.stderr, result.stderr
     assert vm_file.exists()

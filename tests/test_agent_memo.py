@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import HAVE_BWRAP, git
-from git_slicer.wire.framing import Connection, ProtocolError
+from git_slicer.wire.framing import Connection, ProtocolError, RemoteError
 from hostile_agent import guest_home, install, uninstall, vm_home
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
@@ -229,7 +229,10 @@ def test_a_warm_agent_under_a_stream_of_writes_ends_with_the_full_scans_answer(t
         agent.state(root)
         thread.start()
         for _ in range(60):             # each one races the writer (files vanish as they are hashed)
-            agent.state(root)
+            try:
+                agent.state(root)
+            except RemoteError as exc:  # a file rewritten under three scans in a row: the only other answer
+                assert exc.code == "busy", exc
         stop.set()
         thread.join()
         same_answer(agent.state(root), cold_state(root))
@@ -324,3 +327,70 @@ def test_vm_rm_asks_for_a_full_scan_never_the_warm_agents_memory(launched):
     result = repo.slicer("vm", "rm", vm, check=False)
     assert result.returncode != 0 and b"README.md" in result.stderr, result.stderr
     assert vm_file.exists()
+
+
+@pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
+def test_a_push_into_a_vm_with_changes_checks_every_path_it_may_rewrite(launched):
+    """Into a VM with an overlay, a push checks the commit out with `read-tree --reset -u`,
+    which rewrites any tracked file that differs from its index entry, touched or not: with a
+    state from memory, every path is checked first, and the unseen edit stays."""
+    repo, vm = launched
+    repo.write("src/lib.py", "VALUE = 2\n")                     # an overlay in the VM
+    repo.slicer("push", vm)
+    vm_file = edited_where_no_event_reports_it(repo, vm)
+    repo.write("src/app.py", "print('changed on the host')\n")  # README.md is not touched
+    result = repo.slicer("push", vm, check=False)
+    assert result.returncode != 0 and b"changed since it was inspected" in result.stderr, result.stderr
+    assert "the VM's own line" in vm_file.read_text()
+
+
+def test_what_else_decides_status_is_watched_too(tmp_path, vm_repo, monkeypatch):
+    """A replace ref (it changes what HEAD's commit holds, and no file), a core.excludesFile
+    inside the worktree, and the global ignore file git reads (under HOME, whatever the agent's
+    XDG_CONFIG_HOME says: git runs without it) each change the answer of a full scan."""
+    root = vm_repo
+    (root / "top.txt").write_text("top v2\n")
+    git(root, "commit", "-q", "-am", "two")
+    (root / "myignore").write_text("")
+    git(root, "config", "core.excludesFile", "myignore")
+    for name in ("a.log", "b.tmp", "c.bak"):
+        (root / "d0" / name).write_text(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-elsewhere"))
+    time.sleep(2.1)
+    agent = WarmAgent(tmp_path)
+    try:
+        def check():
+            same_answer(agent.state(root), cold_state(root))
+        check()
+        git(root, "replace", "HEAD", "HEAD~1")
+        check()
+        git(root, "replace", "-d", git(root, "rev-parse", "HEAD").strip())
+        check()
+        (root / "myignore").write_text("*.log\n")
+        check()
+        git(root, "config", "--unset", "core.excludesFile")     # the global ignore file counts again
+        time.sleep(2.1)                     # myignore settles: until then the memo keeps nothing
+        check()
+        os.makedirs(os.path.expanduser("~/.config/git"), exist_ok=True)
+        with open(os.path.expanduser("~/.config/git/ignore"), "w") as fh:         # git reads this one
+            fh.write("*.tmp\n")
+        check()
+    finally:
+        agent.close()
+
+
+def test_a_worktree_swapped_for_a_copy_at_the_same_path_is_scanned_again(tmp_path, vm_repo):
+    """The watches follow the old directories; a copy put in their place raises no event there."""
+    parent = tmp_path / "p"
+    parent.mkdir()
+    shutil.move(str(vm_repo), str(parent / "vm"))
+    root = parent / "vm"
+    agent = WarmAgent(tmp_path)
+    try:
+        agent.state(root)
+        os.rename(parent, tmp_path / "p-old")
+        subprocess.run(["cp", "-a", str(tmp_path / "p-old"), str(parent)], check=True)
+        (root / "top.txt").write_text("changed in the copy\n")
+        same_answer(agent.state(root), cold_state(root))
+    finally:
+        agent.close()

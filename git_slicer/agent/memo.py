@@ -6,22 +6,31 @@ state its last scan found and inotify watches over the worktree (agent/watch.py)
 request then rescans only the paths that changed since (with `git status -- PATHS`, so git still
 answers for each), or none. Anything it cannot vouch for means a full scan, exactly as before:
 
-  - events were lost (queue overflow, a directory moved), or the watches are not in place
-    (a remote file system, submodules or a nested repository, too many directories);
+  - events were lost (queue overflow), the worktree or its .git is another directory than the
+    watched one, or the watches are not in place (a remote file system, submodules or a nested
+    repository, too many directories: asked again after RETRY_WATCHES_SECONDS);
   - anything in `.git` changed but refs, logs, objects, lock files and our own files: the index,
     config, info/ (exclude, attributes, sparse-checkout), ... The index this agent installed
     itself is recognised by its stat data;
-  - HEAD names another commit or branch; a global or system git config, ignore or attributes
-    file changed (their stat data; a file changed in the last 2 s is not trusted);
+  - HEAD names another commit or branch, or a replace ref exists (then nothing is remembered);
+  - a global or system git config, ignore or attributes file, or the file core.excludesFile or
+    core.attributesFile names, changed (their stat data; one changed in the last 2 s is not
+    trusted);
   - a changed path is an ignore or attribute file, .gitmodules or .slicerignore (they change the
     status of other paths), or there are more than MAX_DIRTY changed paths;
   - the last full scan is older than TRUST_SECONDS: what no event reports (a write through a
-    writable mmap or through a hard link from outside the worktree, an include.path or
-    core.excludesFile elsewhere) is seen within that time, as git's own fsmonitor sees it never.
+    writable mmap or through a hard link from outside the worktree, an include.path) is seen
+    within that time, as git's own fsmonitor sees it never.
 
 After a push, the state is the one before it with the paths the push touched rescanned (see
 transaction.touched_paths): the changes reported meanwhile elsewhere stay pending for the next
 request. Nothing here is written to disk: a new agent starts with a full scan.
+
+A push built on a state from memory first scans afresh every path it may write (server.py,
+Agent._rechecker; all of them when `read-tree --reset` may run); `vm rm` asks for a full scan.
+One case is left: in a clean VM, when `git restore` and then the two-way merge both refuse, the
+push falls back to `read-tree --reset`, which would also rewrite a tracked file changed in a way
+no event reported within the last TRUST_SECONDS.
 
 Callers hold the repository's agent lock (transaction.hold) around every call.
 """
@@ -32,10 +41,13 @@ import os
 import threading
 import time
 
+from . import watch as watch_mod
 from .watch import Changes, Unsupported, Watches
 
 MAX_DIRTY = 1000
+MAX_DIRTY_BYTES = 128 * 1024      # their names on one `git status` command line, well inside ARG_MAX
 TRUST_SECONDS = 60.0
+RETRY_WATCHES_SECONDS = 300.0
 _SETTLED_NS = 2 * 10**9
 _RULE_FILES = (".gitignore", ".gitattributes", ".gitmodules")
 # Entries of .git whose change cannot change a path's status (the caller compares HEAD's commit).
@@ -93,20 +105,22 @@ def read_head(root: str, branches: dict):
 
 
 def _config_files() -> list:
+    """The files outside the repository whose contents decide a path's status, as the agent's
+    git finds them: it runs with HOME and GIT_CONFIG_* but no XDG_CONFIG_HOME (server._git_env)."""
     home = os.path.expanduser("~")
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
     files = [os.path.join(home, ".gitconfig"), "/etc/gitconfig", "/etc/gitattributes"]
-    files += [os.path.join(xdg, "git", name) for name in ("config", "ignore", "attributes")]
+    files += [os.path.join(home, ".config", "git", name) for name in ("config", "ignore", "attributes")]
     files += [os.environ[v] for v in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM") if os.environ.get(v)]
     return files
 
 
-def _configs():
-    """The stat data of the git config, ignore and attributes files outside the repository, or
-    None if one changed too recently to tell a later change from it."""
+def _configs(sources=()):
+    """The stat data of the git config, ignore and attributes files outside the repository (and
+    of `sources`: core.excludesFile and core.attributesFile), or None if one changed too recently
+    to tell a later change from it."""
     now = time.time_ns()
     seen = []
-    for path in _config_files():
+    for path in _config_files() + list(sources):
         try:
             st = os.stat(path)
         except OSError:
@@ -148,7 +162,7 @@ class Memo:
     def __init__(self, root: str):
         self.root = root
         self.watches = None
-        self.disabled = False       # no watches possible here: every scan is a full one
+        self.disabled_until = 0.0   # no watches possible here until then: every scan is a full one
         self.known = None           # {"head", "branch", "overlay", "configs", "since"}
         self.pending = set()        # paths changed during or since that scan: rescanned next
         self.token = None
@@ -156,31 +170,37 @@ class Memo:
         self._before_push = None
 
     def forget(self, watches_too: bool = False) -> None:
-        self.known, self.pending, self.token, self.recalled = None, set(), None, False
+        """Drop what the last scan found (the next request scans in full). `recalled` stays:
+        it says where the answer already given came from."""
+        self.known, self.pending, self.token = None, set(), None
         self._before_push = None
         if watches_too and self.watches is not None:
             self.watches.close()
             self.watches = None
 
     def _drain(self) -> Changes:
-        if self.watches is None:
+        if self.watches is None or watch_mod.identity(self.root) != self.watches.identity:
             changes = Changes()
             changes.lost = True
             return changes
         return self.watches.drain()
 
-    def _remember(self, changes: Changes, overlay: dict, head, branch, installed, since: float) -> None:
+    def _remember(self, changes: Changes, overlay: dict, head, branch, installed, since: float,
+                  sources=None) -> None:
         if changes.lost:
             self.forget(watches_too=True)
             return
         git = set(changes.git)
         if "index" in git and same_index(installed, _stat(os.path.join(self.root, ".git", "index"))):
             git.discard("index")        # the index this agent installed, and no later one
-        configs = _configs()
+        if sources is None:
+            sources = self.known["sources"] if self.known else ()
+        configs = _configs(sources)
         if configs is None or not all(_harmless(name) for name in git):
             self.forget()
             return
-        self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since}
+        self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since,
+                      "sources": tuple(sources)}
         self.pending = set(changes.paths)
         self.token = os.urandom(8).hex()
         self._before_push = None
@@ -189,7 +209,8 @@ class Memo:
     def begin_scan(self) -> None:
         """Before a full scan: the watches in place, earlier events dropped (the scan sees them)."""
         self.forget()
-        if self.disabled:
+        self.recalled = False
+        if time.monotonic() < self.disabled_until:
             return
         if self.watches is not None and self._drain().lost:
             self.forget(watches_too=True)
@@ -197,13 +218,16 @@ class Memo:
             try:
                 self.watches = Watches(self.root)
             except (Unsupported, OSError):
-                self.disabled = True
+                # (a nested repository, too many directories, a remote file system: asked again
+                # later, since what stood in the way may go)
+                self.disabled_until = time.monotonic() + RETRY_WATCHES_SECONDS
 
-    def end_scan(self, overlay: dict, head, branch, installed) -> None:
+    def end_scan(self, overlay: dict, head, branch, installed, sources) -> None:
         """After a full scan: remember what it found; what changed while it ran stays pending.
-        `installed`: the stat data of the index the scan installed (or None)."""
+        `installed`: the stat data of the index the scan installed (or None); `sources`: the
+        files core.excludesFile and core.attributesFile name (absolute paths)."""
         if self.watches is not None:
-            self._remember(self._drain(), overlay, head, branch, installed, time.monotonic())
+            self._remember(self._drain(), overlay, head, branch, installed, time.monotonic(), sources)
 
     # -- a request that finds little or nothing changed -------------------------------------------
     def remembers(self) -> bool:
@@ -217,8 +241,10 @@ class Memo:
         dirty = self.pending | changes.paths
         if (changes.lost or not all(_harmless(name) for name in changes.git)
                 or (head, branch) != (known["head"], known["branch"])
-                or time.monotonic() - known["since"] > TRUST_SECONDS or _configs() != known["configs"]
-                or len(dirty) > MAX_DIRTY or any(_decides_status(p) for p in dirty)):
+                or time.monotonic() - known["since"] > TRUST_SECONDS
+                or _configs(known["sources"]) != known["configs"]
+                or len(dirty) > MAX_DIRTY or sum(len(p) + 1 for p in dirty) > MAX_DIRTY_BYTES
+                or any(_decides_status(p) for p in dirty)):
             self.forget(watches_too=changes.lost)
             return None
         self.pending, self.recalled = dirty, True

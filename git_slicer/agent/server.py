@@ -118,6 +118,23 @@ class Repo:
         ignore = os.path.join(self.root, ".slicerignore")
         return ["core.excludesFile=" + ignore] if os.path.isfile(ignore) else []
 
+    def rule_sources(self) -> list:
+        """The files core.excludesFile and core.attributesFile name (absolute; git reads a
+        relative one from the worktree's top), for agent/memo.py."""
+        out = self.git(["config", "-z", "--get-regexp", r"^core\.(excludesfile|attributesfile)$"], check=False)
+        paths = []
+        for item in out.split(b"\0"):
+            _, _, value = item.partition(b"\n")
+            if value:
+                paths.append(os.path.normpath(os.path.join(self.root, os.path.expanduser(os.fsdecode(value)))))
+        return paths
+
+    @staticmethod
+    def absent() -> dict:
+        """The state of a repository that is not there (yet)."""
+        return {"exists": False, "branch": None, "head": None, "branches": {},
+                "overlay": overlay_mod.empty(), "object_format": None}
+
     def stat_cache_path(self) -> str:
         return os.path.join(self.root, ".git", "slicer-statcache.json")
 
@@ -139,8 +156,7 @@ class Repo:
 
     def _state(self, paths, vouched, since) -> dict:
         if not self.exists:
-            return {"exists": False, "branch": None, "head": None, "branches": {},
-                    "overlay": overlay_mod.empty(), "object_format": None}
+            return self.absent()
         # The branches are listed while the scan runs (the caller holds the agent lock: nothing
         # moves in between); a warm agent's status waits on the VM's scan alone.
         refs = _Branches(self.root, self.env)
@@ -151,6 +167,7 @@ class Repo:
             for path, (st, entry) in (vouched or {}).items():
                 cache.vouch(path, st, entry)
             where = {"head": None, "branch": None}      # HEAD and its branch, from the same `git status`
+            remembered = None
             if paths:
                 # After a push: the stat data git would refresh is that of files written this
                 # second, which git counts as racy and settles at the next full scan anyway; not
@@ -161,7 +178,8 @@ class Repo:
                 if resumed:
                     memo.after_push_scan(paths, overlay, where["head"], where["branch"], self.index_installed)
             else:
-                overlay = self._recalled(memo, refs, cache, where) if memo is not None and memo.remembers() else None
+                remembered = overlay = self._recalled(memo, refs, cache, where) \
+                    if memo is not None and memo.remembers() else None
                 if overlay is None:
                     if memo is not None:
                         memo.begin_scan()
@@ -172,9 +190,15 @@ class Repo:
                         overlay = overlay_mod.scan(self.root, lambda args: self.git(args, env=env), self.algo(),
                                                    self.excludes(), cache=cache, branch=where, paths=paths)
                     if memo is not None:
-                        memo.end_scan(overlay, where["head"], where["branch"], self.index_installed)
+                        refs.result()
+                        if refs.replaced:       # no memory of a state replace refs decide
+                            memo.forget()
+                        else:
+                            memo.end_scan(overlay, where["head"], where["branch"], self.index_installed,
+                                          self.rule_sources())
             try:
-                cache.dump(cache_path)
+                if remembered is None:  # (a rescan of a few paths would drop every other entry)
+                    cache.dump(cache_path)
             except OSError:
                 pass
         except overlay_mod.UnmergedPaths as exc:
@@ -188,7 +212,8 @@ class Repo:
     def _recalled(self, memo, refs, cache, where):
         """The overlay from the memo and a scan of what changed since, or None (scan in full)."""
         head = memo_mod.read_head(self.root, refs.result())
-        dirty = memo.recall(*head) if head is not None else None
+        # (with replace refs, what a commit holds is theirs to say, and they move no file)
+        dirty = memo.recall(*head) if head is not None and not refs.replaced else None
         if dirty is None:
             return None
         where["head"], where["branch"] = head
@@ -200,13 +225,15 @@ class Repo:
 
 
 class _Branches:
-    """`git for-each-ref refs/heads/`, running beside the scan: result() is {branch: commit}."""
+    """`git for-each-ref refs/heads/ refs/replace/`, running beside the scan: result() is
+    {branch: commit}; then `replaced` says whether any replace ref exists."""
 
     def __init__(self, root: str, env: dict):
-        self._proc = subprocess.Popen(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/"],
-                                      cwd=root, env=env, stdin=subprocess.DEVNULL,
+        self._proc = subprocess.Popen(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/",
+                                       "refs/replace/"], cwd=root, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._output = None
+        self.replaced = False
 
     def finish(self) -> None:
         if self._output is None:
@@ -220,7 +247,10 @@ class _Branches:
         branches = {}
         for line in out.decode("utf-8", "surrogateescape").splitlines():
             oid, ref = line.split(" ", 1)
-            branches[ref[len("refs/heads/"):]] = oid
+            if ref.startswith("refs/replace/"):
+                self.replaced = True
+            else:
+                branches[ref[len("refs/heads/"):]] = oid
         return branches
 
 
@@ -283,7 +313,7 @@ class Agent:
         the last one the VM completed (the host's check on a push it lost track of)."""
         repo = Repo(request["path"])
         if not repo.exists:
-            return {"ok": True, "path": repo.root, **repo.state()}
+            return {"ok": True, "path": repo.root, **repo.absent()}     # (no lock to take: no memory used)
         with transaction.hold(repo):
             transaction.recover(repo)
             memo = memo_mod.of(repo.root)
@@ -309,7 +339,7 @@ class Agent:
         that state as the VM's current one (no second scan, nothing can move in between)."""
         repo = Repo(request["path"])
         if not repo.exists:                     # nothing to lock yet: `push` makes the repository
-            self.conn.send({"ok": True, "path": repo.root, **repo.state()})
+            self.conn.send({"ok": True, "path": repo.root, **repo.absent()})
             return self._push_or_cancel(request, repo.root, None)
         with transaction.hold(repo):
             transaction.recover(repo)
@@ -371,6 +401,11 @@ class Agent:
     def _apply_push(self, repo, request, current):
         """Receive a push's streams and apply them (under the agent lock, `current` the VM's state)."""
         branch, commit, new_overlay = request["branch"], request["commit"], request["overlay"]
+        memo = memo_mod.of(repo.root)
+        if memo is not None and memo.recalled and self._new_excludes(repo, request) is not None:
+            # What git ignores is about to change, and with it the state after the push is
+            # scanned in full: the check of a state from memory is made now, under the old rules.
+            self._rechecker(repo, current)(None)
         excludes_changed = self._configure(repo, request)
         self.conn.send({"ok": True, "ready": True})
         request["_streaming"] = True
@@ -493,22 +528,27 @@ class Agent:
         with transaction.hold(repo):
             transaction.recover(repo)
 
+    @staticmethod
+    def _new_excludes(repo: Repo, request):
+        """The .git/info/exclude a push asks for, if it differs from the VM's (else None): the
+        host's core.excludesFile and info/exclude patterns (never a host path), so git in the VM
+        ignores what the host's git ignores and both statuses agree."""
+        excludes = request.get("excludes")
+        if not (isinstance(excludes, list) and all(isinstance(x, str) and "\n" not in x for x in excludes)):
+            return None
+        text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes).encode("utf-8", "surrogateescape")
+        try:
+            with open(os.path.join(repo.root, ".git", "info", "exclude"), "rb") as fh:
+                return None if fh.read() == text else text
+        except OSError:
+            return text
+
     def _configure(self, repo: Repo, request) -> bool:
         """Settings the host sends with a push; True if what git ignores in the VM changed."""
-        changed = False
-        excludes = request.get("excludes")
-        if isinstance(excludes, list) and all(isinstance(x, str) and "\n" not in x for x in excludes):
-            # The host's core.excludesFile and info/exclude patterns (never a host path): git in
-            # the VM then ignores what the host's git ignores, so both statuses agree.
-            path = os.path.join(repo.root, ".git", "info", "exclude")
-            text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes).encode("utf-8", "surrogateescape")
-            try:
-                with open(path, "rb") as fh:
-                    changed = fh.read() != text
-            except OSError:
-                changed = True
-            if changed:
-                write_atomic(path, text, mode=0o644, durable=False)
+        text = self._new_excludes(repo, request)
+        changed = text is not None
+        if changed:
+            write_atomic(os.path.join(repo.root, ".git", "info", "exclude"), text, mode=0o644, durable=False)
         wanted = _wanted_config(request)
         known = _CONFIGURED.get(repo.root)
         if known and known[0] == _config_identity(repo.root) and all(known[1].get(k) == v
@@ -579,8 +619,12 @@ class Agent:
                 if not suspects:
                     return
                 marks = set(suspects)
-                fresh = overlay_mod.scan(repo.root, repo.git, repo.algo(), repo.excludes(), refresh_index=False,
-                                         cache=overlay_mod.StatCache.load(repo.stat_cache_path()), paths=suspects)
+                try:
+                    fresh = overlay_mod.scan(repo.root, repo.git, repo.algo(), repo.excludes(), refresh_index=False,
+                                             cache=overlay_mod.StatCache.load(repo.stat_cache_path()), paths=suspects)
+                except overlay_mod.FileChanged:
+                    fresh = None                # written to this very moment: changed
+
                 seen = {part: {p: e for p, e in entries.items() if memo_mod.under(p, marks)}
                         for part, entries in current["overlay"].items()}
             if fresh != seen:

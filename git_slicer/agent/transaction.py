@@ -161,8 +161,8 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
     the VM exactly as it was. `old_head`: the HEAD the VM's `old_overlay` was scanned against, or
     None to have the state after the push scanned in full (see touched_paths). `since`: the
     warm agent's name for that old state (agent/memo.py), handed to the scan after the push.
-    `recheck(touched)`: called before anything is secured; it raises when the paths the push
-    writes (touched_paths; None: all) are no longer as `old_overlay` says."""
+    `recheck(paths)`: called before anything is secured; it raises when the paths the push
+    may write (touched_paths, or None: all of them) are no longer as `old_overlay` says."""
     work = _work(repo)
     files, index = new_overlay["files"], new_overlay["index"]
     for part in (index, files):           # the host's paths: any name git tracks (control characters too)
@@ -206,9 +206,13 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
         _snapshot(old_index, os.path.join(work, "index.old"))
     changed = _commit_changes(repo, old_head, commit) if old_head else None
     touched = touched_paths(old_head, changed, old_overlay, new_overlay, extra)
-    if recheck is not None:
-        recheck(touched)
     clean_from = old_head if old_head and old_overlay == {"index": {}, "files": {}} else None
+    if recheck is not None:
+        # `read-tree --reset -u` (a VM with changes of its own, a sparse one, or no list of what
+        # the commit changes) rewrites every tracked file that differs from its index entry,
+        # not only the touched ones: then every path is checked.
+        narrow = touched is not None and (clean_from == commit or (clean_from and changed and not _sparse(repo)))
+        recheck(touched if narrow else None)
     journal = {"version": 1, "id": push_id, "phase": "apply", "branch": branch, "commit": commit,
                "overlay": new_overlay, "sources": sources, "in_place": in_place, "extra": list(extra),
                "stale": sorted(p for p, e in old_overlay["files"].items() if e is not None and p not in files),
@@ -450,8 +454,7 @@ def _read_tree(repo, j: dict, env: dict) -> None:
     if j.get("clean_from") == j["commit"]:
         return              # the index holds the commit's tree and every file is as it says
     changed = j.get("changed")
-    sparse = os.path.exists(os.path.join(_git_dir(repo), "info", "sparse-checkout"))
-    if j.get("clean_from") and changed and not sparse:
+    if j.get("clean_from") and changed and not _sparse(repo):
         try:
             # (no post-checkout hook: read-tree runs none either)
             repo.git(["-c", "core.hooksPath=/dev/null", "restore", "--source=" + j["commit"], "--staged",
@@ -467,6 +470,10 @@ def _read_tree(repo, j: dict, env: dict) -> None:
         except AgentError:
             _restart_index(repo)
     repo.git(["read-tree", "--reset", "-u", j["commit"]], env=env)
+
+
+def _sparse(repo) -> bool:
+    return os.path.exists(os.path.join(_git_dir(repo), "info", "sparse-checkout"))
 
 
 def _restart_index(repo) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import struct
 
 IN_MODIFY = 0x00000002
@@ -73,19 +74,21 @@ def filesystem_of(path: str):
     """The type of the file system holding `path`, from /proc/self/mountinfo (None if unknown)."""
     try:
         with open("/proc/self/mountinfo", "rb") as fh:
-            lines = fh.read().decode("utf-8", "surrogateescape").splitlines()
+            lines = fh.read().splitlines()
     except OSError:
         return None
-    best, kind = "", None
+    target = os.fsencode(path)
+    best, kind = b"", None
     for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split(" ")
+        left, sep, right = line.partition(b" - ")
+        fields = left.split(b" ")
         if not sep or len(fields) < 5 or not right:
             continue
-        point = fields[4].encode().decode("unicode_escape") if "\\" in fields[4] else fields[4]
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        # the kernel writes space, tab, newline and backslash as \ooo (octal), bytes as they are
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        inside = target == point or target.startswith(point.rstrip(b"/") + b"/")
         if inside and len(point) >= len(best):
-            best, kind = point, right.split(" ")[0]
+            best, kind = point, right.split(b" ")[0].decode("ascii", "replace")
     return kind
 
 
@@ -109,6 +112,7 @@ class Watches:
         self.budget = min(MAX_DIRECTORIES, _max_user_watches() // 4)
         try:
             self.device = os.lstat(root).st_dev
+            self.identity = identity(root)
             if not self._watch("", "") or not self._watch(".git", "/.git"):
                 raise Unsupported("no worktree at %s" % root)
             self._walk("")
@@ -200,7 +204,8 @@ class Watches:
             changes.lost = True
             return
         if rel.startswith("/.git"):
-            changes.git.add(name if rel == "/.git" else "info/" + name)
+            if name:
+                changes.git.add(name if rel == "/.git" else "info/" + name)
             if rel == "/.git" and mask & IN_ISDIR and name in ("info", "modules"):
                 changes.lost = True     # watched again (or refused) by the next full scan
             return
@@ -208,8 +213,10 @@ class Watches:
             if not rel or mask & IN_UNMOUNT:
                 changes.lost = True     # the worktree itself moved or went, or a file system did
             return                      # (its parent reports a directory moved or removed)
+        if not name:
+            return                      # the directory's own stat data (touch, chmod): its parent says so
         path = name if not rel else rel + "/" + name
-        if name == ".git" or not name:
+        if name == ".git":
             changes.lost = True         # a repository appears or goes: scan in full, watch again
             return
         if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
@@ -223,6 +230,15 @@ class Watches:
                 changes.lost = True
                 return
         changes.paths.add(path)
+
+
+def identity(root: str):
+    """Which worktree and .git `root` names now (device and inode of both): a worktree swapped
+    for another at the same path raises no event in the old one's watches."""
+    try:
+        return tuple((st.st_dev, st.st_ino) for st in (os.stat(root), os.stat(os.path.join(root, ".git"))))
+    except OSError:
+        return None
 
 
 def _max_user_watches() -> int:

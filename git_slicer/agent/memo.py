@@ -163,7 +163,7 @@ class Memo:
         self.root = root
         self.watches = None
         self.disabled_until = 0.0   # no watches possible here until then: every scan is a full one
-        self.known = None           # {"head", "branch", "overlay", "configs", "since"}
+        self.known = None           # {"head", "branch", "overlay", "configs", "since", "sources"}
         self.pending = set()        # paths changed during or since that scan: rescanned next
         self.token = None
         self.recalled = False       # the last state came from memory, not a full scan

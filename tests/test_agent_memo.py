@@ -344,6 +344,35 @@ def test_a_push_into_a_vm_with_changes_checks_every_path_it_may_rewrite(launched
     assert "the VM's own line" in vm_file.read_text()
 
 
+@pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
+def test_a_push_that_checks_every_path_still_leaves_a_state_to_remember(launched):
+    """The check of every path (above) scans the VM in full and renews the memory; the push's
+    journal must name the renewed state, or the state after the push is dropped and the next
+    command scans in full again (what every push after a VM change paid)."""
+    repo, vm = launched
+    shim = vm_home(vm) / "shim"
+    shim.mkdir()
+    log = vm_home(vm) / "git.log"
+    (shim / "git").write_text('#!/bin/sh\nprintf "%%s\\n" "$*" >> %s/git.log\nexec %s "$@"\n'
+                              % (guest_home(vm), shutil.which("git")))
+    (shim / "git").chmod(0o755)
+    install(repo, vm, None, env={"PATH": "%s/shim:/usr/local/bin:/usr/bin:/bin" % guest_home(vm)})
+    repo.write("src/lib.py", "VALUE = 2\n")                     # an overlay in the VM
+    repo.slicer("push", vm)
+    time.sleep(2.1)                                 # the VM's git config files settle (agent/memo.py)
+    assert repo.slicer_json("status", vm)["in_sync"] is True   # the warm agent remembers
+    repo.write("src/app.py", "print('changed on the host')\n")
+    log.write_text("")
+    repo.slicer("push", vm)
+    full_scans = [line for line in log.read_text().splitlines() if line.split()[:1] == ["status"]]
+    assert len(full_scans) == 1, "the check of every path: %s" % full_scans
+    log.write_text("")
+    assert repo.slicer_json("status", vm)["in_sync"] is True
+    statuses = [line for line in log.read_text().splitlines() if " status " in " %s " % line]
+    uninstall(repo)
+    assert statuses == [], "the state after the push was remembered: %s" % statuses
+
+
 def test_what_else_decides_status_is_watched_too(tmp_path, vm_repo, monkeypatch):
     """A replace ref (it changes what HEAD's commit holds, and no file), a core.excludesFile
     inside the worktree, and the global ignore file git reads (under HOME, whatever the agent's

@@ -426,7 +426,7 @@ class Agent:
             old_head=current["head"] if current["exists"] and not excludes_changed else None,
             old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
             reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"),
-            since=memo_mod.token(repo.root), recheck=self._rechecker(repo, current))
+            since=lambda: memo_mod.token(repo.root), recheck=self._rechecker(repo, current))
         crash_point("agent:push-journaled")
         state = transaction.finish(repo, journal)
         return {"ok": True, "path": repo.root, **state}

@@ -155,12 +155,13 @@ def staging(repo) -> str:
 
 
 def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay, members, reuse, extra,
-            shallow, since=None, recheck=None) -> dict:
+            shallow, since=lambda: None, recheck=None) -> dict:
     """Check everything, secure every source of the new state below .git/slicer-push/, and write
     the journal. Nothing in the worktree, index or refs has changed yet; any error here leaves
     the VM exactly as it was. `old_head`: the HEAD the VM's `old_overlay` was scanned against, or
-    None to have the state after the push scanned in full (see touched_paths). `since`: the
-    warm agent's name for that old state (agent/memo.py), handed to the scan after the push.
+    None to have the state after the push scanned in full (see touched_paths). `since()`: the
+    warm agent's name for that old state (agent/memo.py), handed to the scan after the push;
+    asked after `recheck`, which may scan the VM again and renew it.
     `recheck(paths)`: called before anything is secured; it raises when the paths the push
     may write (touched_paths, or None: all of them) are no longer as `old_overlay` says."""
     work = _work(repo)
@@ -219,7 +220,7 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
                "shallow": shallow, "touched": touched,
                # a clean VM moves from its HEAD by restoring the paths the commit changes (see _read_tree)
                "clean_from": clean_from, "changed": changed if clean_from and touched is not None else None,
-               "since": since}
+               "since": since()}
     _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal

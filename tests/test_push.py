@@ -69,8 +69,7 @@ def test_every_push_puts_the_hosts_identity_and_remotes_back(repo):
         repo.write("a.txt", content)
         repo.slicer("push", vm)
 
-    time.sleep(2.1)
-    push("1\n")        # the VM's .git/config is settled now: the agent trusts its memory from here
+    push("1\n")        # the warm agent remembers the VM from here
     repo.git("remote", "set-url", "origin", "https://example.com/acme/two.git")       # the host changes
     repo.git("config", "user.email", "new@example.com")
     push("2\n")

@@ -14,8 +14,10 @@ answers for each), or none. Anything it cannot vouch for means a full scan, exac
     itself is recognised by its stat data;
   - HEAD names another commit or branch, or a replace ref exists (then nothing is remembered);
   - a global or system git config, ignore or attributes file, or the file core.excludesFile or
-    core.attributesFile names, changed (their stat data; one changed in the last 2 s is not
-    trusted);
+    core.attributesFile names, changed: their stat data, and the bytes of one changed within 2 s
+    of being looked at (a second write in the same timestamp tick leaves the stat data as it
+    was); taken before a full scan runs git and compared after it, so a change while git
+    reads them is caught too;
   - a changed path is an ignore or attribute file, .gitmodules or .slicerignore (they change the
     status of other paths), or there are more than MAX_DIRTY changed paths;
   - the last full scan is older than TRUST_SECONDS: what no event reports (a write through a
@@ -49,6 +51,7 @@ MAX_DIRTY_BYTES = 128 * 1024      # their names on one `git status` command line
 TRUST_SECONDS = 60.0
 RETRY_WATCHES_SECONDS = 300.0
 _SETTLED_NS = 2 * 10**9
+_MAX_KEPT_BYTES = 1 << 20       # a recently changed config file larger than this is not trusted
 _RULE_FILES = (".gitignore", ".gitattributes", ".gitmodules")
 # Entries of .git whose change cannot change a path's status (the caller compares HEAD's commit).
 _HARMLESS = {"HEAD", "ORIG_HEAD", "FETCH_HEAD", "COMMIT_EDITMSG", "packed-refs", "refs", "logs", "objects",
@@ -114,22 +117,47 @@ def _config_files() -> list:
     return files
 
 
-def _configs(sources=()):
-    """The stat data of the git config, ignore and attributes files outside the repository (and
-    of `sources`: core.excludesFile and core.attributesFile), or None if one changed too recently
-    to tell a later change from it."""
+def _configs(paths) -> tuple:
+    """(paths, what each is now): the stat data of the git config, ignore and attributes files
+    outside the repository (_config_files, then core.excludesFile and core.attributesFile), None
+    for a missing one. See _now for what else is kept."""
+    paths = tuple(paths)
+    return paths, _now(paths, ())
+
+
+def _now(paths, read) -> list:
+    """What each of `paths` is: its stat data, and its bytes too when it changed in the last 2 s
+    or is in `read` (a write in the same timestamp tick as that change would leave its stat data
+    as it is). None in place of the list when such a file is too large to keep."""
     now = time.time_ns()
     seen = []
-    for path in _config_files() + list(sources):
+    for path in paths:
         try:
             st = os.stat(path)
         except OSError:
             seen.append(None)
             continue
-        if now - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
-            return None
-        seen.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if path in read or now - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read(_MAX_KEPT_BYTES + 1)
+            except OSError:
+                return None
+            if len(data) > _MAX_KEPT_BYTES:
+                return None
+            key += (data,)
+        seen.append(key)
     return seen
+
+
+def _unchanged(configs) -> bool:
+    """Whether the files `configs` (from _configs) describe are as they were then."""
+    paths, then = configs
+    if then is None:
+        return False
+    kept = {path for path, key in zip(paths, then) if key is not None and len(key) == 5}
+    return _now(paths, kept) == then
 
 
 def _harmless(name: str) -> bool:
@@ -163,7 +191,9 @@ class Memo:
         self.root = root
         self.watches = None
         self.disabled_until = 0.0   # no watches possible here until then: every scan is a full one
-        self.known = None           # {"head", "branch", "overlay", "configs", "since", "sources"}
+        self.known = None           # {"head", "branch", "overlay", "configs", "since"}
+        self.sources = ()           # the config files the last full scan's git named (rule_sources)
+        self._scan_configs = None   # the config files as the full scan under way started with
         self.pending = set()        # paths changed during or since that scan: rescanned next
         self.token = None
         self.recalled = False       # the last state came from memory, not a full scan
@@ -186,30 +216,30 @@ class Memo:
         return self.watches.drain()
 
     def _remember(self, changes: Changes, overlay: dict, head, branch, installed, since: float,
-                  sources=None) -> None:
+                  configs) -> None:
+        """Keep `overlay` as the state found, scanned while the config files were `configs`
+        (from _configs, taken before the scan's git ran)."""
         if changes.lost:
             self.forget(watches_too=True)
             return
         git = set(changes.git)
         if "index" in git and same_index(installed, _stat(os.path.join(self.root, ".git", "index"))):
             git.discard("index")        # the index this agent installed, and no later one
-        if sources is None:
-            sources = self.known["sources"] if self.known else ()
-        configs = _configs(sources)
-        if configs is None or not all(_harmless(name) for name in git):
+        if configs is None or not _unchanged(configs) or not all(_harmless(name) for name in git):
             self.forget()
             return
-        self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since,
-                      "sources": tuple(sources)}
+        self.known = {"head": head, "branch": branch, "overlay": overlay, "configs": configs, "since": since}
         self.pending = set(changes.paths)
         self.token = os.urandom(8).hex()
         self._before_push = None
 
     # -- a full scan ----------------------------------------------------------------------------
     def begin_scan(self) -> None:
-        """Before a full scan: the watches in place, earlier events dropped (the scan sees them)."""
+        """Before a full scan: the watches in place, earlier events dropped (the scan sees them),
+        the config files as the scan's git will read them."""
         self.forget()
         self.recalled = False
+        self._scan_configs = None
         if time.monotonic() < self.disabled_until:
             return
         if self.watches is not None and self._drain().lost:
@@ -221,13 +251,20 @@ class Memo:
                 # (a nested repository, too many directories, a remote file system: asked again
                 # later, since what stood in the way may go)
                 self.disabled_until = time.monotonic() + RETRY_WATCHES_SECONDS
+        if self.watches is not None:
+            self._scan_configs = _configs(_config_files() + list(self.sources))
 
     def end_scan(self, overlay: dict, head, branch, installed, sources) -> None:
         """After a full scan: remember what it found; what changed while it ran stays pending.
         `installed`: the stat data of the index the scan installed (or None); `sources`: the
-        files core.excludesFile and core.attributesFile name (absolute paths)."""
-        if self.watches is not None:
-            self._remember(self._drain(), overlay, head, branch, installed, time.monotonic(), sources)
+        files core.excludesFile and core.attributesFile name (absolute paths). When they are
+        not the ones the scan started with, nothing is kept this time (the next scan starts
+        with these)."""
+        configs, self._scan_configs = self._scan_configs, None
+        same_sources = tuple(sources) == self.sources
+        self.sources = tuple(sources)
+        if self.watches is not None and configs is not None and same_sources:
+            self._remember(self._drain(), overlay, head, branch, installed, time.monotonic(), configs)
 
     # -- a request that finds little or nothing changed -------------------------------------------
     def remembers(self) -> bool:
@@ -242,7 +279,7 @@ class Memo:
         if (changes.lost or not all(_harmless(name) for name in changes.git)
                 or (head, branch) != (known["head"], known["branch"])
                 or time.monotonic() - known["since"] > TRUST_SECONDS
-                or _configs(known["sources"]) != known["configs"]
+                or not _unchanged(known["configs"])
                 or len(dirty) > MAX_DIRTY or sum(len(p) + 1 for p in dirty) > MAX_DIRTY_BYTES
                 or any(_decides_status(p) for p in dirty)):
             self.forget(watches_too=changes.lost)
@@ -254,7 +291,7 @@ class Memo:
         """The remembered overlay with `dirty` replaced by `partial`, their fresh scan."""
         known = self.known
         overlay = patched(known["overlay"], dirty, partial)
-        self._remember(self._drain(), overlay, head, branch, None, known["since"])
+        self._remember(self._drain(), overlay, head, branch, None, known["since"], known["configs"])
         return overlay
 
     # -- the state after a push ---------------------------------------------------------------------
@@ -281,7 +318,7 @@ class Memo:
         changes.lost |= before.lost
         changes.git |= before.git
         changes.paths |= {p for p in self.pending | before.paths if not under(p, marks)}
-        self._remember(changes, overlay, head, branch, installed, self.known["since"])
+        self._remember(changes, overlay, head, branch, installed, self.known["since"], self.known["configs"])
 
 
 def _stat(path: str):

@@ -266,6 +266,12 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         diff = overlay_mod.changed_paths(ours, after)
         report.warn("the VM's status differs from the host's after the push: %s"
                     % ", ".join(map(display, diff[:10])))
+    claimed = reply.get("changed_meanwhile")
+    claimed = {p for p in claimed if isinstance(p, str)} if isinstance(claimed, list) else set()
+    edited = sorted(p for p in ours["files"] if p in claimed)       # (only names the host sent)
+    if edited:
+        report.warn("the VM changed %s while the push was applied: that is the VM's change now "
+                    "(`git slicer status %s`)" % (", ".join(map(display, edited[:10])), link.vm))
     return {"up_to_date": False, "first_push": first, "sent": sent, **done}
 
 

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 
 from ..wire.files import write_atomic
 from ..wire.framing import crash_point
-from ..wire.overlay import Entry, decoded, file_mode
+from ..wire.overlay import Entry, FileChanged, decoded, file_mode, hash_worktree_file
 from ..wire.paths import check_relpath, has_control
 from .errors import AgentError
 
@@ -342,12 +342,44 @@ def _finish(repo, journal: dict) -> dict:
     # Only the paths the push touched are scanned: the journal proved every other one clean.
     state = repo.state(paths=journal.get("touched"), vouched=_still_placed(repo, journal, placed),
                        since=journal.get("since"))
+    left, changed = _left_by_push(repo, journal, state["overlay"])
+    state = {**state, "overlay": left, **({"changed_meanwhile": changed} if changed else {})}
     record = {"id": journal["id"], "head": state["head"], "branch": state["branch"], "overlay": state["overlay"]}
     _write_json(os.path.join(_git_dir(repo), APPLIED), record)
     crash_point("agent:push-recorded")
     os.unlink(os.path.join(work, JOURNAL))
     os.rmdir(work)
     return state
+
+
+def _left_by_push(repo, j: dict, overlay: dict):
+    """(The overlay the push left, the paths changed since.) The first is what the host takes as
+    agreed: the scan after the push, except
+    for a file the push placed or removed that has changed since (a VM edit made while the push
+    was applied, or before a killed push was finished). That one counts as the push left it, so
+    the VM's edit shows as the VM's own change, never as an agreed state a later push could
+    overwrite. A file git calls clean (absent from the scan) whose bytes are not the ones placed
+    was changed back by the VM; one with the bytes placed was only converted (eol, a filter)."""
+    files, changed_paths = None, []
+    for path, want in sorted(j["overlay"]["files"].items()):
+        if path in j["in_place"]:
+            continue                    # never touched by the push
+        got = overlay["files"].get(path, "absent")
+        if want is None:
+            changed = got is not None and got != "absent"
+        elif got == "absent":
+            try:
+                now = hash_worktree_file(os.path.join(repo.root, path), repo.algo())
+            except FileChanged:
+                now = None
+            changed = now is None or now.oid != want.oid
+        else:
+            changed = got is None or got.oid != want.oid     # (a mode the VM's file system keeps is its own)
+        if changed:
+            files = files if files is not None else dict(overlay["files"])
+            files[path] = want
+            changed_paths.append(path)
+    return (overlay if files is None else {"index": overlay["index"], "files": files}), changed_paths
 
 
 def _still_placed(repo, j: dict, placed: dict) -> dict:

@@ -5,7 +5,7 @@ Stdlib only: the guest agent imports this module. See docs/protocol.md.
 A frame is a 1-byte type, a 4-byte big-endian payload length, then the payload:
   J  a JSON control message (UTF-8 object)
   D  a chunk of the current binary stream
-  Z  end of the current binary stream: JSON {"bytes": n, "crc32": n}
+  Z  end of the current binary stream: JSON {"bytes": n}
   A  abort of the current binary stream: JSON {"message": text}
 """
 

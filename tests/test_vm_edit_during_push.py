@@ -15,67 +15,88 @@ from hostile_agent import guest_home, install, uninstall, vm_home
 
 pytestmark = pytest.mark.skipif(not HAVE_BWRAP, reason="the local VM runs in the bubblewrap sandbox")
 
-VM_EDIT = "print('edited in the VM while the push was applied')\n"
-# An edit, or the file put back as committed (then git in the VM calls it clean: only its bytes
-# tell it from what the push placed)
-EDITS = pytest.mark.parametrize("edit", ["edited", "reverted"])
+# What the host pushes and what the VM makes of the file before the agent's scan: an edit; the
+# committed version put back (git in the VM then calls it clean: only its bytes tell it from
+# what the push placed); a removed file put back as committed.
+CASES = {
+    "edited": ("src/app.py", "print('the host')\n", "print('edited in the VM while the push was applied')\n"),
+    "reverted": ("src/app.py", "print('the host')\n", None),
+    "recreated": ("src/lib.py", None, None),
+}
+EDITS = pytest.mark.parametrize("edit", sorted(CASES))
 
 
-def vm_edit(repo, edit: str) -> str:
-    return VM_EDIT if edit == "edited" else repo.git("show", "HEAD:src/app.py")
+def pushed_and_edited(repo, edit: str):
+    """(path, what the host pushes (None: removed), what the VM writes there)."""
+    path, host, vm = CASES[edit]
+    return path, host, vm if vm is not None else repo.git("show", "HEAD:" + path)
+
+
+def host_writes(repo, path: str, content) -> None:
+    if content is None:
+        (repo.path / path).unlink()
+    else:
+        repo.write(path, content)
 
 
 def vm_file(vm, rel):
-    return next(vm_home(vm).glob("*/" + rel))
+    return next(vm_home(vm).glob("*/.git")).parent / rel
 
 
-def the_edit_is_the_vms_own(repo, vm, content: str) -> None:
+def the_edit_is_the_vms_own(repo, vm, path: str, host, content: str) -> None:
     """status reports the edit as the VM's, a push of another host version refuses, the VM
     keeps its bytes, and the pull that was asked for brings them home."""
     status = repo.slicer_json("status", vm)
-    assert status["vm_side"]["changed_since_sync"] == ["src/app.py"], status
-    repo.write("src/app.py", "print('the host, once more')\n")
+    assert status["vm_side"]["changed_since_sync"] == [path], status
+    repo.write(path, "print('the host, once more')\n")
     result = repo.slicer("push", vm, check=False)
-    assert result.returncode != 0 and b"src/app.py" in result.stderr, result.stderr
-    assert vm_file(vm, "src/app.py").read_text() == content
-    repo.write("src/app.py", "print('the host')\n")        # back to what was pushed
+    assert result.returncode != 0 and path.encode() in result.stderr, result.stderr
+    assert vm_file(vm, path).read_text() == content
+    host_writes(repo, path, host)                   # back to what was pushed
     repo.slicer("pull", vm)
-    assert (repo.path / "src" / "app.py").read_text() == content
+    assert (repo.path / path).read_text() == content
+
+
+def as_the_push_left_it(vm, path: str, host) -> None:
+    if host is None:
+        assert not vm_file(vm, path).exists()
+    else:
+        assert vm_file(vm, path).read_text() == host
 
 
 @EDITS
 def test_a_vm_edit_to_a_placed_file_while_the_push_is_applied_stays_the_vms(launched, edit):
     repo, vm = launched
+    path, host, content = pushed_and_edited(repo, edit)
     hold = vm_home(vm) / "hold"
     hold.mkdir()
     install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-applied",
                                  "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
-    repo.write("src/app.py", "print('the host')\n")
+    host_writes(repo, path, host)
     push = subprocess.Popen([*SLICER, "push", vm], cwd=repo.path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (hold / "held").exists():
         assert push.poll() is None and time.monotonic() < deadline, push.communicate()
         time.sleep(0.02)
-    placed = vm_file(vm, "src/app.py")
-    assert placed.read_text() == "print('the host')\n"
-    placed.write_text(vm_edit(repo, edit))
+    as_the_push_left_it(vm, path, host)
+    vm_file(vm, path).write_text(content)
     (hold / "go").touch()
     _, err = push.communicate(timeout=60)
     assert push.returncode == 0, err
-    assert b"the VM changed src/app.py while the push was applied" in err, err
+    assert b"the VM changed %s while the push was applied" % path.encode() in err, err
     uninstall(repo)
-    the_edit_is_the_vms_own(repo, vm, vm_edit(repo, edit))
+    the_edit_is_the_vms_own(repo, vm, path, host, content)
 
 
 @EDITS
 def test_a_vm_edit_to_a_placed_file_before_a_killed_push_is_finished_stays_the_vms(launched, edit):
     repo, vm = launched
+    path, host, content = pushed_and_edited(repo, edit)
     install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applied"})
-    repo.write("src/app.py", "print('the host')\n")
+    host_writes(repo, path, host)
     assert repo.slicer("push", vm, check=False).returncode != 0
     uninstall(repo)
-    placed = vm_file(vm, "src/app.py")
-    assert placed.read_text() == "print('the host')\n"      # applied, not yet recorded
-    placed.write_text(vm_edit(repo, edit))
-    the_edit_is_the_vms_own(repo, vm, vm_edit(repo, edit))      # its status finishes the push first
+    as_the_push_left_it(vm, path, host)             # applied, not yet recorded
+    vm_file(vm, path).write_text(content)
+    the_edit_is_the_vms_own(repo, vm, path, host, content)      # its status finishes the push first

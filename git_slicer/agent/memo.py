@@ -179,7 +179,7 @@ def under(path: str, marks: set) -> bool:
         path = path[:cut]
 
 
-def patched(overlay: dict, dirty, partial: dict) -> dict:
+def with_rescanned(overlay: dict, dirty, partial: dict) -> dict:
     """`overlay` with everything at or below `dirty` replaced by `partial` (their scan)."""
     marks = set(dirty)
     return {part: {**{p: e for p, e in overlay[part].items() if not under(p, marks)}, **partial[part]}
@@ -290,7 +290,7 @@ class Memo:
     def patched(self, dirty, partial: dict, head, branch) -> dict:
         """The remembered overlay with `dirty` replaced by `partial`, their fresh scan."""
         known = self.known
-        overlay = patched(known["overlay"], dirty, partial)
+        overlay = with_rescanned(known["overlay"], dirty, partial)
         self._remember(self._drain(), overlay, head, branch, None, known["since"], known["configs"])
         return overlay
 

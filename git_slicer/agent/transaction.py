@@ -360,13 +360,13 @@ def _left_by_push(repo, j: dict, overlay: dict):
     the VM's edit shows as the VM's own change, never as an agreed state a later push could
     overwrite. A file git calls clean (absent from the scan) whose bytes are not the ones placed
     was changed back by the VM; one with the bytes placed was only converted (eol, a filter)."""
-    files, changed_paths = None, []
+    files, changed_paths, in_place = None, [], set(j["in_place"])
     for path, want in sorted(j["overlay"]["files"].items()):
-        if path in j["in_place"]:
+        if path in in_place:
             continue                    # never touched by the push
         got = overlay["files"].get(path, "absent")
-        if want is None:
-            changed = got is not None and got != "absent"
+        if want is None:                # removed: back if it is there (not listed: there and clean)
+            changed = got is not None and (got != "absent" or os.path.lexists(os.path.join(repo.root, path)))
         elif got == "absent":
             try:
                 now = hash_worktree_file(os.path.join(repo.root, path), repo.algo())

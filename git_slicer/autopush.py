@@ -1,23 +1,27 @@
 """The background half of the hooks: push the worktree to its linked VMs, coalescing triggers,
 and stay for a while (slicer.autoPushIdle) so the next commit's hook costs no fork.
 
-The hook (shell) creates `<git-path slicer>/autopush.pending`. If autopush.running names a live
-runner (its pid and start time, as /proc shows them), the hook only wakes it with SIGUSR1;
-otherwise it starts `python -c '...autopush.main()' HOOK GITDIR` detached (the worktree kept off
+The hook (shell) creates `<git-path slicer>/autopush.pending`. If a live runner is there (a
+marker `autopush.pid.PID` that the process PID holds open as its descriptor MARKER_FD, which
+/proc/PID/fd/MARKER_FD shows: two stat calls in the hook, no file read), the hook only wakes it
+with SIGUSR1; otherwise it starts `python -c '...autopush.main()' HOOK GITDIR` detached (the worktree kept off
 sys.path), with output appended to autopush.log. Here, before anything heavy is imported:
 
     take autopush.lock (flock, non-blocking) - held: the holder will see `pending`; exit
+    hold its marker (and remove the markers of runners that were killed)
     loop: write autopush.running (pid, start time, "busy"), take `pending` and wait for the
           burst to settle (SETTLE), push to every linked VM, again while `pending` came back;
           then mark autopush.running "wait" and sleep until a signal or a `pending` appears
           (checked every POLL seconds too), for at most slicer.autoPushIdle seconds
-    leave: remove autopush.running, release the lock, and go round again if `pending` came
+    leave: remove its marker and autopush.running, release the lock, and go round again if `pending` came
            back meanwhile (a hook that saw no runner started another, which lost the lock)
 
 so a burst of commits ends in one or a few pushes whose final state is the last commit, and a
 trigger is never lost: the hook writes `pending` before it looks for a runner, and a runner
-looks for `pending` after it stopped announcing itself. A stale autopush.running (the runner was
-killed, its pid reused) does not match /proc, so no other process is ever signalled.
+looks for `pending` after it stopped announcing itself. A stale marker (the runner was killed,
+its pid reused) is not what that pid holds open, so no other process is ever signalled.
+autopush.running (`PID STARTTIME STATE`) says what the runner does, for `hooks status`, `stop`,
+and the hook blocks of git-slicer before template version 3, which read it.
 Each result (ok / refused / failed / skipped) goes to the log and to autopush.json, which
 `git slicer hooks status` shows. Nothing here ever raises into the user's git command.
 """
@@ -32,6 +36,8 @@ from .wire.files import utc_now, write_atomic   # os and time only: cheap on the
 PENDING = "autopush.pending"
 LOCK = "autopush.lock"
 RUNNING = "autopush.running"
+MARKER = "autopush.pid."      # + the runner's pid; hooks/block.tmpl looks for it
+MARKER_FD = 97                # the descriptor the runner holds its marker open as (block.tmpl too)
 LOG = "autopush.log"
 STATE = "autopush.json"
 LOG_LIMIT = 1024 * 1024
@@ -168,6 +174,29 @@ def _unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _hold_marker(slicer_dir: str) -> str:
+    """Create and hold open (as MARKER_FD) this runner's marker; remove the ones runners that
+    were killed left behind (the caller holds autopush.lock: no other runner is alive)."""
+    mine = MARKER + str(os.getpid())
+    for name in os.listdir(slicer_dir):
+        if name.startswith(MARKER) and name != mine:
+            _unlink(os.path.join(slicer_dir, name))
+    path = os.path.join(slicer_dir, mine)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    if fd != MARKER_FD:
+        os.dup2(fd, MARKER_FD, inheritable=False)
+        os.close(fd)
+    return path
+
+
+def _drop_marker(path: str) -> None:
+    _unlink(path)
+    try:
+        os.close(MARKER_FD)
+    except OSError:
+        pass
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -283,11 +312,18 @@ def run(hook: str, git_dir: str) -> int:
         return 0
     try:
         while _try_lock(fd):
+            marker = None
             try:
+                try:
+                    marker = _hold_marker(slicer_dir)
+                except OSError as exc:           # hooks then start runners that lose the lock
+                    _log(slicer_dir, "%s: cannot hold the runner's marker: %s" % (hook, exc))
                 _serve(slicer_dir, hook, signals)
                 _pause_point("autopush:leaving")
             finally:
-                _unlink(running)                 # first: from here on a new trigger starts a runner
+                if marker is not None:           # first: from here on a new trigger starts a runner
+                    _drop_marker(marker)
+                _unlink(running)
                 _pause_point("autopush:left")
                 _unlock(fd)
             if not os.path.exists(pending):      # a trigger that came while we were leaving

@@ -30,7 +30,7 @@ from .links import LinkStore
 from .wire.files import write_atomic
 
 HOOKS = ("post-commit", "post-merge", "post-rewrite")
-TEMPLATE_VERSION = 2
+TEMPLATE_VERSION = 3
 BACKUP_SUFFIX = ".pre-slicer"
 _START = b"## START GIT-SLICER HOOK"
 _END = b"## END GIT-SLICER HOOK"

@@ -131,15 +131,19 @@ def test_runner_killed_with_sigkill(launched, tmp_path):
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: autopush.runner(slicer_dir(repo)) is None, what="the killed runner to be gone")
     assert os.path.exists(os.path.join(slicer_dir(repo), "autopush.running"))      # stale, left behind
+    stale_marker = os.path.join(slicer_dir(repo), autopush.MARKER + str(pid))
+    assert os.path.exists(stale_marker)
     assert repo.slicer_json("hooks", "status")["runner"]["state"] == "idle"
     commit(repo, "after the kill")
     assert_vm_matches(repo, vm)
     assert starts(count) == 2 and waiting_runner(repo) not in (None, pid)
+    assert not os.path.exists(stale_marker), "the next runner removes what a killed one left"
 
 
 def test_stale_runner_file_naming_another_live_process(launched, tmp_path):
     """The runner died and its pid now belongs to another process (here: a `sleep`, which SIGUSR1
-    would kill): the start time in autopush.running does not match, so nothing is signalled."""
+    would kill): its marker is not what that process holds open, and the start time in
+    autopush.running does not match, so nothing is signalled."""
     repo, vm = launched
     count = install_counting(repo, tmp_path)
     repo.git("config", "slicer.autoPushIdle", "0")
@@ -148,6 +152,8 @@ def test_stale_runner_file_naming_another_live_process(launched, tmp_path):
         real = autopush.start_time(other.pid)[0]
         with open(os.path.join(slicer_dir(repo), "autopush.running"), "w") as fh:
             fh.write("%d %d wait\n" % (other.pid, int(real) - 1))     # the dead runner's start time
+        with open(os.path.join(slicer_dir(repo), autopush.MARKER + str(other.pid)), "w"):
+            pass
         assert autopush.runner(slicer_dir(repo)) is None
         assert repo.slicer_json("hooks", "status")["runner"]["state"] != "running"
         commit(repo, "with a stale runner file")

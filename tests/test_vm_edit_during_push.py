@@ -5,6 +5,7 @@ state both sides agree on. A VM user (or agent) who edits a placed file between 
 and that scan, or before a killed push is finished, must not have the edit agreed: a later push
 would then overwrite it without a word (agent/transaction.py, _left_by_push)."""
 
+import os
 import subprocess
 import time
 
@@ -100,3 +101,134 @@ def test_a_vm_edit_to_a_placed_file_before_a_killed_push_is_finished_stays_the_v
     as_the_push_left_it(vm, path, host)             # applied, not yet recorded
     vm_file(vm, path).write_text(content)
     the_edit_is_the_vms_own(repo, vm, path, host, content)      # its status finishes the push first
+
+
+# -- every path the push writes, not only the files it places ---------------------------------
+def held_push(repo, vm, while_held):
+    """Push, held after applying and before the agent's scan; `while_held()` meanwhile."""
+    hold = vm_home(vm) / "hold"
+    hold.mkdir(exist_ok=True)
+    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-applied",
+                                 "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
+    push = subprocess.Popen([*SLICER, "push", vm], cwd=repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (hold / "held").exists():
+        assert push.poll() is None and time.monotonic() < deadline, push.communicate()
+        time.sleep(0.02)
+    while_held()
+    (hold / "go").touch()
+    _, err = push.communicate(timeout=60)
+    uninstall(repo)
+    assert push.returncode == 0, err
+    return err
+
+
+def stays_the_vms(repo, vm, path: str, content) -> None:
+    """status names `path` as the VM's change, and a push of other host work leaves it as is."""
+    status = repo.slicer_json("status", vm)
+    assert status["vm_side"]["changed_since_sync"] == [path], status
+    repo.write("src/app.py", "print('more host work')\n")
+    repo.slicer("push", vm, check=False)
+    if content is None:
+        assert not vm_file(vm, path).exists()
+    else:
+        assert vm_file(vm, path).read_text() == content
+
+
+def test_a_vm_edit_to_a_file_the_commit_changed_stays_the_vms(launched):
+    """git writes the commit's files (restore, read-tree), not the host's stream."""
+    repo, vm = launched
+    repo.write("README.md", "# project, new commit\n")
+    repo.commit("readme")
+    held_push(repo, vm, lambda: vm_file(vm, "README.md").write_text("VM work\n"))
+    stays_the_vms(repo, vm, "README.md", "VM work\n")
+
+
+def test_a_vm_edit_to_a_file_the_commit_changed_before_a_killed_push_is_finished_stays_the_vms(launched):
+    repo, vm = launched
+    repo.write("README.md", "# project, new commit\n")
+    repo.commit("readme")
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applied"})
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    vm_file(vm, "README.md").write_text("VM work\n")
+    stays_the_vms(repo, vm, "README.md", "VM work\n")
+
+
+def test_a_file_the_commit_removed_and_the_vm_puts_back_stays_the_vms(launched):
+    repo, vm = launched
+    repo.git("rm", "-q", "src/lib.py")
+    repo.commit("drop lib")
+    held_push(repo, vm, lambda: vm_file(vm, "src/lib.py").write_text("VM work\n"))
+    stays_the_vms(repo, vm, "src/lib.py", "VM work\n")
+
+
+def test_a_vm_edit_to_a_file_the_push_kept_in_place_stays_the_vms(launched):
+    """notes.txt is the same on both sides: the push reuses it and never touches it."""
+    repo, vm = launched
+    repo.write("notes.txt", "host notes\n")
+    repo.slicer("push", vm)
+    repo.write("README.md", "# more host work\n")
+    held_push(repo, vm, lambda: vm_file(vm, "notes.txt").write_text("VM work\n"))
+    stays_the_vms(repo, vm, "notes.txt", "VM work\n")
+
+
+def test_an_untracked_file_the_push_removed_and_the_vm_puts_back_stays_the_vms(launched):
+    repo, vm = launched
+    repo.write("notes.txt", "host notes\n")
+    repo.slicer("push", vm)
+    (repo.path / "notes.txt").unlink()
+    held_push(repo, vm, lambda: vm_file(vm, "notes.txt").write_text("VM notes\n"))
+    stays_the_vms(repo, vm, "notes.txt", "VM notes\n")
+
+
+def nothing_changed_in_the_vm(repo, vm, err) -> None:
+    assert b"while the push was applied" not in err, err
+    assert repo.slicer_json("status", vm)["vm_side"]["changed_since_sync"] == []
+    repo.write("README.md", "# once more\n")
+    result = repo.slicer("push", vm, check=False)
+    assert result.returncode == 0 and b"while the push was applied" not in result.stderr, result.stderr
+    status = repo.slicer_json("status", vm)
+    assert status["vm_side"]["changed_since_sync"] == [] and status["host"]["changed_since_sync"] == [], status
+
+
+def test_conversions_modes_and_links_are_never_taken_for_vm_changes(repo):
+    repo.write(".gitattributes", "*.txt text eol=crlf\n*.dat filter=rot\n*.auto text=auto\n")
+    repo.git("config", "filter.rot.clean", "tr a-z n-za-m")           # a filter the VM lacks
+    repo.git("config", "filter.rot.smudge", "tr a-z n-za-m")
+    repo.write("a.txt", "one\ntwo\n")
+    repo.write("b.dat", "hello\n")
+    repo.write("c.auto", "x\r\ny\r\n")
+    repo.commit("attributes")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.write("a.txt", "one\r\nthree\r\n")
+    repo.write("b.dat", "hello again\n")
+    repo.write("c.auto", "x\r\nz\r\n")
+    (repo.path / "bin/run").chmod(0o644)
+    repo.write("src/app.py", "staged\n")
+    repo.git("add", "src/app.py")
+    repo.write("src/app.py", "staged then edited\n")
+    (repo.path / "app-link").unlink()
+    os.symlink("README.md", repo.path / "app-link")
+    repo.write("new.txt", "new\n")
+    result = repo.slicer("push", vm, check=False)
+    assert result.returncode == 0, result.stderr
+    nothing_changed_in_the_vm(repo, vm, result.stderr)
+
+
+def test_a_sparse_vm_ignored_files_and_force_are_never_taken_for_vm_changes(repo):
+    repo.write(".gitignore", "*.log\n")
+    repo.write("docs/guide.md", "guide\n")
+    repo.commit("docs")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.vm_git(vm, "sparse-checkout", "set", "--no-cone", "/src/", "/bin/", "/.gitignore")
+    repo.write("docs/guide.md", "guide, edited on the host\n")       # outside the VM's sparse set
+    repo.write("build.log", "ignored\n")
+    result = repo.slicer("push", "--include-ignored", vm, check=False)
+    assert result.returncode == 0 and b"while the push was applied" not in result.stderr, result.stderr
+    vm_file(vm, "src/app.py").write_text("VM work\n")
+    repo.write("src/lib.py", "VALUE = 3\n")
+    result = repo.slicer("push", "--force", vm, check=False)
+    assert result.returncode == 0 and b"while the push was applied" not in result.stderr, result.stderr
+    assert repo.slicer_json("status", vm)["vm_side"]["changed_since_sync"] == []
+

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 
 from ..wire.files import write_atomic
 from ..wire.framing import crash_point
-from ..wire.overlay import Entry, FileChanged, decoded, file_mode, hash_worktree_file
+from ..wire.overlay import Entry, decoded, file_mode
 from ..wire.paths import check_relpath, has_control
 from .errors import AgentError
 
@@ -328,6 +328,7 @@ def _finish(repo, journal: dict) -> dict:
     placed = {}
     if journal.get("phase") == "apply":
         placed = _apply(repo, journal)
+        journal["left"] = {path: _stat_mark(repo.root, path) for path in _written(journal)}
         _sync(repo.root)               # the new state on disk before the journal says it is there
         journal["phase"] = "applied"
         _write_json(os.path.join(work, JOURNAL), journal)
@@ -352,34 +353,58 @@ def _finish(repo, journal: dict) -> dict:
     return state
 
 
+def _written(j: dict) -> list:
+    """The paths the push may have written: the touched paths, or (a checkout rewritten in
+    full) those the overlays and the removed untracked files name."""
+    if j.get("touched") is not None:
+        return j["touched"]
+    return sorted(set(j["overlay"]["index"]) | set(j["overlay"]["files"]) | set(j["stale"]) | set(j["extra"]))
+
+
+def _stat_mark(root: str, path: str):
+    """What a path is once the push has applied (stat data but ctime, which dropping the staged
+    sources moves): None when it is not there, "dir" for a directory (a submodule; not compared)."""
+    try:
+        st = os.lstat(os.path.join(root, path))
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode]
+
+
+_ABSENT = "absent"
+
+
 def _left_by_push(repo, j: dict, overlay: dict):
-    """(The overlay the push left, the paths changed since.) The first is what the host takes as
-    agreed: the scan after the push, except
-    for a file the push placed or removed that has changed since (a VM edit made while the push
-    was applied, or before a killed push was finished). That one counts as the push left it, so
-    the VM's edit shows as the VM's own change, never as an agreed state a later push could
-    overwrite. A file git calls clean (absent from the scan) whose bytes are not the ones placed
-    was changed back by the VM; one with the bytes placed was only converted (eol, a filter)."""
-    files, changed_paths, in_place = None, [], set(j["in_place"])
-    for path, want in sorted(j["overlay"]["files"].items()):
-        if path in in_place:
-            continue                    # never touched by the push
-        got = overlay["files"].get(path, "absent")
-        if want is None:                # removed: back if it is there (not listed: there and clean)
-            changed = got is not None and (got != "absent" or os.path.lexists(os.path.join(repo.root, path)))
-        elif got == "absent":
-            try:
-                now = hash_worktree_file(os.path.join(repo.root, path), repo.algo())
-            except FileChanged:
-                now = None
-            changed = now is None or now.oid != want.oid
-        else:
-            changed = got is None or got.oid != want.oid     # (a mode the VM's file system keeps is its own)
-        if changed:
-            files = files if files is not None else dict(overlay["files"])
-            files[path] = want
-            changed_paths.append(path)
-    return (overlay if files is None else {"index": overlay["index"], "files": files}), changed_paths
+    """(The overlay the push left, the paths the VM changed since.) The first is what the host
+    takes as agreed: the scan after the push, except for a path the VM changed between the
+    apply and that scan (while the push was applied, or before a killed push was finished by
+    the next request). That path counts as the push left it (its entries in the push's overlay,
+    or clean), so the VM's change shows as the VM's own, never as an agreed state a later push
+    could overwrite. A path is changed when its stat data moved since the apply (journal
+    "left"; a path git lists only because of a conversion, eol say, has not moved and stays as
+    git says). Not seen: a same-size rewrite in place within the timestamp tick of the apply,
+    which leaves the stat data as it was (and the scan takes a just-placed file's blob id from
+    its stat data, _still_placed)."""
+    new = j["overlay"]
+    changed = [path for path, then in sorted((j.get("left") or {}).items())
+               if then != "dir" and _stat_mark(repo.root, path) != then]
+    left = {part: dict(overlay[part]) for part in ("index", "files")}
+    differs = []
+    for path in changed:
+        moved = False
+        for part in ("index", "files"):
+            want, got = new[part].get(path, _ABSENT), left[part].get(path, _ABSENT)
+            if want != got:
+                moved = True
+                if want == _ABSENT:
+                    del left[part][path]
+                else:
+                    left[part][path] = want
+        if moved:
+            differs.append(path)
+    return (left if differs else overlay), differs
 
 
 def _still_placed(repo, j: dict, placed: dict) -> dict:

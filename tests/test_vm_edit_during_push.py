@@ -1,9 +1,9 @@
-"""A VM edit to a file a push has just placed is the VM's change, never the agreed state.
+"""A VM change to a path a push has just written is the VM's change, never the agreed state.
 
 The agent scans the paths a push touched after applying it, and the host takes that scan as the
-state both sides agree on. A VM user (or agent) who edits a placed file between the placement
-and that scan, or before a killed push is finished, must not have the edit agreed: a later push
-would then overwrite it without a word (agent/transaction.py, _left_by_push)."""
+state both sides agree on. A VM user (or agent) who changes one of those paths between the apply
+and that scan, or before a killed push is finished, must not have the change agreed: a later
+push would then overwrite it without a word (agent/transaction.py, _left_by_push)."""
 
 import os
 import subprocess
@@ -58,54 +58,9 @@ def the_edit_is_the_vms_own(repo, vm, path: str, host, content: str) -> None:
     assert (repo.path / path).read_text() == content
 
 
-def as_the_push_left_it(vm, path: str, host) -> None:
-    if host is None:
-        assert not vm_file(vm, path).exists()
-    else:
-        assert vm_file(vm, path).read_text() == host
-
-
-@EDITS
-def test_a_vm_edit_to_a_placed_file_while_the_push_is_applied_stays_the_vms(launched, edit):
-    repo, vm = launched
-    path, host, content = pushed_and_edited(repo, edit)
-    hold = vm_home(vm) / "hold"
-    hold.mkdir()
-    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-applied",
-                                 "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
-    host_writes(repo, path, host)
-    push = subprocess.Popen([*SLICER, "push", vm], cwd=repo.path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (hold / "held").exists():
-        assert push.poll() is None and time.monotonic() < deadline, push.communicate()
-        time.sleep(0.02)
-    as_the_push_left_it(vm, path, host)
-    vm_file(vm, path).write_text(content)
-    (hold / "go").touch()
-    _, err = push.communicate(timeout=60)
-    assert push.returncode == 0, err
-    assert b"the VM changed %s while the push was applied" % path.encode() in err, err
-    uninstall(repo)
-    the_edit_is_the_vms_own(repo, vm, path, host, content)
-
-
-@EDITS
-def test_a_vm_edit_to_a_placed_file_before_a_killed_push_is_finished_stays_the_vms(launched, edit):
-    repo, vm = launched
-    path, host, content = pushed_and_edited(repo, edit)
-    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applied"})
-    host_writes(repo, path, host)
-    assert repo.slicer("push", vm, check=False).returncode != 0
-    uninstall(repo)
-    as_the_push_left_it(vm, path, host)             # applied, not yet recorded
-    vm_file(vm, path).write_text(content)
-    the_edit_is_the_vms_own(repo, vm, path, host, content)      # its status finishes the push first
-
-
-# -- every path the push writes, not only the files it places ---------------------------------
-def held_push(repo, vm, while_held):
-    """Push, held after applying and before the agent's scan; `while_held()` meanwhile."""
+def held_push(repo, vm, while_held) -> bytes:
+    """Push, held after applying and before the agent's scan, `while_held()` meanwhile; its
+    stderr."""
     hold = vm_home(vm) / "hold"
     hold.mkdir(exist_ok=True)
     install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-applied",
@@ -121,6 +76,40 @@ def held_push(repo, vm, while_held):
     uninstall(repo)
     assert push.returncode == 0, err
     return err
+
+
+def as_the_push_left_it(vm, path: str, host) -> None:
+    if host is None:
+        assert not vm_file(vm, path).exists()
+    else:
+        assert vm_file(vm, path).read_text() == host
+
+
+@EDITS
+def test_a_vm_edit_to_a_placed_file_while_the_push_is_applied_stays_the_vms(launched, edit):
+    repo, vm = launched
+    path, host, content = pushed_and_edited(repo, edit)
+    host_writes(repo, path, host)
+
+    def edit_in_the_vm():
+        as_the_push_left_it(vm, path, host)
+        vm_file(vm, path).write_text(content)
+    err = held_push(repo, vm, edit_in_the_vm)
+    assert b"the VM changed %s while the push was applied" % path.encode() in err, err
+    the_edit_is_the_vms_own(repo, vm, path, host, content)
+
+
+@EDITS
+def test_a_vm_edit_to_a_placed_file_before_a_killed_push_is_finished_stays_the_vms(launched, edit):
+    repo, vm = launched
+    path, host, content = pushed_and_edited(repo, edit)
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applied"})
+    host_writes(repo, path, host)
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    as_the_push_left_it(vm, path, host)             # applied, not yet recorded
+    vm_file(vm, path).write_text(content)
+    the_edit_is_the_vms_own(repo, vm, path, host, content)      # its status finishes the push first
 
 
 def stays_the_vms(repo, vm, path: str, content) -> None:
@@ -163,21 +152,17 @@ def test_a_file_the_commit_removed_and_the_vm_puts_back_stays_the_vms(launched):
     stays_the_vms(repo, vm, "src/lib.py", "VM work\n")
 
 
-def test_a_vm_edit_to_a_file_the_push_kept_in_place_stays_the_vms(launched):
-    """notes.txt is the same on both sides: the push reuses it and never touches it."""
+@pytest.mark.parametrize("host", ["kept", "removed"])
+def test_an_untracked_file_the_push_keeps_or_removes_stays_the_vms_once_changed(launched, host):
+    """notes.txt was pushed before. Kept: the same on both sides, reused and never touched.
+    Removed: deleted on the host, so the push removes it and the VM puts it back."""
     repo, vm = launched
     repo.write("notes.txt", "host notes\n")
     repo.slicer("push", vm)
-    repo.write("README.md", "# more host work\n")
-    held_push(repo, vm, lambda: vm_file(vm, "notes.txt").write_text("VM work\n"))
-    stays_the_vms(repo, vm, "notes.txt", "VM work\n")
-
-
-def test_an_untracked_file_the_push_removed_and_the_vm_puts_back_stays_the_vms(launched):
-    repo, vm = launched
-    repo.write("notes.txt", "host notes\n")
-    repo.slicer("push", vm)
-    (repo.path / "notes.txt").unlink()
+    if host == "kept":
+        repo.write("README.md", "# more host work\n")
+    else:
+        (repo.path / "notes.txt").unlink()
     held_push(repo, vm, lambda: vm_file(vm, "notes.txt").write_text("VM notes\n"))
     stays_the_vms(repo, vm, "notes.txt", "VM notes\n")
 

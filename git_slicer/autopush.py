@@ -4,8 +4,9 @@ and stay for a while (slicer.autoPushIdle) so the next commit's hook costs no fo
 The hook (shell) creates `<git-path slicer>/autopush.pending`. If a live runner is there (a
 marker `autopush.pid.PID` that the process PID holds open as its descriptor MARKER_FD, which
 /proc/PID/fd/MARKER_FD shows: two stat calls in the hook, no file read), the hook only wakes it
-with SIGUSR1; otherwise it starts `python -c '...autopush.main()' HOOK GITDIR` detached (the worktree kept off
-sys.path), with output appended to autopush.log. Here, before anything heavy is imported:
+with SIGUSR1; otherwise it starts `python -c '...autopush.main()' HOOK GITDIR` detached (the
+worktree kept off sys.path), with output appended to autopush.log. Here, before anything heavy
+is imported:
 
     take autopush.lock (flock, non-blocking) - held: the holder will see `pending`; exit
     hold its marker (and remove the markers of runners that were killed)
@@ -13,8 +14,9 @@ sys.path), with output appended to autopush.log. Here, before anything heavy is 
           burst to settle (SETTLE), push to every linked VM, again while `pending` came back;
           then mark autopush.running "wait" and sleep until a signal or a `pending` appears
           (checked every POLL seconds too), for at most slicer.autoPushIdle seconds
-    leave: remove its marker and autopush.running, release the lock, and go round again if `pending` came
-           back meanwhile (a hook that saw no runner started another, which lost the lock)
+    leave: remove its marker and autopush.running, release the lock, and go round again if
+           `pending` came back meanwhile (a hook that saw no runner started another, which lost
+           the lock)
 
 so a burst of commits ends in one or a few pushes whose final state is the last commit, and a
 trigger is never lost: the hook writes `pending` before it looks for a runner, and a runner

@@ -217,3 +217,32 @@ def test_a_sparse_vm_ignored_files_and_force_are_never_taken_for_vm_changes(repo
     assert result.returncode == 0 and b"while the push was applied" not in result.stderr, result.stderr
     assert repo.slicer_json("status", vm)["vm_side"]["changed_since_sync"] == []
 
+
+
+def test_a_vm_commit_made_while_the_push_streams_stops_the_push(launched):
+    """The VM's git does not take the agent's lock: a commit there while the pack comes in
+    would be moved off its branch by the push (left in the reflog alone). The push stops with
+    nothing written, and the next one asks for a pull first."""
+    repo, vm = launched
+    repo.write("README.md", "# the host's commit\n")
+    repo.commit("host")
+    hold = vm_home(vm) / "hold"
+    hold.mkdir(exist_ok=True)
+    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-received",
+                                 "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
+    push = subprocess.Popen([*SLICER, "push", vm], cwd=repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (hold / "held").exists():
+        assert push.poll() is None and time.monotonic() < deadline, push.communicate()
+        time.sleep(0.02)
+    vm_file(vm, "src/app.py").write_text("print('the VM agent')\n")
+    repo.vm_git(vm, "commit", "-q", "-am", "the VM's own commit")
+    vm_commit = repo.vm_git(vm, "rev-parse", "HEAD").strip()
+    (hold / "go").touch()
+    _, err = push.communicate(timeout=60)
+    uninstall(repo)
+    assert push.returncode != 0 and b"changed since it was inspected" in err, err
+    assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == vm_commit
+    again = repo.slicer("push", vm, check=False)
+    assert again.returncode != 0 and b"new commits" in again.stderr, again.stderr
+    assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == vm_commit

@@ -421,6 +421,9 @@ class Agent:
                 members[m.path] = m
         request["_streaming"] = False
         self._verify_members(repo, members, new_overlay)
+        if current["exists"] and self._head_moved(repo, current):
+            raise AgentError("vm-changed", "the VM repository changed since it was inspected (a commit or "
+                             "checkout in the VM while the push was sent); retry")
         journal = transaction.prepare(
             repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
             old_head=current["head"] if current["exists"] and not excludes_changed else None,
@@ -631,6 +634,14 @@ class Agent:
                 memo.forget()
                 raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
         return recheck
+
+    @staticmethod
+    def _head_moved(repo: Repo, current: dict) -> bool:
+        """Whether HEAD or its branch moved since `current` was read: the VM's git does not take
+        the agent lock, and the push's update-ref would leave a commit made while the streams
+        came in to the reflog alone. (A HEAD that is neither a branch nor a commit is not read.)"""
+        head = memo_mod.read_head(repo.root, _Branches(repo.root, repo.env).result())
+        return head is not None and head != (current["head"], current["branch"])
 
     def _verify_members(self, repo: Repo, members: dict, new_overlay: dict) -> None:
         """End-to-end check: every file's bytes hash to the blob id the host announced (hashed

@@ -58,13 +58,12 @@ def the_edit_is_the_vms_own(repo, vm, path: str, host, content: str) -> None:
     assert (repo.path / path).read_text() == content
 
 
-def held_push(repo, vm, while_held) -> bytes:
-    """Push, held after applying and before the agent's scan, `while_held()` meanwhile; its
-    stderr."""
+def held_push(repo, vm, while_held, at="agent:push-applied", succeeds=True) -> bytes:
+    """Push, held at `at` (after applying, before the agent's scan), `while_held()` meanwhile;
+    its stderr."""
     hold = vm_home(vm) / "hold"
     hold.mkdir(exist_ok=True)
-    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-applied",
-                                 "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
+    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": at, "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
     push = subprocess.Popen([*SLICER, "push", vm], cwd=repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (hold / "held").exists():
@@ -74,7 +73,7 @@ def held_push(repo, vm, while_held) -> bytes:
     (hold / "go").touch()
     _, err = push.communicate(timeout=60)
     uninstall(repo)
-    assert push.returncode == 0, err
+    assert (push.returncode == 0) == succeeds, err
     return err
 
 
@@ -226,22 +225,15 @@ def test_a_vm_commit_made_while_the_push_streams_stops_the_push(launched):
     repo, vm = launched
     repo.write("README.md", "# the host's commit\n")
     repo.commit("host")
-    hold = vm_home(vm) / "hold"
-    hold.mkdir(exist_ok=True)
-    install(repo, vm, None, env={"GIT_SLICER_TEST_HOLD_AT": "agent:push-received",
-                                 "GIT_SLICER_TEST_HOLD_DIR": guest_home(vm) + "/hold"})
-    push = subprocess.Popen([*SLICER, "push", vm], cwd=repo.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (hold / "held").exists():
-        assert push.poll() is None and time.monotonic() < deadline, push.communicate()
-        time.sleep(0.02)
-    vm_file(vm, "src/app.py").write_text("print('the VM agent')\n")
-    repo.vm_git(vm, "commit", "-q", "-am", "the VM's own commit")
-    vm_commit = repo.vm_git(vm, "rev-parse", "HEAD").strip()
-    (hold / "go").touch()
-    _, err = push.communicate(timeout=60)
-    uninstall(repo)
-    assert push.returncode != 0 and b"changed since it was inspected" in err, err
+    made = {}
+
+    def commit_in_the_vm():
+        vm_file(vm, "src/app.py").write_text("print('the VM agent')\n")
+        repo.vm_git(vm, "commit", "-q", "-am", "the VM's own commit")
+        made["commit"] = repo.vm_git(vm, "rev-parse", "HEAD").strip()
+    err = held_push(repo, vm, commit_in_the_vm, at="agent:push-received", succeeds=False)
+    assert b"changed since it was inspected" in err, err
+    vm_commit = made["commit"]
     assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == vm_commit
     again = repo.slicer("push", vm, check=False)
     assert again.returncode != 0 and b"new commits" in again.stderr, again.stderr

@@ -23,7 +23,7 @@ from .wire import overlay as overlay_mod
 from .wire import tarstream
 from .wire.files import utc_now
 from .wire.framing import ProtocolError, StreamAborted, crash_point
-from .wire.paths import display
+from .wire.paths import UnsafePath, check_relpath, display
 
 
 @dataclass
@@ -266,13 +266,24 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         diff = overlay_mod.changed_paths(ours, after)
         report.warn("the VM's status differs from the host's after the push: %s"
                     % ", ".join(map(display, diff[:10])))
-    claimed = reply.get("changed_meanwhile")
-    claimed = {p for p in claimed if isinstance(p, str)} if isinstance(claimed, list) else set()
-    edited = sorted(p for p in ours["files"] if p in claimed)       # (only names the host sent)
+    edited = _changed_meanwhile(reply)
     if edited:
         report.warn("the VM changed %s while the push was applied: that is the VM's change now "
                     "(`git slicer status %s`)" % (", ".join(map(display, edited[:10])), link.vm))
     return {"up_to_date": False, "first_push": first, "sent": sent, **done}
+
+
+def _changed_meanwhile(reply: dict) -> list:
+    """The paths the agent says the VM changed while the push was applied (any path the push
+    wrote: placed, checked out, kept or removed), those that are safe worktree paths."""
+    claimed = reply.get("changed_meanwhile")
+    safe = []
+    for path in claimed[:1000] if isinstance(claimed, list) else []:
+        try:
+            safe.append(check_relpath(path))
+        except UnsafePath:
+            continue
+    return sorted(safe)
 
 
 def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str = None, ours: dict = None) -> None:

@@ -128,7 +128,8 @@ def test_a_vm_edit_to_a_file_the_commit_changed_stays_the_vms(launched):
     repo, vm = launched
     repo.write("README.md", "# project, new commit\n")
     repo.commit("readme")
-    held_push(repo, vm, lambda: vm_file(vm, "README.md").write_text("VM work\n"))
+    err = held_push(repo, vm, lambda: vm_file(vm, "README.md").write_text("VM work\n"))
+    assert b"the VM changed README.md while the push was applied" in err, err
     stays_the_vms(repo, vm, "README.md", "VM work\n")
 
 
@@ -147,7 +148,8 @@ def test_a_file_the_commit_removed_and_the_vm_puts_back_stays_the_vms(launched):
     repo, vm = launched
     repo.git("rm", "-q", "src/lib.py")
     repo.commit("drop lib")
-    held_push(repo, vm, lambda: vm_file(vm, "src/lib.py").write_text("VM work\n"))
+    err = held_push(repo, vm, lambda: vm_file(vm, "src/lib.py").write_text("VM work\n"))
+    assert b"the VM changed src/lib.py while the push was applied" in err, err
     stays_the_vms(repo, vm, "src/lib.py", "VM work\n")
 
 
@@ -162,7 +164,8 @@ def test_an_untracked_file_the_push_keeps_or_removes_stays_the_vms_once_changed(
         repo.write("README.md", "# more host work\n")
     else:
         (repo.path / "notes.txt").unlink()
-    held_push(repo, vm, lambda: vm_file(vm, "notes.txt").write_text("VM notes\n"))
+    err = held_push(repo, vm, lambda: vm_file(vm, "notes.txt").write_text("VM notes\n"))
+    assert b"the VM changed notes.txt while the push was applied" in err, err
     stays_the_vms(repo, vm, "notes.txt", "VM notes\n")
 
 

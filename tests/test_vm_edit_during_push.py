@@ -241,3 +241,58 @@ def test_a_vm_commit_made_while_the_push_streams_stops_the_push(launched):
     again = repo.slicer("push", vm, check=False)
     assert again.returncode != 0 and b"new commits" in again.stderr, again.stderr
     assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == vm_commit
+
+
+# The push's state of the VM is read before its streams come in (a large push streams for
+# minutes). What the VM changes meanwhile is checked for after them, whether that state came
+# from a full scan (a fresh agent, as `held_push` starts; a cold agent over ssh or exec) or
+# from a warm agent's memory: a change to a path the push would write stops it.
+def edited_while_streaming(repo, vm, path: str, content: str) -> bytes:
+    err = held_push(repo, vm, lambda: vm_file(vm, path).write_text(content), at="agent:push-received",
+                    succeeds=False)
+    assert b"changed since it was inspected" in err, err
+    assert vm_file(vm, path).read_text() == content
+    return err
+
+
+@pytest.mark.parametrize("host", ["commit", "uncommitted"])
+def test_a_vm_edit_made_while_the_streams_come_in_stops_the_push(launched, host):
+    """The file the push writes: one the host's commit changes, or one it sends as a file."""
+    repo, vm = launched
+    repo.write("src/app.py", "print('the host')\n")
+    if host == "commit":
+        repo.commit("host")
+    edited_while_streaming(repo, vm, "src/app.py", "print('VM work')\n")
+    stays_the_vms(repo, vm, "src/app.py", "print('VM work')\n")
+
+
+def test_a_vm_edit_anywhere_stops_a_push_that_checks_out_every_path(launched):
+    """A VM holding pushed uncommitted work moves to a new commit with `read-tree --reset`,
+    which rewrites every tracked file that differs from its index entry: an edit to a file the
+    push never names is checked for too."""
+    repo, vm = launched
+    repo.write("notes.txt", "host notes\n")
+    repo.slicer("push", vm)
+    repo.write("README.md", "# the host's commit\n")
+    repo.commit("host")
+    edited_while_streaming(repo, vm, "src/lib.py", "VM work\n")
+    stays_the_vms(repo, vm, "src/lib.py", "VM work\n")
+
+
+@pytest.mark.parametrize("vm_edits", [True, False])
+def test_a_push_that_changes_what_git_ignores_checks_for_vm_edits_under_the_new_rules(launched, vm_edits):
+    """The host's own ignore patterns travel with the push, and the VM's scan changes with
+    them: the check after the streams compares with the VM read again under the new rules, so
+    an edit meanwhile stops the push and no edit never looks like one."""
+    repo, vm = launched
+    if not vm_edits:        # a file both scans see, the VM's before the push and after: untracked, then ignored
+        repo.write("scratch.tmp", "host scratch\n")
+        repo.slicer("push", vm)
+    (repo.path / ".git" / "info" / "exclude").write_text("*.tmp\n")
+    repo.write("README.md", "# the host's commit\n")
+    repo.commit("host")
+    if vm_edits:
+        edited_while_streaming(repo, vm, "src/app.py", "print('VM work')\n")
+        stays_the_vms(repo, vm, "src/app.py", "print('VM work')\n")
+    else:
+        nothing_changed_in_the_vm(repo, vm, held_push(repo, vm, lambda: None, at="agent:push-received"))

@@ -28,8 +28,9 @@ After a push, the state is the one before it with the paths the push touched res
 transaction.touched_paths): the changes reported meanwhile elsewhere stay pending for the next
 request. Nothing here is written to disk: a new agent starts with a full scan.
 
-A push built on a state from memory first scans afresh every path it may write (server.py,
-Agent._rechecker; all of them when `read-tree --reset` may run); `vm rm` asks for a full scan.
+A push scans afresh every path it may write before it writes (server.py, Agent._rechecker; all
+of them when `read-tree --reset` may run), whatever its state came from; `vm rm` asks for a
+full scan.
 One case is left: in a clean VM, when `git restore` and then the two-way merge both refuse, the
 push falls back to `read-tree --reset`, which would also rewrite a tracked file changed in a way
 no event reported within the last TRUST_SECONDS.

@@ -401,12 +401,15 @@ class Agent:
     def _apply_push(self, repo, request, current):
         """Receive a push's streams and apply them (under the agent lock, `current` the VM's state)."""
         branch, commit, new_overlay = request["branch"], request["commit"], request["overlay"]
-        memo = memo_mod.of(repo.root)
-        if memo is not None and memo.recalled and self._new_excludes(repo, request) is not None:
-            # What git ignores is about to change, and with it the state after the push is
-            # scanned in full: the check of a state from memory is made now, under the old rules.
-            self._rechecker(repo, current)(None)
+        recheck = self._rechecker(repo, current) if current["exists"] else None
+        if recheck is not None and self._new_excludes(repo, request) is not None:
+            # What git ignores is about to change, and with it what a scan reports: the VM is
+            # checked now, under the old rules, and read again under the new ones as the state
+            # the check after the streams compares with.
+            recheck(None)
         excludes_changed = self._configure(repo, request)
+        if excludes_changed and recheck is not None:
+            recheck = self._rechecker(repo, repo.state())
         self.conn.send({"ok": True, "ready": True})
         request["_streaming"] = True
         if request.get("pack"):
@@ -429,7 +432,7 @@ class Agent:
             old_head=current["head"] if current["exists"] and not excludes_changed else None,
             old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
             reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"),
-            since=lambda: memo_mod.token(repo.root), recheck=self._rechecker(repo, current))
+            since=lambda: memo_mod.token(repo.root), recheck=recheck)
         crash_point("agent:push-journaled")
         state = transaction.finish(repo, journal)
         return {"ok": True, "path": repo.root, **state}
@@ -602,21 +605,22 @@ class Agent:
 
     @staticmethod
     def _rechecker(repo: Repo, current: dict):
-        """When `current` came from the warm agent's memory (agent/memo.py), the paths a push is
-        about to write are scanned afresh first: no event reports a write through a writable
-        mmap or through a hard link from outside the worktree, and a push must never overwrite
-        a VM change. Otherwise (a full scan has just looked) None."""
+        """The check a push makes after its streams came in, before it secures anything: the
+        paths it is about to write (or, with None, every path) are scanned afresh and must
+        still be as `current` says. A push must never overwrite a VM change: one made while the
+        streams came in (minutes, for a large push), or, for a state from the warm agent's
+        memory (agent/memo.py), one no event reports (a write through a writable mmap or
+        through a hard link from outside the worktree)."""
         memo = memo_mod.of(repo.root)
-        if memo is None or not memo.recalled:
-            return None
 
         def recheck(touched) -> None:
             if touched is None:
-                memo.forget()
+                if memo is not None:
+                    memo.forget()
                 fresh, seen = repo.state()["overlay"], current["overlay"]
             else:
-                # A path that is not there holds nothing to overwrite (and its removal raised an
-                # event): only the others, and those the state lists, are scanned.
+                # A path that is not there holds nothing to overwrite: only the others, and
+                # those the state lists, are scanned.
                 listed = set(current["overlay"]["index"]) | set(current["overlay"]["files"])
                 suspects = sorted(p for p in touched if p in listed or _present(repo.root, p))
                 if not suspects:
@@ -631,7 +635,8 @@ class Agent:
                 seen = {part: {p: e for p, e in entries.items() if memo_mod.under(p, marks)}
                         for part, entries in current["overlay"].items()}
             if fresh != seen:
-                memo.forget()
+                if memo is not None:
+                    memo.forget()
                 raise AgentError("vm-changed", "the VM repository changed since it was inspected; retry")
         return recheck
 

@@ -211,7 +211,8 @@ class Puller:
                          "(the host's is saved under refs/slicer/backup/)" % (self.link.vm, self.link.branch))
         use_vm_files = not self.options.no_files and vm_state["branch"] == self.link.branch
         vm = State(vm_tip, vm_view if use_vm_files else self.link.agreed_overlay)
-        if target == head and vm_tip != head:
+        if target == head and vm_tip != head and not trees.is_ancestor(vm_tip, head):
+            # The VM's files are changes to commits the host does not have (--no-merge).
             result.note = result.note or "files not applied: the VM is on a different commit"
             return result
         self._merge_with(trees, head, target, vm, result)
@@ -281,12 +282,18 @@ class Puller:
             # `git stash` alone leaves untracked files where they are: say -u when one is involved.
             untracked = [p for p in conflicts if trees.index(ours, p) is None and trees.file(ours, p) is not None]
             how = "git stash -u, as %s is untracked" % display(untracked[0]) if untracked else "git stash"
+            hint = ("commit or stash the host's changes (%s) and pull again, or pull --force (the host's versions "
+                    "are saved under refs/slicer/backup/)" % how)
+            if head != base.commit and set(conflicts) & set(trees.diff(base.commit, head)):
+                # The host's side is in its commits since the last sync: a stash would not help.
+                hint = ("the host's commits since the last sync changed them too: commit the VM's work there "
+                        "(git slicer exec %s -- git commit -am MESSAGE), pull again and merge refs/slicer/%s/%s, "
+                        "or pull --force to take the VM's versions as uncommitted changes (the host's are saved "
+                        "under refs/slicer/backup/)" % (self.link.vm, self.link.vm, self.link.branch))
             raise WouldLoseWork("the VM and the host both changed: %s%s; nothing was written"
                                 % (", ".join(map(display, conflicts[:10])),
                                    " and %d more" % (len(conflicts) - 10) if len(conflicts) > 10 else ""),
-                                hint="commit or stash the host's changes (%s) and pull again, or pull --force "
-                                     "(the host's versions are saved under refs/slicer/backup/)" % how,
-                                details={"conflicts": conflicts})
+                                hint=hint, details={"conflicts": conflicts})
         staging = tempfile.mkdtemp(prefix="slicer-pull-%d-" % os.getpid(), dir=self.wt.git_dir)
         try:
             self.inbound.fetch_files(changes, staging, trees.reader)

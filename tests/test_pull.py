@@ -152,6 +152,46 @@ def test_pull_when_host_branch_moved_ahead_keeps_host(launched):
     assert "ahead" in result.get("note", "")
 
 
+def test_pull_with_the_host_ahead_brings_the_vms_uncommitted_files(launched):
+    """The host committed since the last sync while the VM's agent worked without committing:
+    the push asks for a pull first, and the pull brings the VM's files onto the host's newer
+    commit (a dead end before: it left them in the VM without a word)."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'print(1)' > src/app.py && echo new > staged.txt && git add staged.txt && rm src/lib.py")
+    repo.write("README.md", "# the host's commit\n")
+    tip = repo.commit("host ahead")
+    refused = repo.slicer("push", vm, check=False)
+    assert refused.returncode != 0 and b"pull" in refused.stderr, refused.stderr
+    result = repo.slicer_json("pull", vm)
+    assert "ahead" in result.get("note", "")
+    assert repo.git("rev-parse", "HEAD").strip() == tip
+    assert (repo.path / "src/app.py").read_text() == "print(1)\n"
+    assert repo.git("diff", "--cached", "--name-only").split() == ["staged.txt"]
+    assert not (repo.path / "src/lib.py").exists()
+    repo.slicer("push", vm)
+    assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == tip
+    assert repo.vm_status(vm) == repo.status()
+    assert repo.slicer_json("status", vm)["in_sync"] is True
+
+
+def test_pull_with_the_host_ahead_and_both_changing_a_file_says_how_to_merge(launched):
+    """The host's side of the clash is in a commit, where `git stash` cannot help: the hint
+    says to commit in the VM, and that commit then comes home to merge."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'print(\"vm\")' > src/app.py")
+    repo.write("src/app.py", "print('host')\n")
+    repo.commit("host ahead")
+    before = repo.status()
+    refused = repo.slicer("pull", vm, check=False)
+    assert refused.returncode != 0 and b"src/app.py" in refused.stderr, refused.stderr
+    assert b"git slicer exec %s -- git commit" % vm.encode() in refused.stderr, refused.stderr
+    assert repo.status() == before and (repo.path / "src/app.py").read_text() == "print('host')\n"
+    repo.slicer("exec", vm, "--", "git", "commit", "-qam", "the VM's work")
+    diverged = repo.slicer("pull", vm, check=False)
+    assert diverged.returncode != 0 and b"refs/slicer/%s/main" % vm.encode() in diverged.stderr
+    assert repo.git("show", "refs/slicer/%s/main:src/app.py" % vm) == 'print("vm")\n'
+
+
 def test_pull_unlinked_vm_is_a_clear_error(repo):
     proc = repo.slicer("pull", "vm-9", check=False)
     assert proc.returncode == 2

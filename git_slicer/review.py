@@ -34,6 +34,7 @@ class VMSnapshot:
     tree: str            # the VM's worktree (commit + uncommitted changes) as a tree
     host_tree: str       # the host's worktree the same way (minus .slicerignore'd paths)
     env: dict            # GIT_* variables that make `tree` readable (a temporary object directory)
+    pulled_tree: str     # the host's worktree as a pull would leave it (`tree` where the VM changed a path)
 
 
 @contextmanager
@@ -73,10 +74,52 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
                       else ("file", os.path.join(worktree.root, p)) for p, e in ours["files"].items() if e}
         host_tree = _worktree_tree(worktree, host_head, ours, host_files, env)
         base = worktree.git(["merge-base", host_head, vm_tip], check=False).strip().decode() or host_head
+        changed = _changed_by_vm(worktree, link, view if state["branch"] == link.branch else None, vm_tip)
         yield VMSnapshot(vm=name, branch=link.branch, vm_tip=vm_tip, host_head=host_head, base=base,
-                         tree=tree, host_tree=host_tree, env=env)
+                         tree=tree, host_tree=host_tree, env=env,
+                         pulled_tree=_with_paths_of(worktree, host_tree, tree, changed, env))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+_ABSENT = "absent"
+
+
+def _changed_by_vm(worktree, link, view, vm_tip: str) -> set:
+    """The paths a pull takes from the VM (pull.py's rule; every other path stays the host's):
+    those its commits changed since the last agreed commit, and those whose uncommitted state
+    (`view`; None: the VM is on another branch, whose files a pull leaves) differs from the
+    agreed one."""
+    agreed = link.agreed_overlay
+    paths = set()
+    if view is not None:
+        for part in ("index", "files"):
+            paths.update(p for p in set(agreed[part]) | set(view[part])
+                         if agreed[part].get(p, _ABSENT) != view[part].get(p, _ABSENT))
+    if link.agreed_commit and link.agreed_commit != vm_tip:
+        out = worktree.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", link.agreed_commit, vm_tip],
+                           check=False)
+        paths.update(os.fsdecode(p) for p in out.split(b"\0") if p)
+    return paths
+
+
+def _with_paths_of(worktree, host_tree: str, vm_tree: str, paths: set, env: dict) -> str:
+    """`host_tree` with each of `paths` as `vm_tree` has it (or without it)."""
+    if not paths:
+        return host_tree
+    index_env = {**env, "GIT_INDEX_FILE": env["GIT_INDEX_FILE"] + "-pulled"}
+    worktree.git(["read-tree", host_tree], env=index_env)
+    theirs = {}
+    for line in worktree.git(["ls-tree", "-r", "-z", vm_tree], env=env).split(b"\0"):
+        if line:
+            meta, path = line.split(b"\t", 1)
+            theirs[os.fsdecode(path)] = meta.split(b" ")
+    zero = "0" * len(host_tree)
+    lines = ["0 %s\t%s" % (zero, p) for p in sorted(paths)]           # removals first: a file may become a directory
+    lines += ["%s %s\t%s" % (theirs[p][0].decode(), theirs[p][2].decode(), p) for p in sorted(paths) if p in theirs]
+    worktree.git(["update-index", "-z", "--index-info"],
+                 input=b"".join(os.fsencode(line) + b"\0" for line in lines), env=index_env)
+    return worktree.git(["write-tree"], env=index_env).decode().strip()
 
 
 def _worktree_tree(worktree, commit: str, view: dict, files: dict, env: dict) -> str:
@@ -106,10 +149,12 @@ def _worktree_tree(worktree, commit: str, view: dict, files: dict, env: dict) ->
 
 
 def diff(worktree, vm_name: str = None, stat: bool = False, as_json: bool = False) -> dict:
-    """What pulling would change: the host's worktree against the VM's (commits and files)."""
+    """What pulling would change in the host's worktree: its paths the VM changed since the last
+    agreed state (commits and files), as the VM has them. (Where the host changed the same
+    path too, the pull refuses without --force; the diff shows the VM's side.)"""
     with snapshot(worktree, vm_name) as snap:
         args = ["diff", "--no-ext-diff", "--no-textconv", "--numstat" if as_json else ("--stat" if stat else "-p"),
-                snap.host_tree, snap.tree]
+                snap.host_tree, snap.pulled_tree]
         out = worktree.git(args, env=snap.env)
         result = {"vm": snap.vm, "branch": snap.branch, "base": snap.base, "vm_head": snap.vm_tip,
                   "tree": snap.tree}

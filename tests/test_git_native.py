@@ -81,6 +81,26 @@ def test_diff_shows_only_the_vm_side_not_host_pushed_changes(launched):
     assert "vm.txt" in stat and "host-dirty" not in stat
 
 
+def test_diff_is_what_the_pull_then_changes(launched):
+    """The host's own work since the last sync (an uncommitted edit, a commit) is no part of
+    what a pull changes, so the diff leaves it out; it shows exactly the pull's effect."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'print(1)' > src/app.py && rm src/lib.py && echo new > vm.txt")
+    repo.write("README.md", "# the host's commit\n")
+    repo.commit("host")
+    repo.write("bin/run", "#!/bin/sh\necho the host's edit\n")
+    stat = repo.slicer_json("diff", vm)
+    assert sorted(f["path"] for f in stat["files"]) == ["src/app.py", "src/lib.py", "vm.txt"], stat
+    patch = repo.slicer("diff", vm).stdout
+    repo.git("add", "-A")
+    before = repo.git("write-tree").strip()
+    repo.git("reset", "-q")
+    repo.slicer("pull", vm)
+    repo.git("add", "-A")
+    after = repo.git("write-tree").strip()
+    assert repo.git("diff", before, after) == patch.decode()
+
+
 def test_unlink_forgets_the_link(launched):
     repo, vm = launched
     assert repo.slicer_json("unlink", vm)["unlinked"] is True

@@ -13,7 +13,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 @click.option("--stat", is_flag=True, help="Show a diffstat instead of the patch.")
 @json_option
 def diff_command(vm, path, stat, as_json):
-    """Show VM's commits and uncommitted changes as one diff, without pulling."""
+    """Show VM's commits and uncommitted changes as one diff, without pulling: exactly what a
+    pull would change in the worktree at PATH."""
     from .. import review
     result = review.diff(worktree_at(path), vm, stat=stat, as_json=as_json)
     if as_json:

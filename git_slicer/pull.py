@@ -232,6 +232,12 @@ class Puller:
     # -- commits and files -----------------------------------------------------------
     def _merge_with(self, trees, head: str, target: str, vm: State, result: PullResult) -> None:
         base = State(self.link.agreed_commit, self.link.agreed_overlay)
+        if vm.commit != base.commit and trees.is_ancestor(vm.commit, head):
+            # The host has the VM's commits already (merged, or fast-forwarded by hand): what
+            # they changed is the host's now, and the VM's own work is what it did since.
+            committed = set(trees.diff(base.commit, vm.commit))
+            base = State(vm.commit, {part: {p: e for p, e in entries.items() if p not in committed}
+                                     for part, entries in base.overlay.items()})
         writer = SafeWriter(self.wt.root, self.wt.algo)
         vm_paths = set(trees.diff(base.commit, vm.commit))
         for state in (base, vm):
@@ -243,6 +249,11 @@ class Puller:
         before = {p: writer.current(p) for p in sorted(vm_paths)
                   if trees.file(vm, p) != trees.file(base, p) or trees.index(vm, p) != trees.index(base, p)}
         ours = State(head, self._host_after(head, before))
+        hidden = set()
+        for path, entry in before.items():
+            if entry is not None and entry != DIRECTORY and trees.file(ours, path) is None:
+                ours.overlay["files"][path] = entry     # a file git ignores: the host's own all the same
+                hidden.add(path)
         paths = set(vm_paths)
         paths.update(ours.overlay["index"], ours.overlay["files"])
         for a, b in ((base.commit, head), (head, target)):
@@ -282,6 +293,8 @@ class Puller:
             # `git stash` alone leaves untracked files where they are: say -u when one is involved.
             untracked = [p for p in conflicts if trees.index(ours, p) is None and trees.file(ours, p) is not None]
             how = "git stash -u, as %s is untracked" % display(untracked[0]) if untracked else "git stash"
+            if hidden.intersection(conflicts):
+                how = "git stash --all, as %s is ignored" % display(sorted(hidden.intersection(conflicts))[0])
             hint = ("commit or stash the host's changes (%s) and pull again, or pull --force (the host's versions "
                     "are saved under refs/slicer/backup/)" % how)
             if head != base.commit and set(conflicts) & set(trees.diff(base.commit, head)):
@@ -327,6 +340,12 @@ class Puller:
                 overlay[part].update(again[part])
         if where.get("head") != head:
             raise WouldLoseWork("%s moved on the host during the pull; nothing was changed" % self.branch)
+        # A .slicerignore'd path never leaves the host, so the scans leave it out; but the VM's
+        # commits may still change it, and the host's own edit there must count like any other.
+        for paths in _batches(sorted(p for p in before if not self.ignore.keep(p))):
+            mine = host_overlay(self.wt, SlicerIgnore(), paths=paths)
+            for part in overlay:
+                overlay[part].update(mine[part])
         return overlay
 
     def _to_checkout_form(self, changes, committed: dict, target: str, staging: str, moved) -> None:
@@ -417,6 +436,19 @@ class Puller:
 
 # Above these, the second look at the host is a whole scan, not one of the changed paths.
 _RESCAN_PATHS, _RESCAN_BYTES = 1000, 64 * 1024
+
+
+def _batches(paths: list):
+    """`paths` in runs that fit one git command line."""
+    batch, size = [], 0
+    for path in paths:
+        if batch and (len(batch) >= _RESCAN_PATHS or size + len(path) > _RESCAN_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += len(path)
+    if batch:
+        yield batch
 
 
 def _covered(path: str, paths) -> bool:

@@ -81,6 +81,49 @@ def test_pull_never_overwrites_host_untracked_or_ignored_files(launched):
     assert (repo.path / "notes.txt").read_text() == "host notes\n"
 
 
+KEPT_HOME = (".env", "debug.log", "config.env")
+
+
+def test_pull_never_overwrites_host_files_kept_home_by_slicerignore_or_gitignore(launched):
+    """git status never lists an ignored file and the scans leave .slicerignore'd paths out, yet
+    they are the host's own (secrets, logs, a local config): a VM commit that changes them is a
+    conflict like any host change, and --force saves the host's versions first."""
+    repo, vm = launched
+    repo.write(".slicerignore", ".env\nconfig.env\n")
+    repo.write(".gitignore", "*.log\n")
+    repo.write("config.env", "KEY=placeholder\n")
+    repo.commit("ignore rules")
+    repo.slicer("push", vm)
+    repo.write(".env", "SECRET=the host's\n")                      # untracked, kept home
+    repo.write("debug.log", "the host's log\n")                     # gitignored
+    repo.write("config.env", "KEY=the host's real key\n")           # tracked, edited, kept home
+    repo.vm_sh(vm, "echo vm > .env && echo vm > debug.log && echo KEY=vm > config.env && "
+                   "git add -f .env debug.log config.env && git commit -qm 'agent: add files'")
+    imported = (".git/refs/slicer", ".git/logs/refs/slicer", ".git/objects")    # the VM's commit, refused
+    before = repo.fingerprint(skip=imported)
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"nothing was written" in proc.stderr, proc.stderr
+    assert all(path.encode() in proc.stderr for path in KEPT_HOME), proc.stderr
+    assert repo.fingerprint(skip=imported) == before
+    backup = repo.slicer_json("pull", "--force", vm)["backup"]["ref"]
+    saved = {path: repo.git("show", "%s%s:%s" % (backup, "" if path == "config.env" else "^3", path))
+             for path in KEPT_HOME}         # the tracked file in the backup's tree, the others in its third parent
+    assert saved == {".env": "SECRET=the host's\n", "debug.log": "the host's log\n",
+                     "config.env": "KEY=the host's real key\n"}
+
+
+def test_pull_never_overwrites_a_gitignored_host_file_the_vm_stages(launched):
+    repo, vm = launched
+    repo.write(".gitignore", "*.log\n")
+    repo.commit("ignore logs")
+    repo.slicer("push", vm)
+    repo.write("debug.log", "the host's log\n")
+    repo.vm_sh(vm, "echo vm > debug.log && git add -f debug.log")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"git stash --all, as debug.log is ignored" in proc.stderr, proc.stderr
+    assert (repo.path / "debug.log").read_text() == "the host's log\n"
+
+
 def test_pull_same_change_on_both_sides_is_not_a_conflict(launched):
     repo, vm = launched
     repo.vm_sh(vm, "echo same > same.txt")
@@ -190,6 +233,29 @@ def test_pull_with_the_host_ahead_and_both_changing_a_file_says_how_to_merge(lau
     diverged = repo.slicer("pull", vm, check=False)
     assert diverged.returncode != 0 and b"refs/slicer/%s/main" % vm.encode() in diverged.stderr
     assert repo.git("show", "refs/slicer/%s/main:src/app.py" % vm) == 'print("vm")\n'
+
+
+def test_pull_after_merging_the_vms_commit_by_hand_brings_only_its_later_work(launched):
+    """Both sides changed one file: the pull refuses, the VM commits, the host merges that
+    commit as the hint says. The host then has the VM's commit, so it is no longer the VM's
+    change: the next pull brings what the VM did since, and the push after it goes through."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'print(\"vm\")' >> src/app.py")
+    repo.write("src/app.py", "print('host')\n" + (repo.path / "src/app.py").read_text())
+    repo.commit("host")
+    assert repo.slicer("pull", vm, check=False).returncode == 1
+    repo.vm_sh(vm, "git commit -qam 'the VM agent' && echo later > later.txt")
+    diverged = repo.slicer("pull", vm, check=False)
+    assert diverged.returncode == 1 and b"merge or rebase onto refs/slicer/%s/main" % vm.encode() in diverged.stderr
+    repo.git("merge", "-q", "--no-edit", "refs/slicer/%s/main" % vm)
+    merged = repo.git("rev-parse", "HEAD").strip()
+    repo.slicer("pull", vm)
+    assert repo.git("rev-parse", "HEAD").strip() == merged
+    assert (repo.path / "later.txt").read_text() == "later\n"
+    assert repo.git("status", "--porcelain") == "?? later.txt\n"
+    repo.slicer("push", vm)
+    assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == merged
+    assert repo.vm_status(vm) == repo.status()
 
 
 def test_pull_unlinked_vm_is_a_clear_error(repo):

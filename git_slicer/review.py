@@ -14,13 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .config import Settings
-from .errors import AgentFailed
+from .errors import AgentFailed, SlicerError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .links import LinkStore
 from .inbound import Inbound, limits_from
 from .safewrite import Change
 from .scan import host_overlay
 from .target import resolve
+from .vmremove import unpulled_work
 from .wire import overlay as overlay_mod
 
 
@@ -184,5 +185,20 @@ def log(worktree, vm_name: str = None) -> dict:
                 "commits": commits}
 
 
-def unlink(worktree, vm_name: str) -> bool:
-    return LinkStore.of(worktree).remove(vm_name)
+def unlink(worktree, vm_name: str, force: bool = False) -> bool:
+    """Forget the worktree's link to a VM (False if there is none). The link is what stops `vm rm`
+    deleting work that was not pulled, so it stays while there is any, unless `force`."""
+    store = LinkStore.of(worktree)
+    try:
+        link = store.get(vm_name)
+    except SlicerError:                 # a corrupt link file: it holds no state to check against
+        return store.remove(vm_name)
+    if link is None:
+        return False
+    why = None if force else unpulled_work(worktree, link)
+    if why:
+        raise WouldLoseWork("VM %s holds work that was not pulled (%s); without the link nothing would stop "
+                            "`git slicer vm rm` deleting it" % (vm_name, why),
+                            hint="`git slicer pull %s` first, or unlink --force" % vm_name,
+                            details={"vm": vm_name, "unpulled": why})
+    return store.remove(vm_name)

@@ -3,10 +3,13 @@
 A VM may be linked from several worktrees of a repository (links live per worktree). Before a VM
 goes, every link to it is checked: VM commits or changed files since the agreed state, or a state
 that cannot be read, stop the removal unless forced. Removing a VM retires the links to it.
+A VM kept with unpulled work when its worktree was removed has no link left: the repository
+keeps a record of it instead (`keep`), which stops the removal the same way.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from .agreed import pushed
@@ -14,6 +17,7 @@ from .errors import NotLinked, SlicerError, StaleLink, UnprovenLink, WouldLoseWo
 from .links import LinkStore, repository_links
 from .repo import Worktree
 from .status import status
+from .wire.files import write_atomic
 
 
 def links_to(vm, worktrees) -> list:
@@ -65,25 +69,70 @@ def unpulled_work(worktree, link):
     return "; ".join(what) or None
 
 
-def check_removable(vm, links) -> None:
-    """Refuse (WouldLoseWork) if any link to `vm` has unpulled work or cannot be checked."""
+def keep(worktree, link, why: str) -> None:
+    """Record, for the whole repository, that `link`'s VM was kept with work not pulled into
+    `worktree` while that worktree (and with it the link) goes away."""
+    record = {"vm": link.vm, "provider": link.provider, "vm_id": link.vm_id, "worktree": worktree.root,
+              "branch": link.branch, "guest_path": link.guest_path, "why": why}
+    write_atomic(_kept_path(worktree, link.vm), json.dumps(record).encode(), sync_dir=True)
+
+
+def kept(vm, worktrees) -> list:
+    """[(record path, record)] of the VMs `keep` recorded that are `vm`, in the repositories of
+    `worktrees`."""
+    found = {}
+    for worktree in worktrees:
+        path = _kept_path(worktree, vm.name)
+        try:
+            with open(path, "rb") as fh:
+                record = json.loads(fh.read())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("provider") != vm.provider:
+            continue
+        if record.get("vm_id") and vm.id and record["vm_id"] != vm.id:
+            continue                            # an older VM of that name
+        found[os.path.realpath(path)] = record
+    return sorted(found.items())
+
+
+def _kept_path(worktree, name: str) -> str:
+    return os.path.join(worktree.common_dir, "slicer", "kept-vms", name + ".json")
+
+
+def check_removable(vm, links, records=()) -> None:
+    """Refuse (WouldLoseWork) if any link to `vm` has unpulled work or cannot be checked, or a
+    removed worktree left it with unpulled work (`records`, from kept())."""
     problems = []
     for worktree, link in links:
         why = unpulled_work(worktree, link)
         if why:
             problems.append("%s: %s" % (worktree.root, why))
+    for _, record in records:
+        problems.append("%s (a worktree removed with --force, branch %s): %s"
+                        % (record.get("worktree"), record.get("branch"), record.get("why")))
     if problems:
+        hint = "`git slicer pull %s` in that worktree first, or `git slicer vm rm --force %s` to delete it " \
+               "anyway" % (vm.name, vm.name)
+        if records and len(problems) == len(records):
+            record = records[0][1]
+            hint = "`git fetch slicer://%s%s %s` brings its commits home; `git slicer vm rm --force %s` deletes " \
+                   "it with its work" % (vm.name, record.get("guest_path") or "", record.get("branch") or "", vm.name)
         raise WouldLoseWork("VM %s holds work that was not pulled into %s" % (vm.name, "; ".join(problems)),
-                            hint="`git slicer pull %s` in that worktree first, or `git slicer vm rm --force %s` "
-                                 "to delete it anyway" % (vm.name, vm.name),
-                            details={"vm": vm.name, "problems": problems})
+                            hint=hint, details={"vm": vm.name, "problems": problems})
 
 
-def remove(provider, vm, links) -> list:
-    """Remove `vm`, then retire the `links` to it; returns the worktrees whose link was retired."""
+def remove(provider, vm, links, records=()) -> list:
+    """Remove `vm`, then retire the `links` to it and the `records` kept of it; returns the
+    worktrees whose link was retired."""
     provider.remove(vm.name)
     retired = []
     for worktree, link in links:
         if LinkStore.of(worktree).remove(link.vm):
             retired.append(worktree.root)
+    for path, _ in records:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     return retired

@@ -65,6 +65,9 @@ def remove(path: str, force: bool = False, keep_vms: bool = False) -> dict:
             except SlicerError as exc:
                 reason = "kept: %s" % exc
         vms.append({"vm": link.vm, "removed": reason is None, "reason": reason or "launched by this worktree"})
+    for link in links:
+        if link.vm in unpulled:
+            vmremove.keep(worktree, link, unpulled[link.vm])       # its link goes with the worktree
     Worktree(main_root).git(["worktree", "remove"] + (["--force"] if force else []) + [worktree.root])
     for provider, vm, others in doomed:
         vmremove.remove(provider, vm, others)

@@ -4,6 +4,8 @@ and the host's ignore rules in the VM."""
 
 from __future__ import annotations
 
+import re
+
 
 # -- defaults and exec ----------------------------------------------------------------------
 def test_pull_and_exec_default_to_the_linked_vm(launched):
@@ -260,6 +262,30 @@ def test_worktree_remove_removes_the_vms_it_launched_and_keeps_the_rest(launched
     result = repo.slicer_json("worktree", "remove", str(paths["busy"]), "--force")
     assert result["vms"][0]["removed"] is False and "not pulled" in result["vms"][0]["reason"]
     assert not paths["busy"].exists() and vms["busy"] in _vm_names(repo)     # the work survives in the VM
+    # With the worktree went its link: the repository remembers the VM kept with that work, so a
+    # later `vm rm` still refuses, and says how to fetch its commits.
+    proc = repo.slicer("vm", "rm", vms["busy"], check=False)
+    assert proc.returncode == 1 and b"not pulled" in proc.stderr and str(paths["busy"]).encode() in proc.stderr
+    fetch = re.search(rb"`git (fetch slicer://\S+ busy)`", proc.stderr)
+    assert fetch, proc.stderr
+    repo.git(*fetch.group(1).decode().split())                            # the hint works
+    assert repo.git("rev-parse", "FETCH_HEAD") == repo.git("rev-parse", "busy")
+    assert vms["busy"] in _vm_names(repo)
+    assert repo.slicer_json("vm", "rm", "--force", vms["busy"])["removed"] == [vms["busy"]]
+    assert not (repo.path / ".git" / "slicer" / "kept-vms" / (vms["busy"] + ".json")).exists()
+
+
+def test_unlink_refuses_while_the_vm_holds_unpulled_work(launched):
+    """The link is what stops `vm rm` deleting unpulled work: unlinking first would let it."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo work >> README.md && git commit -qam 'the VM agent' && echo more > more.txt")
+    proc = repo.slicer("unlink", vm, check=False)
+    assert proc.returncode == 1 and b"not pulled" in proc.stderr and b"unlink --force" in proc.stderr
+    assert repo.slicer_json("list")[0]["vm"] == vm
+    assert repo.slicer("vm", "rm", vm, check=False).returncode == 1
+    repo.slicer("pull", vm)
+    assert repo.slicer_json("unlink", vm)["unlinked"] is True
+    assert (repo.path / "more.txt").read_text() == "more\n"
 
 
 # -- the host's ignore rules in the VM ------------------------------------------------------

@@ -53,14 +53,17 @@ def shell_command(vm, path):
 @click.command("unlink", short_help="Forget a worktree's link to a VM.", context_settings=CONTEXT)
 @vm_argument(required=True)
 @click.argument("path", required=False, default=".")
+@click.option("-f", "--force", is_flag=True, help="Forget the link even if the VM holds work that was not pulled.")
 @json_option
-def unlink_command(vm, path, as_json):
-    """Forget the link between the worktree at PATH and VM (the VM itself is kept)."""
+def unlink_command(vm, path, force, as_json):
+    """Forget the link between the worktree at PATH and VM (the VM itself is kept). Refuses while
+    the VM holds work that was not pulled (or that cannot be checked), unless --force: the link
+    is what stops `vm rm` deleting that work."""
     from .. import review
     from ..errors import UsageError
     from ..links import check_vm_name
     check_vm_name(vm)
-    if not review.unlink(worktree_at(path), vm):
+    if not review.unlink(worktree_at(path), vm, force=force):
         raise UsageError("this worktree is not linked to VM %s" % vm)
     emit(as_json, {"vm": vm, "unlinked": True}, "unlinked VM %s" % vm)
 

@@ -62,12 +62,13 @@ def rm(names, provider, force, as_json):
         owner = _owner(settings, name, provider)
         vm = find_vm(owner, name)
         links = vmremove.links_to(vm, [here] if here else [])
+        records = vmremove.kept(vm, [here] if here else [])
         if not force:
-            vmremove.check_removable(vm, links)
-        plan.append((owner, vm, links))
+            vmremove.check_removable(vm, links, records)
+        plan.append((owner, vm, links, records))
     removed, retired = [], []
-    for owner, vm, links in plan:
-        retired += [{"vm": vm.name, "worktree": root} for root in vmremove.remove(owner, vm, links)]
+    for owner, vm, links, records in plan:
+        retired += [{"vm": vm.name, "worktree": root} for root in vmremove.remove(owner, vm, links, records)]
         removed.append(vm.name)
     lines = ["removed VM %s" % n for n in removed]
     lines += ["  retired the link from %s" % r["worktree"] for r in retired]

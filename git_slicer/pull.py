@@ -108,6 +108,12 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> P
     crash_point("pull:recovered")
     target = resolve(settings, options.vm, worktree=worktree, require_link=True)
     link = target.link
+    if link.branch and branch not in ("HEAD", link.branch):
+        # The agreed state is the linked branch's: measured against another branch's checkout,
+        # the switch itself would look like host edits, and the wrong branch would move.
+        raise SlicerError("the worktree is on branch %s, but VM %s works on %s" % (branch, options.vm, link.branch),
+                          hint="git switch %s and pull again (or push to give the VM branch %s, once its work "
+                               "is pulled)" % (link.branch, branch))
     pack_limits, file_limits = limits_from(settings)
     with target.session() as session:
         link.vm_id = session.vm_id or link.vm_id
@@ -177,8 +183,10 @@ class Puller:
         if vm_tip is None:
             raise AgentFailed("VM %s no longer has branch %s" % (self.link.vm, self.link.branch))
         if vm_state["branch"] != self.link.branch:
-            report.warn("the VM is on branch %s, not %s: its uncommitted files are not pulled"
-                        % (display(str(vm_state["branch"])), self.link.branch))
+            report.warn("the VM is on %s, not %s: its uncommitted files are not pulled (its branches are "
+                        "under refs/slicer/%s/); to pull them, switch it back: git slicer exec %s -- git switch %s"
+                        % ("branch " + display(str(vm_state["branch"])) if vm_state["branch"] else "a detached HEAD",
+                           self.link.branch, self.link.vm, self.link.vm, self.link.branch))
         vm_view = overlay_mod.filtered(vm_state["overlay"], self.ignore.keep)
         try:
             head, self._host_scan = scanning.result()     # HEAD as the scan saw it: they belong together

@@ -295,6 +295,15 @@ def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str 
     if ours is not None:    # what the VM already has of this very push (an interrupted one) is not its work
         changed = [p for p in changed if _entries(vm_view, p) != _entries(ours, p)]
         moved = moved and vm_state["head"] != head
+    if (changed or moved) and vm_state.get("branch") != link.branch:
+        # Pull brings work home from the linked branch only: pulling first would change nothing.
+        where = "branch %s" % display(str(vm_state["branch"])) if vm_state.get("branch") else "a detached HEAD"
+        raise WouldLoseWork("VM %s is on %s, not %s, with work that was not pulled" % (link.vm, where, link.branch),
+                            hint="switch it back (`git slicer exec %s -- git switch %s`; its commits on the other "
+                                 "branch come home with pull under refs/slicer/%s/), then pull; or push --force "
+                                 "to overwrite it" % (link.vm, link.branch, link.vm),
+                            details={"vm_head": vm_state["head"], "vm_branch": vm_state.get("branch"),
+                                     "changed": changed})
     if changed or moved:
         what = []
         if moved:

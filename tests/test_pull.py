@@ -4,6 +4,7 @@ change the same path since the last agreed state."""
 from __future__ import annotations
 
 import os
+import re
 
 from conftest import Repo
 
@@ -255,6 +256,43 @@ def test_pull_after_merging_the_vms_commit_by_hand_brings_only_its_later_work(la
     assert repo.git("status", "--porcelain") == "?? later.txt\n"
     repo.slicer("push", vm)
     assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == merged
+    assert repo.vm_status(vm) == repo.status()
+
+
+def test_pull_refuses_while_the_host_is_on_another_branch(launched):
+    """Measured against another branch's checkout, the switch itself looked like host edits (a
+    staged revert) and the pull moved the branch checked out, not the VM's."""
+    repo, vm = launched
+    repo.git("branch", "release")
+    repo.write("README.md", "# on main only\n")
+    main_tip = repo.commit("main only")
+    repo.slicer("push", vm)
+    repo.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'the VM agent'")
+    repo.git("switch", "-q", "release")
+    assert "note: the worktree is on branch release, not main" in repo.slicer("status", vm).stdout.decode()
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"git switch main" in proc.stderr, proc.stderr
+    assert repo.git("rev-parse", "release") != main_tip and repo.status() == ""
+    repo.git("switch", "-q", "main")
+    repo.slicer("pull", vm)
+    assert repo.git("rev-parse", "main") == repo.vm_git(vm, "rev-parse", "HEAD")
+
+
+def test_a_vm_on_another_branch_is_named_and_the_hint_brings_its_work_home(launched):
+    """Pull brings work from the linked branch only, so `pull first` led nowhere: push says
+    which branch the VM is on and how to switch it back."""
+    repo, vm = launched
+    repo.vm_sh(vm, "git switch -q -c agent/wip && echo work >> README.md")
+    repo.write("src/app.py", "print('host')\n")
+    proc = repo.slicer("push", vm, check=False)
+    assert proc.returncode == 1 and b"on branch agent/wip, not main" in proc.stderr, proc.stderr
+    switch = re.search(rb"`git slicer (exec \S+ -- git switch main)`", proc.stderr)
+    assert switch, proc.stderr
+    assert b"switch it back" in repo.slicer("pull", vm).stderr
+    repo.slicer(*switch.group(1).decode().split())
+    repo.slicer("pull", vm)
+    assert (repo.path / "README.md").read_text().endswith("work\n")
+    repo.slicer("push", vm)
     assert repo.vm_status(vm) == repo.status()
 
 

@@ -25,4 +25,10 @@ def command(vm, path, as_json):
             label, short(side["head"]), side["ahead"] if side["ahead"] is not None else "?",
             len(side["changed_since_sync"])))
         lines.extend("       %s" % line for line in summarize(side["changed_since_sync"], 20, display))
+    for label, side, way in (("the worktree", host, "git switch %s" % result["branch"]),
+                             ("the VM", guest, "git slicer exec %s -- git switch %s" % (result["vm"], result["branch"]))):
+        if side.get("exists", True) and side.get("branch") != result["branch"]:
+            on = "branch %s" % display(str(side["branch"])) if side.get("branch") else "a detached HEAD"
+            lines.append("note: %s is on %s, not %s: pull brings work home on %s only (%s)"
+                         % (label, on, result["branch"], result["branch"], way))
     emit(as_json, result, "\n".join(lines))

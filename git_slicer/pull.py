@@ -101,6 +101,7 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> P
     if not agreed.pushed(link):
         raise NotLinked("this worktree is not linked to VM %s" % options.vm,
                         hint="push to it first: git slicer push %s" % options.vm)
+    worktree.refuse_mid_operation("a pull would move the branch under it")
     branch = worktree.branch() or ("HEAD" if options.detached_ok else None)
     if branch is None:
         raise SlicerError("HEAD is detached; check out %s to pull into it" % link.branch)

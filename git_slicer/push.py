@@ -68,6 +68,7 @@ def push(worktree, options: PushOptions, settings: Settings = None) -> PushResul
     settings = settings or Settings.of(worktree)      # one `git config --list` serves the whole push
     if options.depth is not None and options.depth < 1:
         raise UsageError("--depth must be at least 1")
+    worktree.refuse_mid_operation("the VM would get its files without it")
     store = LinkStore.of(worktree)
     if options.launch:
         # Checked before a VM is made for nothing; a plain push learns both from its scan.

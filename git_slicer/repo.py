@@ -41,6 +41,15 @@ def _config_key(key: str) -> str:
     return first.lower() + dot + (middle + "." if middle else "") + last.lower()
 
 
+_OPERATIONS = (
+    ("rebase-merge", "a rebase", "git rebase --continue, or --abort"),
+    ("rebase-apply", "a rebase (or git am)", "git rebase --continue, or --abort"),
+    ("MERGE_HEAD", "a merge", "git commit, or git merge --abort"),
+    ("CHERRY_PICK_HEAD", "a cherry-pick", "git cherry-pick --continue, or --abort"),
+    ("REVERT_HEAD", "a revert", "git revert --continue, or --abort"),
+)
+
+
 class Worktree:
     """One git worktree on the host (main or linked), found from any path inside it."""
 
@@ -103,6 +112,14 @@ class Worktree:
             return None                                                      # detached
         out = self.git(["symbolic-ref", "-q", "--short", "HEAD"], check=False).strip()
         return out.decode("utf-8", "surrogateescape") or None
+
+    def refuse_mid_operation(self, why: str) -> None:
+        """Raise while git is in the middle of a rebase, merge, cherry-pick or revert in this
+        worktree (as `git status` tells, from its files in the worktree's git dir)."""
+        for marker, what, how in _OPERATIONS:
+            if os.path.exists(os.path.join(self.git_dir, marker)):
+                raise SlicerError("%s is in progress in %s: %s" % (what, self.root, why),
+                                  hint="finish it or abort it first (%s)" % how)
 
     def rev(self, name: str):
         out = self.git(["rev-parse", "-q", "--verify", name + "^{commit}"], check=False).strip()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 from conftest import Repo
 
 
@@ -294,6 +296,31 @@ def test_a_vm_on_another_branch_is_named_and_the_hint_brings_its_work_home(launc
     assert (repo.path / "README.md").read_text().endswith("work\n")
     repo.slicer("push", vm)
     assert repo.vm_status(vm) == repo.status()
+
+
+@pytest.mark.parametrize("command", ["push", "pull"])
+def test_push_and_pull_refuse_while_a_merge_or_rebase_is_under_way(launched, command):
+    """As `git pull` refuses to move a branch under an unconcluded merge. The VM would get a
+    merge's files without the merge (its agent's commit would drop the second parent), and a
+    rebase's detached HEAD is no reason to create a branch, as the old hint said."""
+    repo, vm = launched
+    repo.git("switch", "-q", "-c", "side")
+    repo.write("side.txt", "side\n")
+    repo.commit("side")
+    repo.git("switch", "-q", "main")
+    repo.write("README.md", "# main moves on\n")
+    repo.commit("main")
+    repo.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'the VM agent'")
+    repo.git("merge", "-q", "--no-commit", "--no-ff", "side")
+    head = repo.git("rev-parse", "HEAD")
+    proc = repo.slicer(command, vm, check=False)
+    assert proc.returncode == 1 and b"a merge is in progress" in proc.stderr, proc.stderr
+    assert b"git merge --abort" in proc.stderr and repo.git("rev-parse", "HEAD") == head
+    repo.git("merge", "--abort")
+    repo.git("rebase", "-q", "--exec", "false", "side", check=False)         # stops after the first pick
+    proc = repo.slicer(command, vm, check=False)
+    assert proc.returncode == 1 and b"a rebase is in progress" in proc.stderr, proc.stderr
+    assert b"HEAD is detached" not in proc.stderr
 
 
 def test_pull_unlinked_vm_is_a_clear_error(repo):

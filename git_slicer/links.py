@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import report
 from .config import RESERVED_VM_NAMES
-from .errors import SlicerError, UsageError
+from .errors import NotLinked, SlicerError, UsageError
 from .repo import Worktree
 from .wire.files import utc_now, write_atomic
 from .wire.gitobj import entries_of
@@ -114,6 +114,22 @@ def repository_links(worktree):
             continue
         found += [(other, link) for link in LinkStore.of(other).all()]
     return found
+
+
+def not_linked(worktree, name: str, what: str = None) -> NotLinked:
+    """The error for a VM this worktree has no (completed) link to, with the way on: the other
+    worktree of the repository that links it, else how to link it."""
+    what = what or "this worktree is not linked to VM %s" % name
+    try:
+        elsewhere = [other.root for other, link in repository_links(worktree)
+                     if link.vm == name and os.path.realpath(other.root) != os.path.realpath(worktree.root)]
+    except SlicerError:
+        elsewhere = []
+    if elsewhere:
+        return NotLinked("%s (the worktree at %s is)" % (what, elsewhere[0]),
+                         hint="run the command there: git -C %s slicer ..." % elsewhere[0])
+    return NotLinked(what, hint="link it with `git slicer push %s` (a VM that exists: `git slicer vm list`) or "
+                                "`git slicer push --launch %s` (a new one)" % (name, name))
 
 
 MAX_LINK_BYTES = 64 * 1024 * 1024

@@ -22,7 +22,7 @@ from .config import Settings
 from .errors import AgentFailed, NotLinked, SlicerError, UnsafeInput, WouldLoseWork
 from .ignore import SlicerIgnore
 from .ignore_guard import check_ignore_changes
-from .links import LinkStore
+from .links import LinkStore, not_linked
 from .objects import TreeReader
 from .inbound import Inbound, limits_from, ref_parent, slicer_refs
 from .journal import HostWrite, Journal, recover_interrupted, set_index
@@ -88,8 +88,7 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> PullResul
     store = LinkStore.of(worktree)
     options.vm = vm_named(worktree, options.vm)
     if store.get(options.vm) is None:
-        raise NotLinked("this worktree is not linked to VM %s" % options.vm,
-                         hint="push to it first: git slicer push %s" % options.vm)
+        raise not_linked(worktree, options.vm)
     with locks.hold(worktree, options.vm, exclusive_worktree=True):
         result = _pull_locked(worktree, options, settings, store)
     result.submodules = pull_all(worktree, options.vm, options, pull)
@@ -99,8 +98,7 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> PullResul
 def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> PullResult:
     link = store.get(options.vm)
     if not agreed.pushed(link):
-        raise NotLinked("this worktree is not linked to VM %s" % options.vm,
-                        hint="push to it first: git slicer push %s" % options.vm)
+        raise not_linked(worktree, options.vm)
     worktree.refuse_mid_operation("a pull would move the branch under it")
     branch = worktree.branch() or ("HEAD" if options.detached_ok else None)
     if branch is None:

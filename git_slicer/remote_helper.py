@@ -55,10 +55,13 @@ class Helper:
         for raw in lines:
             line = raw.rstrip("\n")
             if line == "capabilities":
-                self.write("fetch\noption\n\n")
+                self.write("fetch\npush\noption\n\n")      # push: only to say why it is refused
             elif line.startswith("option "):
                 self.write("unsupported\n")
-            elif line in ("list", "list for-push"):
+            elif line == "list for-push":
+                raise SlicerError("`git push` to a VM is not supported: slicer:: remotes only fetch",
+                                  hint="git slicer push %s gives the VM this worktree's branch and changes" % self.vm)
+            elif line == "list":
                 self.write(self.list())
             elif line.startswith("fetch "):
                 batch.append(line.split()[1])
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
         helper.run(sys.stdin)
         return 0
     except SlicerError as exc:
-        sys.stderr.write("fatal: slicer: %s\n" % exc)
+        sys.stderr.write("fatal: slicer: %s\n" % exc + ("hint: %s\n" % exc.hint if exc.hint else ""))
         return 1
     except BrokenPipeError:
         return 1

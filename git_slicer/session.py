@@ -46,10 +46,13 @@ class SessionLimits:
                    progress=settings.get("slicer.progress"))
 
 
-def stale(name: str, why: str) -> StaleLink:
+def stale(name: str, why: str, gone: bool = False) -> StaleLink:
+    """`gone`: no VM has that name now (a new one is launched), else another VM has it."""
+    again = "`git slicer push --launch %s` starts over in a new VM" if gone else \
+        "`git slicer push %s` starts over in the VM called so now"
     return StaleLink("this worktree's link to VM %s is stale: %s; nothing was sent" % (name, why),
                      hint="`git slicer unlink %s` forgets it (work not pulled from the old VM is gone with "
-                          "it), then `git slicer push %s` starts over" % (name, name))
+                          "it), then %s" % (name, again % name))
 
 
 def unproven(name: str, why: str) -> UnprovenLink:

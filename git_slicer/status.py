@@ -12,7 +12,7 @@ from .agreed import pending_id, settle
 from .config import Settings
 from .errors import NotLinked
 from .ignore import SlicerIgnore
-from .links import LinkStore
+from .links import LinkStore, not_linked
 from .objects import TreeReader
 from .scan import InBackground, KnownPaths, host_overlay
 from .target import resolve
@@ -36,8 +36,7 @@ def status(worktree, vm_name: str = None, settings: Settings = None, fresh: bool
             store = LinkStore.of(worktree)
             target.link = store.get(target.name)     # as saved now: a push may just have finished
             if target.link is None:
-                raise NotLinked("this worktree is not linked to VM %s" % target.name,
-                                hint="git slicer push %s" % target.name)
+                raise not_linked(worktree, target.name)
         return _status(worktree, target, store, fresh)
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from .agreed import pushed
 from .config import Settings, check_guest_path
 from .egress.vms import launch as launch_with_allowlist
-from .errors import NotLinked, UsageError, VMNotFound
-from .links import Link, LinkStore, check_vm_name
+from .errors import UsageError, VMNotFound
+from .links import Link, LinkStore, check_vm_name, not_linked
 from .providers import VM
 from .providers.registry import get_provider
 from .session import AgentSession, check_identity, open_session, stale
@@ -68,7 +68,7 @@ def resolve(settings: Settings, vm_name: str = None, *, worktree=None, provider:
     name = vm_named(worktree, vm_name)
     link = LinkStore.of(worktree).get(name) if worktree is not None else None
     if require_link and not pushed(link):
-        raise NotLinked("this worktree is not linked to VM %s" % name, hint="git slicer push %s" % name)
+        raise not_linked(worktree, name)
     owner = provider_for(settings, name, link, provider)
     path = guest_path or (link.guest_path if link else None) or \
         (default_guest_path(settings, worktree, name) if worktree is not None else "")
@@ -126,7 +126,7 @@ def find_vm(provider, name: str, link: Link = None) -> VM:
         vm = provider.get(name)
     except VMNotFound:
         if link is not None and link.agreed_commit:
-            raise stale(name, "VM %s no longer exists (provider %s)" % (name, provider.name)) from None
+            raise stale(name, "VM %s no longer exists (provider %s)" % (name, provider.name), gone=True) from None
         raise VMNotFound("VM %s does not exist (provider %s)" % (name, provider.name),
                          hint="see `git slicer vm list`, or push with --launch") from None
     if link is not None:

@@ -48,8 +48,9 @@ def remove(path: str, force: bool = False, keep_vms: bool = False) -> dict:
     if unpulled and not force:
         raise WouldLoseWork("VM %s has work that was not pulled into %s: %s" % (
             ", ".join(sorted(unpulled)), worktree.root, "; ".join(unpulled[n] for n in sorted(unpulled))),
-                            hint="`git slicer pull VM` there first, or remove with --force (the VM and its "
-                                 "work are kept)", details={"unpulled": unpulled})
+                            hint="%s first, or remove with --force (the VM and its work are kept)"
+                                 % " and ".join("`git -C %s slicer pull %s`" % (worktree.root, n) for n in sorted(unpulled)),
+                            details={"unpulled": unpulled})
     settings = Settings(worktree.root)
     vms, doomed = [], []
     for link in links:

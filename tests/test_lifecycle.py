@@ -5,6 +5,7 @@ and the host's ignore rules in the VM."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 
 # -- defaults and exec ----------------------------------------------------------------------
@@ -124,6 +125,31 @@ def test_a_link_whose_vm_was_replaced_is_stale_and_nothing_reaches_the_new_vm(la
         assert b"link to VM %s is stale" % vm.encode() in proc.stderr and b"git slicer unlink" in proc.stderr
     listing = other.vm_sh(vm, "ls -a ~").split()
     assert "project" not in listing and "other" in listing
+
+
+def test_every_hint_names_a_command_that_works(launched, hermetic_seal, tmp_path):
+    """Hints that led nowhere: `push VM` for a VM that does not exist, a push for a VM another
+    worktree links, a plain push after unlinking a VM that is gone; `git push` to a VM said
+    nothing; a worktree's path alone was taken for a VM name."""
+    import shutil
+    from conftest import Repo, slicer
+    repo, vm = launched
+    proc = repo.slicer("pull", "nosuch", check=False)
+    assert b"git slicer push --launch nosuch" in proc.stderr, proc.stderr
+    other = Repo(tmp_path / "second")
+    repo.git("worktree", "add", "-q", "-b", "second", str(other.path))
+    theirs = other.slicer_json("push", "--launch")["vm"]
+    proc = repo.slicer("status", theirs, check=False)
+    assert str(other.path).encode() in proc.stderr and b"git -C %s slicer" % str(other.path).encode() in proc.stderr
+    assert slicer(tmp_path, "status", str(other.path), "--json").returncode == 0       # a path alone
+    proc = subprocess.run(["git", "push", "slicer::" + vm, "main"], cwd=repo.path, capture_output=True)
+    assert proc.returncode != 0 and b"only fetch" in proc.stderr and b"git slicer push" in proc.stderr
+    shutil.rmtree(_vm_root(hermetic_seal) / vm)              # the VM vanished behind our back
+    hint = re.search(rb"then `git slicer (push [^`]+)`", repo.slicer("status", check=False).stderr)
+    assert hint and b"--launch" in hint.group(1)
+    repo.slicer("unlink", vm)
+    repo.slicer(*hint.group(1).decode().split())
+    assert repo.vm_status(vm) == repo.status()
 
 
 def test_a_vm_that_answers_with_another_identity_is_refused(launched):

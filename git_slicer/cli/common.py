@@ -66,6 +66,20 @@ def complete_linked_vm(ctx, param, incomplete):
     return names or complete_vm(ctx, param, incomplete)
 
 
+def _vm_may_be_the_path(ctx, param, value):
+    """`git slicer status ../other-worktree`: a lone argument no VM name can be (a '/', '.' or
+    '..') is the worktree's path."""
+    vm = ctx.params.get("vm")
+    if value == "." and isinstance(vm, str) and ("/" in vm or vm in (".", "..", "~")):
+        ctx.params["vm"] = None
+        return vm
+    return value
+
+
+# [PATH] after an optional [VM]: the worktree to act on (default: the current directory).
+path_argument = click.argument("path", required=False, default=".", callback=_vm_may_be_the_path)
+
+
 def vm_argument(required: bool = False, linked: bool = False):
     return click.argument("vm", required=required, shell_complete=complete_linked_vm if linked else complete_vm)
 

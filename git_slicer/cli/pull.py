@@ -1,11 +1,11 @@
 import click
 
-from .common import emit, json_option, short, vm_argument, worktree_at
+from .common import emit, json_option, path_argument, short, vm_argument, worktree_at
 
 
 @click.command("pull", short_help="Bring the VM's commits and files home.", context_settings={"help_option_names": ["-h", "--help"]})
 @vm_argument(linked=True)
-@click.argument("path", required=False, default=".")
+@path_argument
 @click.option("-f", "--force", is_flag=True,
               help="Take the VM's branch and files even where the host differs (host state saved first).")
 @click.option("--no-files", is_flag=True, help="Bring commits only, not the VM's uncommitted files.")

@@ -1,12 +1,12 @@
 import click
 
-from .common import (emit, hostgroup_option, json_option, parse_tags, short, size, tag_option, vm_argument,
-                     worktree_at)
+from .common import (emit, hostgroup_option, json_option, parse_tags, path_argument, short, size, tag_option,
+                     vm_argument, worktree_at)
 
 
 @click.command("push", short_help="Copy the worktree into a VM, or send what changed.", context_settings={"help_option_names": ["-h", "--help"]})
 @vm_argument()
-@click.argument("path", required=False, default=".")
+@path_argument
 @click.option("--launch", is_flag=True, help="Start a fresh VM first (VM, if given, names it).")
 @click.option("-f", "--force", is_flag=True, help="Push even if the VM has work that was not pulled.")
 @click.option("--depth", type=int, help="Send only the last N generations of history (first push).")

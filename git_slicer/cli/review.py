@@ -2,14 +2,14 @@
 
 import click
 
-from .common import emit, json_option, short, vm_argument, worktree_at
+from .common import emit, json_option, path_argument, short, vm_argument, worktree_at
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 @click.command("diff", short_help="Show the VM's work as a diff, without pulling.", context_settings=CONTEXT)
 @vm_argument()
-@click.argument("path", required=False, default=".")
+@path_argument
 @click.option("--stat", is_flag=True, help="Show a diffstat instead of the patch.")
 @json_option
 def diff_command(vm, path, stat, as_json):
@@ -26,7 +26,7 @@ def diff_command(vm, path, stat, as_json):
 
 @click.command("log", context_settings=CONTEXT)
 @vm_argument()
-@click.argument("path", required=False, default=".")
+@path_argument
 @json_option
 def log_command(vm, path, as_json):
     """List VM's commits that the host branch does not have yet."""
@@ -39,7 +39,7 @@ def log_command(vm, path, as_json):
 
 @click.command("shell", context_settings=CONTEXT)
 @vm_argument()
-@click.argument("path", required=False, default=".")
+@path_argument
 def shell_command(vm, path):
     """Open an interactive shell in VM, in the synced repository."""
     from ..config import Settings

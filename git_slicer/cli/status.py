@@ -1,11 +1,11 @@
 import click
 
-from .common import emit, json_option, short, vm_argument, worktree_at
+from .common import emit, json_option, path_argument, short, vm_argument, worktree_at
 
 
 @click.command("status", short_help="Show what changed on each side since the last sync.", context_settings={"help_option_names": ["-h", "--help"]})
 @vm_argument()
-@click.argument("path", required=False, default=".")
+@path_argument
 @json_option
 def command(vm, path, as_json):
     """Show commits ahead/behind and dirty files on the host and in VM since the last sync."""

@@ -36,6 +36,19 @@ def test_pull_json_shape(launched):
     assert result["fast_forward"] is False and result["reset"] is False and result["backup"] is None
 
 
+def test_a_refused_pull_still_prints_one_json_document(launched):
+    """Scripts and agents read stdout: a failure is a document there too, beside the error line."""
+    import json
+    repo, vm = launched
+    repo.vm_sh(vm, "echo vm > README.md")
+    repo.write("README.md", "host\n")
+    proc = repo.slicer("pull", vm, "--json", check=False)
+    result = json.loads(proc.stdout)
+    assert proc.returncode == 1 and result["ok"] is False and result["error"]["exit_code"] == 1
+    assert "README.md" in result["error"]["message"] and result["error"]["details"]["conflicts"] == ["README.md"]
+    assert b"error: the VM and the host both changed" in proc.stderr
+
+
 def test_pull_refuses_non_fast_forward_and_force_saves_the_host_tip(launched):
     repo, vm = launched
     repo.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'vm side'")

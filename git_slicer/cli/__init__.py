@@ -59,6 +59,12 @@ def _register():
 _register()
 
 
+def _wants_json(args) -> bool:
+    """--json among the options (not in a command `exec` runs after `--`)."""
+    args = list(args)
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
 def main(argv=None) -> None:
     try:
         code = cli.main(args=argv, prog_name="git slicer", standalone_mode=False,
@@ -78,6 +84,12 @@ def main(argv=None) -> None:
         if exc.hint:
             sys.stderr.write("hint: %s\n" % escape(exc.hint))
         code = exc.exit_code
+        if _wants_json(sys.argv[1:] if argv is None else argv):      # scripts get a document either way
+            import json
+            sys.stdout.write(json.dumps({"ok": False, "error": {"message": str(exc), "hint": exc.hint,
+                                                                "kind": type(exc).__name__, "exit_code": code,
+                                                                "details": exc.details}},
+                                        indent=2, sort_keys=True, default=str) + "\n")
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130

@@ -18,6 +18,7 @@ from .errors import AgentFailed, SlicerError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .links import LinkStore
 from .inbound import Inbound, limits_from
+from .pull import measured_from
 from .safewrite import Change
 from .scan import host_overlay
 from .target import resolve
@@ -75,7 +76,7 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
                       else ("file", os.path.join(worktree.root, p)) for p, e in ours["files"].items() if e}
         host_tree = _worktree_tree(worktree, host_head, ours, host_files, env)
         base = worktree.git(["merge-base", host_head, vm_tip], check=False).strip().decode() or host_head
-        changed = _changed_by_vm(worktree, link, view if state["branch"] == link.branch else None, vm_tip)
+        changed = _changed_by_vm(worktree, link, view if state["branch"] == link.branch else None, vm_tip, host_head)
         yield VMSnapshot(vm=name, branch=link.branch, vm_tip=vm_tip, host_head=host_head, base=base,
                          tree=tree, host_tree=host_tree, env=env,
                          pulled_tree=_with_paths_of(worktree, host_tree, tree, changed, env))
@@ -86,21 +87,24 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
 _ABSENT = "absent"
 
 
-def _changed_by_vm(worktree, link, view, vm_tip: str) -> set:
-    """The paths a pull takes from the VM (pull.py's rule; every other path stays the host's):
-    those its commits changed since the last agreed commit, and those whose uncommitted state
-    (`view`; None: the VM is on another branch, whose files a pull leaves) differs from the
-    agreed one."""
-    agreed = link.agreed_overlay
-    paths = set()
-    if view is not None:
-        for part in ("index", "files"):
-            paths.update(p for p in set(agreed[part]) | set(view[part])
-                         if agreed[part].get(p, _ABSENT) != view[part].get(p, _ABSENT))
-    if link.agreed_commit and link.agreed_commit != vm_tip:
-        out = worktree.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", link.agreed_commit, vm_tip],
-                           check=False)
-        paths.update(os.fsdecode(p) for p in out.split(b"\0") if p)
+def _changed_by_vm(worktree, link, view, vm_tip: str, host_head: str) -> set:
+    """The paths a pull takes from the VM (every other path stays the host's), measured as pull
+    measures them (pull.measured_from): those the VM's commits changed since the base, and those
+    whose uncommitted state (`view`; None: the VM is on another branch, whose files a pull
+    leaves) differs from the base's."""
+    def changed_paths(a, b):
+        out = worktree.git(["diff-tree", "-r", "-z", "--no-renames", "--name-only", a, b], check=False)
+        return [os.fsdecode(p) for p in out.split(b"\0") if p]
+    if not link.agreed_commit:
+        return set()
+    base, linked, forward = measured_from(link, vm_tip, host_head, worktree.is_ancestor, changed_paths)
+    if vm_tip != host_head and not forward and worktree.is_ancestor(vm_tip, host_head):
+        return set()                    # the VM went back behind what the host has: a pull applies nothing
+    view = linked if view is None else view
+    paths = set(changed_paths(base.commit, vm_tip)) if base.commit != vm_tip else set()
+    for part in ("index", "files"):
+        paths.update(p for p in set(base.overlay[part]) | set(view[part])
+                     if base.overlay[part].get(p, _ABSENT) != view[part].get(p, _ABSENT))
     return paths
 
 

@@ -265,6 +265,7 @@ def test_pull_after_merging_the_vms_commit_by_hand_brings_only_its_later_work(la
     assert diverged.returncode == 1 and b"merge or rebase onto refs/slicer/%s/main" % vm.encode() in diverged.stderr
     repo.git("merge", "-q", "--no-edit", "refs/slicer/%s/main" % vm)
     merged = repo.git("rev-parse", "HEAD").strip()
+    assert [f["path"] for f in repo.slicer_json("diff", vm)["files"]] == ["later.txt"]
     repo.slicer("pull", vm)
     assert repo.git("rev-parse", "HEAD").strip() == merged
     assert (repo.path / "later.txt").read_text() == "later\n"
@@ -272,6 +273,43 @@ def test_pull_after_merging_the_vms_commit_by_hand_brings_only_its_later_work(la
     repo.slicer("push", vm)
     assert repo.vm_git(vm, "rev-parse", "HEAD").strip() == merged
     assert repo.vm_status(vm) == repo.status()
+
+
+def test_a_vm_that_goes_back_behind_the_agreed_commit_takes_no_host_work_with_it(launched):
+    """The VM drops its last commit and the host's pushed changes: that is no work of its own,
+    and the host, which has that commit, keeps its edit and its untracked file."""
+    repo, vm = launched
+    repo.write("README.md", "# the host's work\n")
+    repo.write("notes.txt", "host notes\n")
+    repo.slicer("push", vm)
+    repo.vm_sh(vm, "echo x > x.txt && git add x.txt && git commit -qm 'the VM agent'")
+    repo.slicer("pull", vm)
+    repo.vm_sh(vm, "git reset -q --hard HEAD~1 && git clean -qfd")
+    assert repo.slicer_json("diff", vm)["files"] == []
+    result = repo.slicer_json("pull", vm)
+    assert "not applied" in result["note"]
+    assert (repo.path / "README.md").read_text() == "# the host's work\n"
+    assert (repo.path / "notes.txt").read_text() == "host notes\n" and (repo.path / "x.txt").exists()
+
+
+def test_a_merged_vm_commit_is_not_undone_when_the_vm_has_moved_to_another_branch(launched):
+    """The VM committed the host's pushed edit, then left the linked branch; the host merged
+    that commit by hand. Its files are the commit's, not the agreed overlay's from before it."""
+    repo, vm = launched
+    repo.write("README.md", "# the host's work in progress\n")
+    repo.slicer("push", vm)
+    repo.vm_sh(vm, "echo 'the VM agent' >> README.md && git commit -qam 'the VM agent' && git switch -q -c other")
+    repo.write("o.txt", "o\n")
+    repo.git("add", "o.txt")
+    repo.git("commit", "-qm", "host")                 # README.md's edit stays uncommitted
+    assert repo.slicer("pull", vm, check=False).returncode == 1       # diverged
+    repo.git("stash", "-q")
+    repo.git("merge", "-q", "--no-edit", "refs/slicer/%s/main" % vm)
+    merged = (repo.path / "README.md").read_text()
+    assert merged.endswith("the VM agent\n")
+    assert repo.slicer_json("diff", vm)["files"] == []
+    repo.slicer("pull", vm)
+    assert (repo.path / "README.md").read_text() == merged and repo.status() == ""
 
 
 def test_pull_refuses_while_the_host_is_on_another_branch(launched):

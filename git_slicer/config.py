@@ -193,6 +193,12 @@ def _parse_int(text: str) -> int:
     return int(text[:-1] if scale != 1 else text) * scale
 
 
+def user_data_dir() -> str:
+    """`$XDG_DATA_HOME/git-slicer`: the user's own state (local VMs, VMs kept with unpulled work)."""
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "git-slicer")
+
+
 def vm_dir(settings: Settings) -> str:
     configured = settings.get("slicer.vmDir")
     if configured:
@@ -200,8 +206,7 @@ def vm_dir(settings: Settings) -> str:
             raise UsageError("slicer.vmDir %s is not a directory" % _shown(configured),
                              hint="point slicer.vmDir (or GIT_SLICER_VM_DIR) at a directory")
         return configured
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "git-slicer", "vms")
+    return os.path.join(user_data_dir(), "vms")
 
 
 def check_guest_path(text: str, key: str = "slicer.guestPath") -> str:

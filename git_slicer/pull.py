@@ -110,9 +110,11 @@ def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> P
     if link.branch and branch not in ("HEAD", link.branch):
         # The agreed state is the linked branch's: measured against another branch's checkout,
         # the switch itself would look like host edits, and the wrong branch would move.
+        switch = "git switch %s" % link.branch if worktree.rev("refs/heads/" + link.branch) else \
+            "`git branch -m %s` names this branch %s again (it was renamed)" % (link.branch, link.branch)
         raise SlicerError("the worktree is on branch %s, but VM %s works on %s" % (branch, options.vm, link.branch),
-                          hint="git switch %s and pull again (or push to give the VM branch %s, once its work "
-                               "is pulled)" % (link.branch, branch))
+                          hint="%s and pull again (or push to give the VM branch %s, once its work is pulled)"
+                               % (switch, branch))
     pack_limits, file_limits = limits_from(settings)
     with target.session() as session:
         link.vm_id = session.vm_id or link.vm_id
@@ -302,7 +304,8 @@ class Puller:
             if head != base.commit and set(conflicts) & set(trees.diff(base.commit, head)):
                 # The host's side is in its commits since the last sync: a stash would not help.
                 hint = ("the host's commits since the last sync changed them too: commit the VM's work there "
-                        "(git slicer exec %s -- git commit -am MESSAGE), pull again and merge refs/slicer/%s/%s, "
+                        "(git slicer exec %s -- sh -c 'git add -A && git commit -m MESSAGE'), pull again and merge "
+                        "refs/slicer/%s/%s, "
                         "or pull --force to take the VM's versions as uncommitted changes (the host's are saved "
                         "under refs/slicer/backup/)" % (self.link.vm, self.link.vm, self.link.branch))
             raise WouldLoseWork("the VM and the host both changed: %s%s; nothing was written"

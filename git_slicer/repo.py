@@ -42,11 +42,12 @@ def _config_key(key: str) -> str:
 
 
 _OPERATIONS = (
-    ("rebase-merge", "a rebase", "git rebase --continue, or --abort"),
-    ("rebase-apply", "a rebase (or git am)", "git rebase --continue, or --abort"),
+    ("rebase-merge", "a rebase", "git rebase --continue, or git rebase --abort"),
+    ("rebase-apply/applying", "git am", "git am --continue, or git am --abort"),
+    ("rebase-apply", "a rebase", "git rebase --continue, or git rebase --abort"),
     ("MERGE_HEAD", "a merge", "git commit, or git merge --abort"),
-    ("CHERRY_PICK_HEAD", "a cherry-pick", "git cherry-pick --continue, or --abort"),
-    ("REVERT_HEAD", "a revert", "git revert --continue, or --abort"),
+    ("CHERRY_PICK_HEAD", "a cherry-pick", "git cherry-pick --continue, or git cherry-pick --abort"),
+    ("REVERT_HEAD", "a revert", "git revert --continue, or git revert --abort"),
 )
 
 

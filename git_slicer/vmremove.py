@@ -3,8 +3,8 @@
 A VM may be linked from several worktrees of a repository (links live per worktree). Before a VM
 goes, every link to it is checked: VM commits or changed files since the agreed state, or a state
 that cannot be read, stop the removal unless forced. Removing a VM retires the links to it.
-A VM kept with unpulled work when its worktree was removed has no link left: the repository
-keeps a record of it instead (`keep`), which stops the removal the same way.
+A VM kept with unpulled work when its worktree was removed has no link left: a record of it
+among the user's own state (`keep`) stops the removal the same way, wherever `vm rm` runs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 
 from .agreed import pushed
+from .config import user_data_dir
 from .errors import NotLinked, SlicerError, StaleLink, UnprovenLink, WouldLoseWork
 from .links import LinkStore, repository_links
 from .repo import Worktree
@@ -69,35 +70,31 @@ def unpulled_work(worktree, link):
     return "; ".join(what) or None
 
 
-def keep(worktree, link, why: str) -> None:
-    """Record, for the whole repository, that `link`'s VM was kept with work not pulled into
-    `worktree` while that worktree (and with it the link) goes away."""
+def keep(worktree, link, why: str) -> str:
+    """Record that `link`'s VM is kept with work not pulled into `worktree`, which (and with it
+    the link) goes away; returns the record's path."""
     record = {"vm": link.vm, "provider": link.provider, "vm_id": link.vm_id, "worktree": worktree.root,
               "branch": link.branch, "guest_path": link.guest_path, "why": why}
-    write_atomic(_kept_path(worktree, link.vm), json.dumps(record).encode(), sync_dir=True)
+    path = _kept_path(link.provider, link.vm)
+    write_atomic(path, json.dumps(record).encode(), sync_dir=True)
+    return path
 
 
-def kept(vm, worktrees) -> list:
-    """[(record path, record)] of the VMs `keep` recorded that are `vm`, in the repositories of
-    `worktrees`."""
-    found = {}
-    for worktree in worktrees:
-        path = _kept_path(worktree, vm.name)
-        try:
-            with open(path, "rb") as fh:
-                record = json.loads(fh.read())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict) or record.get("provider") != vm.provider:
-            continue
-        if record.get("vm_id") and vm.id and record["vm_id"] != vm.id:
-            continue                            # an older VM of that name
-        found[os.path.realpath(path)] = record
-    return sorted(found.items())
+def kept(vm) -> list:
+    """[(record path, record)]: what `keep` recorded of `vm` (none for an older VM of its name)."""
+    path = _kept_path(vm.provider, vm.name)
+    try:
+        with open(path, "rb") as fh:
+            record = json.loads(fh.read())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(record, dict) or record.get("vm_id") and vm.id and record["vm_id"] != vm.id:
+        return []
+    return [(path, record)]
 
 
-def _kept_path(worktree, name: str) -> str:
-    return os.path.join(worktree.common_dir, "slicer", "kept-vms", name + ".json")
+def _kept_path(provider: str, name: str) -> str:
+    return os.path.join(user_data_dir(), "kept-vms", provider, name + ".json")
 
 
 def check_removable(vm, links, records=()) -> None:

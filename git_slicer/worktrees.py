@@ -66,10 +66,14 @@ def remove(path: str, force: bool = False, keep_vms: bool = False) -> dict:
             except SlicerError as exc:
                 reason = "kept: %s" % exc
         vms.append({"vm": link.vm, "removed": reason is None, "reason": reason or "launched by this worktree"})
-    for link in links:
-        if link.vm in unpulled:
-            vmremove.keep(worktree, link, unpulled[link.vm])       # its link goes with the worktree
-    Worktree(main_root).git(["worktree", "remove"] + (["--force"] if force else []) + [worktree.root])
+    records = [vmremove.keep(worktree, link, unpulled[link.vm])   # its link goes with the worktree
+               for link in links if link.vm in unpulled]
+    try:
+        Worktree(main_root).git(["worktree", "remove"] + (["--force"] if force else []) + [worktree.root])
+    except BaseException:
+        for path in records:             # the worktree, and its link, are still there
+            os.unlink(path)
+        raise
     for provider, vm, others in doomed:
         vmremove.remove(provider, vm, others)
     return {"worktree": worktree.root, "removed": True, "unpulled": unpulled, "vms": vms}

@@ -269,7 +269,7 @@ def test_vm_rm_refuses_when_a_links_state_cannot_be_read_unless_forced(launched)
 
 
 def test_worktree_remove_removes_the_vms_it_launched_and_keeps_the_rest(launched, tmp_path):
-    from conftest import Repo
+    from conftest import Repo, slicer
     repo, shared = launched
     paths = {n: tmp_path / n for n in ("fix", "keep", "busy")}
     vms = {n: repo.slicer_json("worktree", "add", str(p), "-b", n, "--launch")["pushed"]["vm"]
@@ -290,15 +290,32 @@ def test_worktree_remove_removes_the_vms_it_launched_and_keeps_the_rest(launched
     assert not paths["busy"].exists() and vms["busy"] in _vm_names(repo)     # the work survives in the VM
     # With the worktree went its link: the repository remembers the VM kept with that work, so a
     # later `vm rm` still refuses, and says how to fetch its commits.
-    proc = repo.slicer("vm", "rm", vms["busy"], check=False)
-    assert proc.returncode == 1 and b"not pulled" in proc.stderr and str(paths["busy"]).encode() in proc.stderr
+    for where in (repo.path, tmp_path):                       # also from outside the repository
+        proc = slicer(where, "vm", "rm", vms["busy"], check=False)
+        assert proc.returncode == 1 and b"not pulled" in proc.stderr and str(paths["busy"]).encode() in proc.stderr
     fetch = re.search(rb"`git (fetch slicer://\S+ busy)`", proc.stderr)
     assert fetch, proc.stderr
     repo.git(*fetch.group(1).decode().split())                            # the hint works
     assert repo.git("rev-parse", "FETCH_HEAD") == repo.git("rev-parse", "busy")
     assert vms["busy"] in _vm_names(repo)
     assert repo.slicer_json("vm", "rm", "--force", vms["busy"])["removed"] == [vms["busy"]]
-    assert not (repo.path / ".git" / "slicer" / "kept-vms" / (vms["busy"] + ".json")).exists()
+    assert vms["busy"] not in _vm_names(repo)
+
+
+def test_a_worktree_remove_that_fails_keeps_no_record_of_its_vm(launched, tmp_path):
+    """git refuses to remove a locked worktree: its link stays, so once its work is pulled,
+    `vm rm` goes ahead (no record of a removal that never happened stands in the way)."""
+    from conftest import Repo
+    repo, _ = launched
+    path = tmp_path / "locked"
+    vm = repo.slicer_json("worktree", "add", str(path), "-b", "locked", "--launch")["pushed"]["vm"]
+    wt = Repo(path)
+    wt.vm_sh(vm, "echo unpulled > u.txt")
+    repo.git("worktree", "lock", str(path))
+    assert repo.slicer("worktree", "remove", str(path), "--force", check=False).returncode != 0
+    assert path.exists()
+    wt.slicer("pull", vm)
+    assert repo.slicer_json("vm", "rm", vm)["removed"] == [vm]
 
 
 def test_unlink_refuses_while_the_vm_holds_unpulled_work(launched):

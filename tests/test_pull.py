@@ -47,6 +47,8 @@ def test_a_refused_pull_still_prints_one_json_document(launched):
     assert proc.returncode == 1 and result["ok"] is False and result["error"]["exit_code"] == 1
     assert "README.md" in result["error"]["message"] and result["error"]["details"]["conflicts"] == ["README.md"]
     assert b"error: the VM and the host both changed" in proc.stderr
+    proc = repo.slicer("status", "--json", "--no-such-option", check=False)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["error"]["kind"] == "UsageError"
 
 
 def test_pull_refuses_non_fast_forward_and_force_saves_the_host_tip(launched):
@@ -243,7 +245,8 @@ def test_pull_with_the_host_ahead_and_both_changing_a_file_says_how_to_merge(lau
     before = repo.status()
     refused = repo.slicer("pull", vm, check=False)
     assert refused.returncode != 0 and b"src/app.py" in refused.stderr, refused.stderr
-    assert b"git slicer exec %s -- git commit" % vm.encode() in refused.stderr, refused.stderr
+    assert b"git slicer exec %s -- sh -c 'git add -A && git commit -m MESSAGE'" % vm.encode() in refused.stderr, \
+        refused.stderr
     assert repo.status() == before and (repo.path / "src/app.py").read_text() == "print('host')\n"
     repo.slicer("exec", vm, "--", "git", "commit", "-qam", "the VM's work")
     diverged = repo.slicer("pull", vm, check=False)
@@ -329,6 +332,14 @@ def test_pull_refuses_while_the_host_is_on_another_branch(launched):
     repo.git("switch", "-q", "main")
     repo.slicer("pull", vm)
     assert repo.git("rev-parse", "main") == repo.vm_git(vm, "rev-parse", "HEAD")
+    repo.vm_sh(vm, "echo more >> vm.txt")
+    repo.git("branch", "-m", "main", "trunk")              # renamed: `git switch main` cannot be the way
+    proc = repo.slicer("pull", vm, check=False)
+    hint = re.search(rb"`(git branch -m main)`", proc.stderr)
+    assert proc.returncode == 1 and hint, proc.stderr
+    repo.git(*hint.group(1).decode().split()[1:])
+    repo.slicer("pull", vm)
+    assert (repo.path / "vm.txt").read_text() == "vm\nmore\n"
 
 
 def test_a_vm_on_another_branch_is_named_and_the_hint_brings_its_work_home(launched):
@@ -372,6 +383,13 @@ def test_push_and_pull_refuse_while_a_merge_or_rebase_is_under_way(launched, com
     proc = repo.slicer(command, vm, check=False)
     assert proc.returncode == 1 and b"a rebase is in progress" in proc.stderr, proc.stderr
     assert b"HEAD is detached" not in proc.stderr
+    repo.git("rebase", "--abort")
+    patch = repo.git("format-patch", "--stdout", "-1", "side")
+    repo.write("side.txt", "in the way\n")
+    repo.commit("conflicting side.txt")
+    repo.git("am", "-q", input=patch.encode(), check=False)                   # stops: side.txt exists
+    proc = repo.slicer(command, vm, check=False)
+    assert proc.returncode == 1 and b"git am is in progress" in proc.stderr and b"git am --abort" in proc.stderr
 
 
 def test_pull_unlinked_vm_is_a_clear_error(repo):

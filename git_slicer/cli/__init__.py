@@ -59,10 +59,16 @@ def _register():
 _register()
 
 
-def _wants_json(args) -> bool:
-    """--json among the options (not in a command `exec` runs after `--`)."""
-    args = list(args)
-    return "--json" in (args[:args.index("--")] if "--" in args else args)
+def _json_error(argv, message: str, kind: str, code: int, hint: str = "", details=None) -> None:
+    """With --json among the options (not in a command `exec` runs after `--`), the failure as
+    one document on stdout too: scripts and agents read stdout."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--json" not in (args[:args.index("--")] if "--" in args else args):
+        return
+    import json
+    sys.stdout.write(json.dumps({"ok": False, "error": {"message": message, "hint": hint, "kind": kind,
+                                                        "exit_code": code, "details": details or {}}},
+                                indent=2, sort_keys=True, default=str) + "\n")
 
 
 def main(argv=None) -> None:
@@ -72,9 +78,11 @@ def main(argv=None) -> None:
     except click.UsageError as exc:
         exc.show()
         code = 2
+        _json_error(argv, exc.format_message(), "UsageError", code)
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
+        _json_error(argv, exc.format_message(), type(exc).__name__, code)
     except click.exceptions.Abort:       # click's form of Ctrl-C
         sys.stderr.write("interrupted\n")
         code = 130
@@ -84,12 +92,7 @@ def main(argv=None) -> None:
         if exc.hint:
             sys.stderr.write("hint: %s\n" % escape(exc.hint))
         code = exc.exit_code
-        if _wants_json(sys.argv[1:] if argv is None else argv):      # scripts get a document either way
-            import json
-            sys.stdout.write(json.dumps({"ok": False, "error": {"message": str(exc), "hint": exc.hint,
-                                                                "kind": type(exc).__name__, "exit_code": code,
-                                                                "details": exc.details}},
-                                        indent=2, sort_keys=True, default=str) + "\n")
+        _json_error(argv, str(exc), type(exc).__name__, code, exc.hint, exc.details)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
@@ -102,5 +105,6 @@ def main(argv=None) -> None:
         sys.stderr.write("error: internal error: %s: %s (set GIT_SLICER_DEBUG=1 for a traceback)\n"
                          % (type(exc).__name__, escape(exc)))
         code = 1
+        _json_error(argv, "internal error: %s: %s" % (type(exc).__name__, exc), "InternalError", code)
     sys.stdout.flush()
     sys.exit(code if isinstance(code, int) else 0)

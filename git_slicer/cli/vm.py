@@ -62,7 +62,7 @@ def rm(names, provider, force, as_json):
         owner = _owner(settings, name, provider)
         vm = find_vm(owner, name)
         links = vmremove.links_to(vm, [here] if here else [])
-        records = vmremove.kept(vm, [here] if here else [])
+        records = vmremove.kept(vm)
         if not force:
             vmremove.check_removable(vm, links, records)
         plan.append((owner, vm, links, records))

@@ -82,3 +82,25 @@ def settle(store, link, vm_state: dict, keep) -> bool:
     if store is not None:
         store.save(link)
     return True
+
+
+def measured_from(link, vm_tip: str, head: str, is_ancestor, changed_paths):
+    """(base commit, base overlay, linked, forward): the state the VM's work is measured from;
+    the VM's state on the linked branch when its worktree is not read (it is on another branch,
+    or pull --no-files); whether the VM tip descends from the agreed commit.
+
+    The agreed state, with what the VM committed since taking over its overlay's entries for
+    those paths. When the host already has those commits (`head` descends from the VM tip:
+    merged or fast-forwarded by hand), the VM tip is the base: what they changed is the host's
+    now. A VM tip that does not descend from the agreed commit (the VM went back, or elsewhere)
+    is measured from the agreed state. `is_ancestor(a, b)`: a is b or an ancestor of it;
+    `changed_paths(a, b)`: the paths two commits' trees differ in."""
+    commit, overlay = link.agreed_commit, link.agreed_overlay
+    forward = vm_tip == commit or is_ancestor(commit, vm_tip)
+    if vm_tip == commit or not forward:
+        return commit, overlay, overlay, forward
+    committed = set(changed_paths(commit, vm_tip))
+    after = {part: {p: e for p, e in entries.items() if p not in committed} for part, entries in overlay.items()}
+    if is_ancestor(vm_tip, head):
+        return vm_tip, after, after, forward
+    return commit, overlay, after, forward

@@ -219,7 +219,9 @@ class Puller:
                     hint="merge or rebase onto refs/slicer/%s/%s, or pull --force to take the VM's branch "
                          "(the host's is saved under refs/slicer/backup/)" % (self.link.vm, self.link.branch))
         use_vm_files = not self.options.no_files and vm_state["branch"] == self.link.branch
-        base, linked, forward = measured_from(self.link, vm_tip, head, trees.is_ancestor, trees.diff)
+        base_commit, base_overlay, linked, forward = agreed.measured_from(self.link, vm_tip, head,
+                                                                         trees.is_ancestor, trees.diff)
+        base = State(base_commit, base_overlay)
         vm = State(vm_tip, vm_view if use_vm_files else linked)
         if target == head and vm_tip != head and not (forward and trees.is_ancestor(vm_tip, head)):
             # The VM's files are changes to commits the host does not have (--no-merge), or the
@@ -441,26 +443,6 @@ class Puller:
 
 # Above these, the second look at the host is a whole scan, not one of the changed paths.
 _RESCAN_PATHS, _RESCAN_BYTES = 1000, 64 * 1024
-
-
-def measured_from(link, vm_tip: str, head: str, is_ancestor, changed_paths):
-    """(base, linked, forward): the state the VM's work is measured from, the VM's state on the
-    linked branch when its worktree is not read (it is on another branch, or --no-files), and
-    whether the VM tip descends from the agreed commit.
-
-    The agreed state, with what the VM committed since taking over its overlay's entries for
-    those paths. When the host already has those commits (merged or fast-forwarded by hand),
-    the VM tip is the base: what they changed is the host's now. A VM tip that does not descend
-    from the agreed commit (the VM went back, or elsewhere) is measured from the agreed state."""
-    agreed = State(link.agreed_commit, link.agreed_overlay)
-    forward = vm_tip == agreed.commit or is_ancestor(agreed.commit, vm_tip)
-    if vm_tip == agreed.commit or not forward:
-        return agreed, agreed.overlay, forward
-    committed = set(changed_paths(agreed.commit, vm_tip))
-    after = {part: {p: e for p, e in entries.items() if p not in committed} for part, entries in agreed.overlay.items()}
-    if is_ancestor(vm_tip, head):
-        return State(vm_tip, after), after, forward
-    return agreed, after, forward
 
 
 def _batches(paths: list):

@@ -208,7 +208,7 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
                              worktree.algo), hint="push to another VM, or set slicer.%s.guestPath" % link.vm)
 
     if not first and not options.force:
-        _refuse_if_vm_has_work(link, vm_state, vm_view, head, ours)
+        _refuse_if_vm_has_work(link, vm_state, vm_view, head, ours, worktree)
     extra = ignored_files(worktree, ignore) if include_ignored else []
     if (not first and vm_state["head"] == head and vm_state["branch"] == branch and vm_view == ours
             and not extra and options.depth is None):
@@ -287,12 +287,18 @@ def _changed_meanwhile(reply: dict) -> list:
     return sorted(safe)
 
 
-def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str = None, ours: dict = None) -> None:
+def _refuse_if_vm_has_work(link: Link, vm_state: dict, vm_view: dict, head: str = None, ours: dict = None,
+                           worktree=None) -> None:
     if not link.agreed_commit:
         raise WouldLoseWork("VM %s already has a repository at %s that this worktree did not push"
                             % (link.vm, vm_state["path"]), hint="use --force to replace it")
-    changed = overlay_mod.changed_paths(link.agreed_overlay, vm_view)
-    moved = vm_state["head"] != link.agreed_commit
+    base_commit, base_overlay = link.agreed_commit, link.agreed_overlay
+    if worktree is not None and vm_state["head"] and vm_state["head"] != base_commit:
+        # VM commits the host has merged are pulled work (as pull measures it).
+        base_commit, base_overlay, _, _ = agreed.measured_from(
+            link, vm_state["head"], head, worktree.is_ancestor, lambda a, b: overlay_mod.tree_changes(worktree.git, a, b))
+    changed = overlay_mod.changed_paths(base_overlay, vm_view)
+    moved = vm_state["head"] != base_commit
     if ours is not None:    # what the VM already has of this very push (an interrupted one) is not its work
         changed = [p for p in changed if _entries(vm_view, p) != _entries(ours, p)]
         moved = moved and vm_state["head"] != head

@@ -13,12 +13,12 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .agreed import measured_from
 from .config import Settings
 from .errors import AgentFailed, SlicerError, WouldLoseWork
 from .ignore import SlicerIgnore
 from .links import LinkStore
 from .inbound import Inbound, limits_from
-from .pull import measured_from
 from .safewrite import Change
 from .scan import host_overlay
 from .target import resolve
@@ -89,7 +89,7 @@ _ABSENT = "absent"
 
 def _changed_by_vm(worktree, link, view, vm_tip: str, host_head: str) -> set:
     """The paths a pull takes from the VM (every other path stays the host's), measured as pull
-    measures them (pull.measured_from): those the VM's commits changed since the base, and those
+    measures them (agreed.measured_from): those the VM's commits changed since the base, and those
     whose uncommitted state (`view`; None: the VM is on another branch, whose files a pull
     leaves) differs from the base's."""
     def changed_paths(a, b):
@@ -97,14 +97,15 @@ def _changed_by_vm(worktree, link, view, vm_tip: str, host_head: str) -> set:
         return [os.fsdecode(p) for p in out.split(b"\0") if p]
     if not link.agreed_commit:
         return set()
-    base, linked, forward = measured_from(link, vm_tip, host_head, worktree.is_ancestor, changed_paths)
+    base_commit, base_overlay, linked, forward = measured_from(link, vm_tip, host_head, worktree.is_ancestor,
+                                                               changed_paths)
     if vm_tip != host_head and not forward and worktree.is_ancestor(vm_tip, host_head):
         return set()                    # the VM went back behind what the host has: a pull applies nothing
     view = linked if view is None else view
-    paths = set(changed_paths(base.commit, vm_tip)) if base.commit != vm_tip else set()
+    paths = set(changed_paths(base_commit, vm_tip)) if base_commit != vm_tip else set()
     for part in ("index", "files"):
-        paths.update(p for p in set(base.overlay[part]) | set(view[part])
-                     if base.overlay[part].get(p, _ABSENT) != view[part].get(p, _ABSENT))
+        paths.update(p for p in set(base_overlay[part]) | set(view[part])
+                     if base_overlay[part].get(p, _ABSENT) != view[part].get(p, _ABSENT))
     return paths
 
 

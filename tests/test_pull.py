@@ -278,6 +278,23 @@ def test_pull_after_merging_the_vms_commit_by_hand_brings_only_its_later_work(la
     assert repo.vm_status(vm) == repo.status()
 
 
+def test_a_push_after_merging_the_vms_commits_by_hand_needs_no_pull_first(launched):
+    """The host has every VM commit once it merged them: they are no unpulled work."""
+    repo, vm = launched
+    repo.write("README.md", "# the host's uncommitted work, pushed\n")
+    repo.slicer("push", vm)
+    repo.vm_sh(vm, "echo vm >> src/app.py && git commit -qam 'the VM agent, with the host work'")
+    repo.write("host.txt", "host\n")
+    repo.git("add", "host.txt")
+    repo.git("commit", "-qm", "host")
+    assert repo.slicer("pull", vm, check=False).returncode == 1           # diverged
+    repo.git("stash", "-q")
+    repo.git("merge", "-q", "--no-edit", "refs/slicer/%s/main" % vm)
+    repo.slicer("push", vm)
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status() == ""
+
+
 def test_a_vm_that_goes_back_behind_the_agreed_commit_takes_no_host_work_with_it(launched):
     """The VM drops its last commit and the host's pushed changes: that is no work of its own,
     and the host, which has that commit, keeps its edit and its untracked file."""

@@ -255,10 +255,14 @@ class Puller:
         before = {p: writer.current(p) for p in sorted(vm_paths)
                   if trees.file(vm, p) != trees.file(base, p) or trees.index(vm, p) != trees.index(base, p)}
         ours = State(head, self._host_after(head, before))
-        hidden = set()
+        hidden, flagged = set(), self._flagged(before)
         for path, entry in before.items():
-            if entry is not None and entry != DIRECTORY and trees.file(ours, path) is None:
-                ours.overlay["files"][path] = entry     # a file git ignores: the host's own all the same
+            if entry is None or entry == DIRECTORY:
+                continue
+            if trees.file(ours, path) is None or path in flagged:
+                # A file git ignores, or one the index tells git not to look at (skip-worktree,
+                # assume-unchanged: a local config kept out of commits): the host's own all the same.
+                ours.overlay["files"][path] = entry
                 hidden.add(path)
         paths = set(vm_paths)
         paths.update(ours.overlay["index"], ours.overlay["files"])
@@ -300,7 +304,9 @@ class Puller:
             untracked = [p for p in conflicts if trees.index(ours, p) is None and trees.file(ours, p) is not None]
             how = "git stash -u, as %s is untracked" % display(untracked[0]) if untracked else "git stash"
             if hidden.intersection(conflicts):
-                how = "git stash --all, as %s is ignored" % display(sorted(hidden.intersection(conflicts))[0])
+                first = sorted(hidden.intersection(conflicts))[0]
+                how = "git stash --all, as %s is ignored" % display(first) if first not in flagged else \
+                    "%s is marked skip-worktree or assume-unchanged: move your version aside" % display(first)
             hint = ("commit or stash the host's changes (%s) and pull again, or pull --force (the host's versions "
                     "are saved under refs/slicer/backup/)" % how)
             if head != base.commit and set(conflicts) & set(trees.diff(base.commit, head)):
@@ -323,10 +329,21 @@ class Puller:
             if exposed:
                 result.exposed_by_ignore_changes = exposed
             if self.options.force and (conflicts or result.reset):
-                result.backup = self._backup(head, target, changes, result.reset)
+                result.backup = self._backup(head, target, changes, result.reset, flagged)
             self._write(head, target, changes, index_updates, result, index_old, skip_worktree)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _flagged(self, paths) -> set:
+        """The paths whose host index entries are marked skip-worktree or assume-unchanged (git
+        status then never reports their files)."""
+        flagged = set()
+        for batch in _batches(sorted(paths)):
+            out = self.wt.git(["ls-files", "-v", "-z", "--"] + batch, env={"GIT_LITERAL_PATHSPECS": "1"})
+            for line in out.split(b"\0"):
+                if len(line) > 2 and (line[:1] == b"S" or line[:1].islower()):
+                    flagged.add(os.fsdecode(line[2:]))
+        return flagged
 
     def _host_after(self, head: str, before: dict) -> dict:
         """The host's overlay, where the verdict on every path in `before` (the paths the VM
@@ -366,10 +383,11 @@ class Puller:
                 entry = overlay_mod.hash_worktree_file(source, self.wt.algo)
                 change.written = overlay_mod.Entry(change.new.mode, entry.oid)
 
-    def _backup(self, head: str, target: str, changes, reset: bool) -> dict:
+    def _backup(self, head: str, target: str, changes, reset: bool, flagged=frozenset()) -> dict:
         """Before --force replaces anything, keep the host's side in ONE ref: a stash-like commit
         whose tree is the worktree's tracked files, parent 1 the old branch tip, parent 2 the
-        index, parent 3 the untracked files the pull replaces or deletes."""
+        index, parent 3 the untracked files the pull replaces or deletes (and the `flagged` ones,
+        skip-worktree or assume-unchanged, whose changes `git stash` does not see)."""
         wt = self.wt
         stash = wt.git(["stash", "create", "slicer pull --force"]).strip().decode()
         if stash:
@@ -382,7 +400,7 @@ class Puller:
         tracked = set()
         if held:
             tracked = {os.fsdecode(p) for p in wt.git(["ls-files", "-z", "--"] + held).split(b"\0") if p}
-        untracked = [p for p in held if p not in tracked]
+        untracked = [p for p in held if p not in tracked or p in flagged]
         if untracked:
             with tempfile.TemporaryDirectory(prefix="slicer-backup-", dir=wt.git_dir) as scratch:
                 env = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}

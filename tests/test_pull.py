@@ -130,6 +130,22 @@ def test_pull_never_overwrites_host_files_kept_home_by_slicerignore_or_gitignore
                      "config.env": "KEY=the host's real key\n"}
 
 
+@pytest.mark.parametrize("flag", ["--skip-worktree", "--assume-unchanged"])
+def test_pull_never_overwrites_a_host_file_the_index_hides_from_git(launched, flag):
+    """A local config kept out of commits by an index flag: git status never reports its edit,
+    yet a VM change to it is a conflict, and --force saves the host's version first."""
+    repo, vm = launched
+    repo.git("update-index", flag, "src/lib.py")
+    repo.write("src/lib.py", "VALUE = 'the host's local secret'\n")
+    repo.vm_sh(vm, "echo \"VALUE = 'vm'\" > src/lib.py && git commit -qam 'the VM agent'")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"src/lib.py" in proc.stderr and b"move your version aside" in proc.stderr
+    assert (repo.path / "src/lib.py").read_text() == "VALUE = 'the host's local secret'\n"
+    backup = repo.slicer_json("pull", "--force", vm)["backup"]["ref"]
+    assert repo.git("show", backup + "^3:src/lib.py") == "VALUE = 'the host's local secret'\n"
+    assert (repo.path / "src/lib.py").read_text() == "VALUE = 'vm'\n"
+
+
 def test_pull_never_overwrites_a_gitignored_host_file_the_vm_stages(launched):
     repo, vm = launched
     repo.write(".gitignore", "*.log\n")

@@ -86,10 +86,15 @@ def _inside(path: str, parent: str) -> bool:
 
 
 def hooks_path_warning(worktree, directory: str):
-    """A warning when core.hooksPath sends our hooks outside this repository."""
+    """A warning when core.hooksPath sends our hooks outside this repository, or into its
+    worktree (where they are files a push sends and a VM can change)."""
     configured = worktree.config("core.hooksPath")
     if not configured:
         return None
+    if _inside(directory, worktree.root) and not _inside(directory, worktree.git_dir) \
+            and not _inside(directory, worktree.common_dir):
+        return ("core.hooksPath points into the worktree (%s): the hooks there are worktree files, which a push "
+                "sends and a VM can change; pull refuses such changes unless --accept-hook-changes" % directory)
     roots = [worktree.common_dir, worktree.root]
     if os.path.basename(worktree.common_dir.rstrip(os.sep)) == ".git":
         roots.append(os.path.dirname(worktree.common_dir.rstrip(os.sep)))

@@ -21,6 +21,7 @@ from . import agreed, locks, report
 from .config import Settings
 from .errors import AgentFailed, NotLinked, SlicerError, UnsafeInput, WouldLoseWork
 from .ignore import SlicerIgnore
+from .hook_guard import check_hook_changes
 from .ignore_guard import check_ignore_changes
 from .links import LinkStore, not_linked
 from .objects import TreeReader
@@ -44,6 +45,7 @@ class PullOptions:
     no_files: bool = False
     no_merge: bool = False
     accept_ignore_changes: bool = False     # take VM changes to ignore files that widen what push sends
+    accept_hook_changes: bool = False       # take VM changes to hooks git runs (core.hooksPath in the worktree)
     detached_ok: bool = False       # a detached HEAD moves like a branch (submodules.py)
 
 
@@ -325,6 +327,7 @@ class Puller:
             self.inbound.fetch_files(changes, staging, trees.reader)
             moved = set(trees.diff(head, target)).union(ours.overlay["index"])   # the index, made the commit's
             self._to_checkout_form(changes, committed, target, staging, moved)
+            check_hook_changes(self.wt, [c.path for c in changes], self.link.vm, self.options.accept_hook_changes)
             exposed = check_ignore_changes(self.wt, changes, self.link.vm, self.options.accept_ignore_changes)
             if exposed:
                 result.exposed_by_ignore_changes = exposed

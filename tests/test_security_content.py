@@ -152,6 +152,37 @@ def test_19_gitattributes_drivers_never_run_on_the_host(launched, hermetic_seal)
     assert repo.git("ls-files", "-s", "data.txt") == repo.vm_git(vm, "ls-files", "-s", "data.txt")
 
 
+@pytest.mark.parametrize("how", ["committed", "uncommitted", "directory-swapped"])
+def test_a_vm_change_to_the_hooks_git_runs_is_refused_until_accepted(launched, how):
+    """core.hooksPath in the worktree (`.githooks/`, husky's `.husky/`) makes hooks worktree
+    files: a VM change there would run at the host's next commit."""
+    repo, vm = launched
+    marker = repo.path.parent / "vm-code-ran"
+    repo.write(".githooks/pre-commit", "#!/bin/sh\nexit 0\n", mode=0o755)
+    repo.commit("team hooks")
+    repo.git("config", "core.hooksPath", ".githooks")
+    repo.slicer("push", vm)
+    evil = "printf '#!/bin/sh\\ntouch %s\\n' > .githooks/pre-commit" % marker
+    if how == "directory-swapped":                  # the directory itself becomes a link to VM files
+        evil = "mkdir -p evil && printf '#!/bin/sh\\ntouch %s\\n' > evil/pre-commit && chmod +x evil/pre-commit " \
+               "&& git rm -rq .githooks && ln -s evil .githooks" % marker
+    repo.vm_sh(vm, evil + (" && git add -A && git commit -qm hooks" if how == "committed" else ""))
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"core.hooksPath" in proc.stderr and b"--accept-hook-changes" in proc.stderr
+    repo.write("work.txt", "w\n")
+    repo.git("add", "work.txt")
+    repo.git("commit", "-qm", "host work")                  # runs the host's hook, unchanged
+    assert not marker.exists()
+    if how != "committed":
+        repo.slicer("pull", "--accept-hook-changes", vm)
+        assert (repo.path / ".githooks").is_symlink() or "touch" in (repo.path / ".githooks/pre-commit").read_text()
+
+
+def test_hooks_install_warns_when_core_hookspath_is_in_the_worktree(repo):
+    repo.git("config", "core.hooksPath", ".githooks")
+    assert b"points into the worktree" in repo.slicer("hooks", "install").stderr
+
+
 def test_20_absolute_symlink_is_written_as_a_link(launched):
     repo, vm = launched
     repo.vm_sh(vm, "ln -s /etc/passwd passwd && ln -s ../../.git/config cfg && git add -A && git commit -qm links")

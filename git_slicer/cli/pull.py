@@ -13,15 +13,18 @@ from .common import emit, json_option, path_argument, short, vm_argument, worktr
 @click.option("--accept-ignore-changes", is_flag=True,
               help="Take the VM's changes to .slicerignore/.gitignore even where push would then send "
                    "host files it keeps back now.")
+@click.option("--accept-hook-changes", is_flag=True,
+              help="Take the VM's changes to the hooks git runs, when core.hooksPath is in the worktree.")
 @json_option
-def command(vm, path, force, no_files, no_merge, accept_ignore_changes, as_json):
+def command(vm, path, force, no_files, no_merge, accept_ignore_changes, accept_hook_changes, as_json):
     """Bring VM's commits (fast-forward only) and uncommitted files into the worktree at PATH
     (VM defaults to the worktree's linked VM)."""
     from ..pull import PullOptions, pull
     from ..report import summarize
     from ..wire.paths import display
     result = pull(worktree_at(path), PullOptions(vm=vm, force=force, no_files=no_files, no_merge=no_merge,
-                                               accept_ignore_changes=accept_ignore_changes))
+                                               accept_ignore_changes=accept_ignore_changes,
+                                               accept_hook_changes=accept_hook_changes))
     lines = []
     if result.reset:
         lines.append("reset %s %s..%s to VM %s's branch (the branches had diverged)" % (

@@ -7,6 +7,8 @@ change, whichever side committed since.
 
 from __future__ import annotations
 
+import subprocess
+
 from . import locks
 from .agreed import pending_id, settle
 from .config import Settings
@@ -75,11 +77,27 @@ def _status(worktree, target, store, fresh: bool) -> dict:
         vm_changed = _paths(vm_view)
     guest = {"head": vm_head, "branch": theirs.get("branch"), "exists": theirs["exists"],
              "ahead": theirs.get("ahead"), "behind": theirs.get("behind"), "dirty": _paths(vm_view),
-             "changed_since_sync": vm_changed}
+             "changed_since_sync": vm_changed,
+             "unpulled_branches": _unpulled_branches(worktree, theirs.get("branches") or {}, link.branch)}
     in_sync = head == vm_head and ours == vm_view
     return {"vm": name, "worktree": worktree.root, "branch": link.branch, "agreed_commit": base,
             "guest_path": link.guest_path, "host": host, "vm_side": guest, "in_sync": in_sync,
             "pushed_at": link.pushed_at, "pulled_at": link.pulled_at}
+
+
+def _unpulled_branches(worktree, branches: dict, linked: str) -> list:
+    """The VM's other branches with commits no host ref reaches (a pull imports them under
+    refs/slicer/VM/): work that status counts nowhere else. (Objects `log` or `diff` fetched
+    without a ref do not count: nothing keeps them.)"""
+    unpulled = []
+    for name, oid in sorted(branches.items()):
+        if name == linked:
+            continue
+        proc = subprocess.run(["git", "rev-list", "--max-count=1", oid, "--not", "--all"], cwd=worktree.root,
+                              env=worktree.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if proc.returncode != 0 or proc.stdout.strip():      # unknown here, or beyond every ref
+            unpulled.append(name)
+    return unpulled
 
 
 def _ahead_behind(worktree, base: str, head: str):

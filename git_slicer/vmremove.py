@@ -67,6 +67,8 @@ def unpulled_work(worktree, link):
         what.append("commits up to %s" % (side["head"] or "none")[:12])
     if side["changed_since_sync"]:
         what.append("changed files: %s" % ", ".join(side["changed_since_sync"][:5]))
+    if side.get("unpulled_branches"):
+        what.append("commits on branch %s" % ", ".join(side["unpulled_branches"][:5]))
     return "; ".join(what) or None
 
 

@@ -318,6 +318,25 @@ def test_a_worktree_remove_that_fails_keeps_no_record_of_its_vm(launched, tmp_pa
     assert repo.slicer_json("vm", "rm", vm)["removed"] == [vm]
 
 
+def test_vm_commits_on_another_branch_are_unpulled_work_until_a_pull_imports_them(launched):
+    """The agent commits on a branch of its own and goes back to the linked one: status was
+    "in sync" and `vm rm` deleted that commit. (`log` fetches objects, but no ref keeps them.)"""
+    repo, vm = launched
+    repo.vm_sh(vm, "git switch -q -c experiment && echo e > e.txt && git add e.txt && git commit -qm experiment "
+                   "&& git switch -q main")
+    repo.slicer("log", vm)
+    status = repo.slicer_json("status", vm)
+    assert status["in_sync"] is True and status["vm_side"]["unpulled_branches"] == ["experiment"]
+    assert "commits on other branches: experiment" in repo.slicer("status", vm).stdout.decode()
+    for args in (("vm", "rm", vm), ("unlink", vm)):
+        proc = repo.slicer(*args, check=False)
+        assert proc.returncode == 1 and b"commits on branch experiment" in proc.stderr, args
+    repo.slicer("pull", vm)
+    assert repo.git("rev-parse", "refs/slicer/%s/experiment" % vm) == repo.vm_git(vm, "rev-parse", "experiment")
+    assert repo.slicer_json("status", vm)["vm_side"]["unpulled_branches"] == []
+    assert repo.slicer_json("vm", "rm", vm)["removed"] == [vm]
+
+
 def test_unlink_refuses_while_the_vm_holds_unpulled_work(launched):
     """The link is what stops `vm rm` deleting unpulled work: unlinking first would let it."""
     repo, vm = launched

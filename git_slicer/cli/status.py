@@ -25,6 +25,9 @@ def command(vm, path, as_json):
             label, short(side["head"]), side["ahead"] if side["ahead"] is not None else "?",
             len(side["changed_since_sync"])))
         lines.extend("       %s" % line for line in summarize(side["changed_since_sync"], 20, display))
+    if guest.get("unpulled_branches"):
+        lines.append("note: the VM has commits on other branches: %s (pull imports them under refs/slicer/%s/)"
+                     % (", ".join(map(display, guest["unpulled_branches"][:10])), result["vm"]))
     for label, side, way in (("the worktree", host, "git switch %s" % result["branch"]),
                              ("the VM", guest, "git slicer exec %s -- git switch %s" % (result["vm"], result["branch"]))):
         if side.get("exists", True) and side.get("branch") != result["branch"]:

@@ -206,11 +206,16 @@ class Puller:
     def _merge_run(self, trees, head, vm_tip, vm_state, vm_view, imported) -> PullResult:
         result = PullResult(imported=imported, from_=head, to=head)
         target = head
+        # No VM commit since the sync: whatever the host did since (commits, an amend, a rebase)
+        # is the host's history, onto which the VM's files apply as onto a newer commit.
+        rewritten = vm_tip == self.link.agreed_commit and not trees.is_ancestor(vm_tip, head)
         if vm_tip != head and not self.options.no_merge:
             if trees.is_ancestor(head, vm_tip):
                 target = vm_tip
             elif trees.is_ancestor(vm_tip, head):
                 result.note = "the host branch is ahead of the VM's"
+            elif rewritten:
+                result.note = "the host rewrote its branch since the sync (amend, rebase); the VM made no commits"
             elif self.options.force:
                 target = vm_tip
                 result.reset = True             # diverged: --force resets the branch, it is no fast-forward
@@ -225,7 +230,7 @@ class Puller:
                                                                          trees.is_ancestor, trees.diff)
         base = State(base_commit, base_overlay)
         vm = State(vm_tip, vm_view if use_vm_files else linked)
-        if target == head and vm_tip != head and not (forward and trees.is_ancestor(vm_tip, head)):
+        if target == head and vm_tip != head and not (forward and trees.is_ancestor(vm_tip, head) or rewritten):
             # The VM's files are changes to commits the host does not have (--no-merge), or the
             # VM went back behind the agreed commit (what it dropped is no work of its own).
             result.note = "; ".join(filter(None, [result.note, "files not applied: the VM is on a different commit"]))

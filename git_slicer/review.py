@@ -37,6 +37,7 @@ class VMSnapshot:
     host_tree: str       # the host's worktree the same way (minus .slicerignore'd paths)
     env: dict            # GIT_* variables that make `tree` readable (a temporary object directory)
     pulled_tree: str     # the host's worktree as a pull would leave it (`tree` where the VM changed a path)
+    agreed: str = ""     # the last commit both sides had (the host's before an amend or rebase)
 
 
 @contextmanager
@@ -79,7 +80,8 @@ def snapshot(worktree, vm_name: str = None, settings: Settings = None):
         changed = _changed_by_vm(worktree, link, view if state["branch"] == link.branch else None, vm_tip, host_head)
         yield VMSnapshot(vm=name, branch=link.branch, vm_tip=vm_tip, host_head=host_head, base=base,
                          tree=tree, host_tree=host_tree, env=env,
-                         pulled_tree=_with_paths_of(worktree, host_tree, tree, changed, env))
+                         pulled_tree=_with_paths_of(worktree, host_tree, tree, changed, env),
+                         agreed=link.agreed_commit)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -179,8 +181,9 @@ def diff(worktree, vm_name: str = None, stat: bool = False, as_json: bool = Fals
 def log(worktree, vm_name: str = None) -> dict:
     """The VM's commits that the host branch does not have."""
     with snapshot(worktree, vm_name) as snap:
+        known = ["^" + snap.agreed] if snap.agreed and worktree.rev(snap.agreed) else []  # a rewritten host commit
         out = worktree.git(["log", "--no-show-signature", "-z", "--format=%H%x00%an%x00%aI%x00%s",
-                            "%s..%s" % (snap.host_head, snap.vm_tip)])
+                            "%s..%s" % (snap.host_head, snap.vm_tip)] + known)
         fields = out.decode("utf-8", "replace").split("\0")
         commits = []
         for i in range(0, len(fields) - 3, 4):

@@ -251,6 +251,24 @@ def test_pull_with_the_host_ahead_brings_the_vms_uncommitted_files(launched):
     assert repo.slicer_json("status", vm)["in_sync"] is True
 
 
+def test_pull_after_the_host_amended_brings_the_vms_uncommitted_files(launched):
+    """The VM made no commits; the host amended the commit both had (a rebase is the same):
+    not a divergence, and the VM's branch is no VM work: its files apply onto the new commit."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo 'print(1)' > src/app.py && echo new > vm.txt")
+    repo.write("README.md", "# amended on the host\n")
+    repo.git("add", "README.md")
+    repo.git("commit", "-q", "--amend", "--no-edit")
+    assert repo.slicer_json("log", vm)["commits"] == []
+    assert repo.slicer("push", vm, check=False).returncode == 1             # the VM's files first
+    result = repo.slicer_json("pull", vm)
+    assert "rewrote" in result["note"] and result["to"] == repo.git("rev-parse", "HEAD").strip()
+    assert (repo.path / "src/app.py").read_text() == "print(1)\n" and (repo.path / "vm.txt").exists()
+    repo.slicer("push", vm)
+    assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
+    assert repo.vm_status(vm) == repo.status()
+
+
 def test_pull_with_the_host_ahead_and_both_changing_a_file_says_how_to_merge(launched):
     """The host's side of the clash is in a commit, where `git stash` cannot help: the hint
     says to commit in the VM, and that commit then comes home to merge."""

@@ -3,6 +3,7 @@ it lacks since the last agreed state."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -224,8 +225,12 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
                    if e is not None and vm_state["overlay"]["files"].get(p) == e)
     send = {p: e for p, e in ours["files"].items() if e is not None and p not in reuse}
     shallow, within = [], []
+    cut = _host_shallow(worktree)        # a shallow clone's history stops there, and the VM's must too
     if first and options.depth:
         within, shallow = _shallow_history(worktree, head, options.depth)
+        shallow = sorted(set(shallow) | (cut & set(within)))
+    elif cut and need_pack:
+        shallow = sorted(cut)
 
     link.branch = link.branch or branch                  # a new link learns it from the scan
     push_id = agreed.begin(store, link, head, branch, attempt)     # saved before the VM sees anything
@@ -333,6 +338,15 @@ def _host_has(worktree, oids) -> list:
     out = worktree.git(["cat-file", "--batch-check=%(objectname) %(objecttype)"],
                        input="".join(o + "\n" for o in oids).encode())
     return [line.split()[0] for line in out.decode().splitlines() if line.endswith(" commit")]
+
+
+def _host_shallow(worktree) -> set:
+    """The commits a shallow host repository's history stops at (its `shallow` file), or none."""
+    try:
+        with open(os.path.join(worktree.common_dir, "shallow"), "rb") as fh:
+            return {line.strip().decode("ascii", "replace") for line in fh if line.strip()}
+    except OSError:
+        return set()
 
 
 def _shallow_history(worktree, head: str, depth: int):

@@ -254,6 +254,24 @@ def test_shallow_push_with_depth(repo):
     assert repo.vm_git(vm, "fsck", "--connectivity-only", check=False) is not None
 
 
+@pytest.mark.parametrize("depth", [None, "3"])
+def test_a_shallow_host_repository_gives_the_vm_a_shallow_one(repo, tmp_path, depth):
+    """A shallow clone's history stops at its `shallow` commits: the VM's must say so too, or
+    `git log` there fails on a parent it was never sent."""
+    from conftest import Repo
+    for i in range(6):
+        repo.write("n.txt", "%d\n" % i)
+        repo.commit("c%d" % i)
+    clone = Repo(tmp_path / "clone")
+    repo.git("clone", "-q", "--depth", "2", "file://%s" % repo.path, str(clone.path))
+    vm = clone.slicer_json("push", "--launch", *(("--depth", depth) if depth else ()))["vm"]
+    assert clone.vm_git(vm, "rev-parse", "--is-shallow-repository").strip() == "true"
+    assert clone.vm_git(vm, "log", "--format=%s") == clone.git("log", "--format=%s") == "c5\nc4\n"
+    clone.vm_sh(vm, "echo vm > vm.txt && git add vm.txt && git commit -qm 'the VM agent'")
+    clone.slicer("pull", vm)
+    assert clone.git("log", "-1", "--format=%s").strip() == "the VM agent"
+
+
 def test_push_from_subdirectory_and_path_argument(repo, tmp_path):
     sub = repo.path / "src"
     vm = slicer_json_at(sub, "push", "--launch")["vm"]

@@ -251,7 +251,7 @@ class Puller:
 
     # -- commits and files -----------------------------------------------------------
     def _merge_with(self, trees, head: str, target: str, base: State, vm: State, result: PullResult) -> None:
-        writer = SafeWriter(self.wt.root, self.wt.algo)
+        writer = SafeWriter(self.wt.root, self.wt.algo, self.file_limits.max_depth)
         vm_paths = set(trees.diff(base.commit, vm.commit))
         for state in (base, vm):
             vm_paths.update(state.overlay["index"], state.overlay["files"])
@@ -450,7 +450,7 @@ class Puller:
                                         % self.branch) from None
                 moved.append(True)
                 crash_point("pull:ref-moved")
-        writer = SafeWriter(self.wt.root, self.wt.algo)
+        writer = SafeWriter(self.wt.root, self.wt.algo, self.file_limits.max_depth)
         try:
             writer.apply(changes, journal=journal, before_commit=move_ref)
             crash_point("pull:files-written")

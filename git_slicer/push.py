@@ -232,6 +232,12 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
     elif cut and need_pack:
         shallow = sorted(cut)
 
+    for path in list(send) + list(extra):
+        try:
+            check_relpath(path, control_ok=True)     # what the agent takes from a file stream
+        except UnsafePath as exc:
+            raise SlicerError("cannot send %s uncommitted: %s" % (display(path), exc),
+                              hint="commit it: a commit carries any path git can") from None
     link.branch = link.branch or branch                  # a new link learns it from the scan
     push_id = agreed.begin(store, link, head, branch, attempt)     # saved before the VM sees anything
     tar = bool(send or extra)

@@ -44,9 +44,10 @@ class Change:
 
 
 class SafeWriter:
-    def __init__(self, root: str, algo: str = "sha1"):
+    def __init__(self, root: str, algo: str = "sha1", max_depth: int = None):
         self.root = root
         self.algo = algo
+        self.max_depth = max_depth          # slicer.limit.pathDepth (None: the default)
 
     # -- lookups through dir fds --------------------------------------------------
     def _open_parent(self, path: str, create: bool, created: list, removed=frozenset()):
@@ -145,9 +146,12 @@ class SafeWriter:
         """
         for change in changes:
             try:
-                check_relpath(change.path, control_ok=True)     # names were vetted on arrival (check_state)
+                check_relpath(change.path, control_ok=True,     # names were vetted on arrival (check_state)
+                              **({"max_depth": self.max_depth} if self.max_depth else {}))
             except UnsafePath as exc:
-                raise UnsafeInput("refusing to write %s" % exc) from None
+                raise UnsafeInput("refusing to write %s" % exc,
+                                  hint="a path deeper than slicer.limit.pathDepth is taken with that limit raised"
+                                  if "deeper than" in str(exc) else "") from None
         changes = [c for c in changes if not (c.new is None and c.expect == DIRECTORY)]
         leaves = {c.path for c in changes if c.new is not None}
         for change in changes:

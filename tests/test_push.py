@@ -272,6 +272,25 @@ def test_a_shallow_host_repository_gives_the_vm_a_shallow_one(repo, tmp_path, de
     assert clone.git("log", "-1", "--format=%s").strip() == "the VM agent"
 
 
+def test_a_path_deeper_than_the_limit_is_a_clear_refusal_and_its_setting_takes_it(repo):
+    """Uncommitted, a path deeper than 64 directories cannot travel (one clear line, not an
+    internal error); committed, it does, and slicer.limit.pathDepth lets a pull write it."""
+    deep = "/".join("d%d" % i for i in range(70)) + "/f.txt"
+    repo.write(deep, "x\n")
+    repo.commit("deep")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    repo.write(deep, "host edit\n")
+    proc = repo.slicer("push", vm, check=False)
+    assert proc.returncode == 1 and b"deeper than 64" in proc.stderr and b"internal error" not in proc.stderr
+    repo.git("checkout", "-q", "--", ".")
+    repo.vm_sh(vm, "echo vm > %s && git commit -qam deep" % deep)
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"slicer.limit.pathDepth" in proc.stderr
+    repo.git("config", "slicer.limit.pathDepth", "100")
+    repo.slicer("pull", vm)
+    assert (repo.path / deep).read_text() == "vm\n"
+
+
 def test_push_from_subdirectory_and_path_argument(repo, tmp_path):
     sub = repo.path / "src"
     vm = slicer_json_at(sub, "push", "--launch")["vm"]

@@ -88,7 +88,8 @@ def vm_named(worktree, vm_name: str = None) -> str:
                          hint="name one (`git slicer push VM`) or start one with `git slicer push --launch`")
     if len(links) > 1:
         raise UsageError("this worktree is linked to several VMs (%s); name one"
-                         % ", ".join(link.vm for link in links))
+                         % ", ".join(link.vm for link in links),
+                         hint="`git slicer push --all` pushes to every one of them")
     return links[0].vm
 
 

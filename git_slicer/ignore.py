@@ -115,6 +115,12 @@ def host_excludes(worktree) -> list:
     return lines
 
 
+def host_attributes(worktree) -> list:
+    """The lines of the host's `info/attributes` (the attributes no `.gitattributes` carries): the
+    VM keeps them as its own, so git converts and compares files there as it does here."""
+    return _read_patterns(worktree.git_path("info/attributes"))
+
+
 def _read_patterns(path: str) -> list:
     """A pattern file's lines; nothing for a missing file or anything but a regular file (a FIFO
     or device is never read), at most MAX_EXCLUDES_BYTES."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from . import agreed, locks, report
 from .config import Settings
 from .errors import SlicerError, UsageError, WouldLoseWork
-from .ignore import SlicerIgnore, host_excludes
+from .ignore import SlicerIgnore, host_attributes, host_excludes
 from .links import Link, LinkStore, repository_links
 from .journal import recover_interrupted
 from .scan import InBackground, KnownPaths, host_overlay, ignored_files
@@ -247,7 +247,8 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
                  expect=({"head": vm_state["head"], "overlay": vm_state["overlay"]}
                          if vm_state["exists"] and not vm_state.get("begun") else None),
                  config=_identity(worktree), remotes=_safe_remotes(worktree),
-                 excludes=host_excludes(worktree))  # "ready", or a refusal
+                 excludes=host_excludes(worktree), attributes=host_attributes(worktree),
+                 checkout={key: worktree.config(key) for key in overlay_mod.CHECKOUT_KEYS})  # "ready", or a refusal
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
     try:
         # From the start of the last stream on, the VM may end up with the push (whatever

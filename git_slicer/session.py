@@ -249,14 +249,15 @@ class AgentSession:
 
     def push(self, path: str, *, push_id: str, branch: str, commit: str, object_format: str, overlay: dict,
              reuse: list, extra: list, pack: bool, tar: bool, shallow: list, expect, config: dict,
-             remotes: dict, excludes: list) -> dict:
+             remotes: dict, excludes: list, checkout: dict = None, attributes: list = None) -> dict:
         """Start a push: the agent answers "ready" (or refuses). The caller then sends the pack
         (if `pack`) and the file stream (if `tar`) on `conn`, and reads the result with `reply()`."""
         self._begun = False
         return self._request({"op": "push", "id": push_id, "path": path, "branch": branch, "commit": commit,
                               "object_format": object_format, "overlay": overlay, "reuse": reuse, "extra": extra,
                               "pack": pack, "tar": tar, "shallow": shallow, "expect": expect, "config": config,
-                              "remotes": remotes, "excludes": excludes})
+                              "remotes": remotes, "excludes": excludes,
+                              **({"checkout": checkout, "attributes": attributes} if checkout is not None else {})})
 
     def pushed(self, known=False) -> dict:
         """The agent's answer once a push's streams are sent: the VM's state after the push,

@@ -291,6 +291,41 @@ def test_a_path_deeper_than_the_limit_is_a_clear_refusal_and_its_setting_takes_i
     assert (repo.path / deep).read_text() == "vm\n"
 
 
+@pytest.mark.parametrize("setting", ["core.autocrlf", "core.filemode", "info/attributes"])
+def test_the_host_settings_that_decide_status_reach_the_vm(repo, setting):
+    """core.autocrlf, core.filemode and info/attributes change how git compares files with
+    blobs: without them the VM saw every line of a CRLF checkout changed (and its agent's
+    commit -a stored CRLF blobs), or a mode change the host ignores."""
+    repo.write("t.txt", "a\nb\n")
+    repo.commit("t")
+    if setting == "core.autocrlf":
+        repo.git("config", "core.autocrlf", "true")
+        (repo.path / "t.txt").unlink()
+        repo.git("checkout", "--", "t.txt")                  # now in the host's checkout form: CRLF
+        repo.write("t.txt", (repo.path / "t.txt").read_text() + "c\r\n")
+    elif setting == "core.filemode":
+        repo.git("config", "core.filemode", "false")
+        (repo.path / "t.txt").chmod(0o755)
+        repo.write("t.txt", "a\nb\nc\n")
+    else:
+        (repo.path / ".git" / "info").mkdir(exist_ok=True)
+        (repo.path / ".git" / "info" / "attributes").write_text("*.txt eol=crlf\n")
+        repo.write("t.txt", "a\r\nb\r\nc\r\n")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    assert repo.vm_status(vm) == repo.status() == " M t.txt\n"
+    assert repo.vm_git(vm, "diff") == repo.git("diff")
+    repo.vm_sh(vm, "git commit -qam 'the VM agent'")
+    repo.slicer("pull", vm)
+    assert repo.git("show", "HEAD:t.txt") == "a\nb\nc\n" and repo.git("diff", "HEAD~1", "--stat").count("|") == 1
+    assert repo.status() == repo.vm_status(vm) == ""
+    assert "mode" not in repo.git("show", "--summary", "HEAD")
+    if setting != "info/attributes":                          # unset on the host: unset in the VM
+        repo.git("config", "--unset", setting)
+        repo.write("u.txt", "u\n")
+        repo.slicer("push", vm)
+        assert repo.vm_git(vm, "config", "--local", setting, check=False) == ""
+
+
 def test_push_from_subdirectory_and_path_argument(repo, tmp_path):
     sub = repo.path / "src"
     vm = slicer_json_at(sub, "push", "--launch")["vm"]

@@ -30,6 +30,8 @@ from .errors import AgentError
 CAPS = ["pack", "tar", "shallow", "thin", "push-begin"]
 MAX_PUSH_BYTES = 1 << 40        # the host is trusted; the cap only stops runaway streams
 _EXCLUDES_HEADER = "# the host's core.excludesFile and info/exclude patterns: git-slicer rewrites this on every push"
+_ATTRIBUTES_HEADER = "# the host's info/attributes: git-slicer rewrites this on every push"
+
 _KEEP_ENV = ("HOME", "PATH", "LANG", "LC_ALL", "TMPDIR", "USER", "LOGNAME", "TZ")
 
 
@@ -402,12 +404,13 @@ class Agent:
         """Receive a push's streams and apply them (under the agent lock, `current` the VM's state)."""
         branch, commit, new_overlay = request["branch"], request["commit"], request["overlay"]
         recheck = self._rechecker(repo, current) if current["exists"] else None
-        if recheck is not None and self._new_excludes(repo, request) is not None:
-            # What git ignores is about to change, and with it what a scan reports: the VM is
-            # checked now, under the old rules, and read again under the new ones as the state
-            # the check after the streams compares with.
+        plan = self._config_plan(repo, request)
+        if recheck is not None and plan["rules"]:
+            # What git ignores or how it compares files is about to change, and with it what a
+            # scan reports: the VM is checked now, under the old rules, and read again under the
+            # new ones as the state the check after the streams compares with.
             recheck(None)
-        excludes_changed = self._configure(repo, request)
+        excludes_changed = self._configure(repo, plan)
         if excludes_changed and recheck is not None:
             recheck = self._rechecker(repo, repo.state())
         self.conn.send({"ok": True, "ready": True})
@@ -535,6 +538,20 @@ class Agent:
             transaction.recover(repo)
 
     @staticmethod
+    def _new_attributes(repo: Repo, request):
+        """The .git/info/attributes a push asks for, if it differs from the VM's (else None): the
+        host's own, so git converts and compares files in the VM as it does on the host."""
+        lines = request.get("attributes")
+        if not (isinstance(lines, list) and all(isinstance(x, str) and "\n" not in x for x in lines)):
+            return None
+        text = "".join(x + "\n" for x in [_ATTRIBUTES_HEADER] + lines).encode("utf-8", "surrogateescape")
+        try:
+            with open(os.path.join(repo.root, ".git", "info", "attributes"), "rb") as fh:
+                return None if fh.read() == text else text
+        except OSError:
+            return None if not lines else text
+
+    @staticmethod
     def _new_excludes(repo: Repo, request):
         """The .git/info/exclude a push asks for, if it differs from the VM's (else None): the
         host's core.excludesFile and info/exclude patterns (never a host path), so git in the VM
@@ -549,30 +566,43 @@ class Agent:
         except OSError:
             return text
 
-    def _configure(self, repo: Repo, request) -> bool:
-        """Settings the host sends with a push; True if what git ignores in the VM changed."""
-        text = self._new_excludes(repo, request)
-        changed = text is not None
-        if changed:
-            write_atomic(os.path.join(repo.root, ".git", "info", "exclude"), text, mode=0o644, durable=False)
-        wanted = _wanted_config(request)
+    def _config_plan(self, repo: Repo, request) -> dict:
+        """What a push's settings change in the VM: the excludes and attributes files' new text
+        (None: as they are), the config keys to set (value None: unset), and whether any of it
+        changes what git ignores or how it compares files ("rules")."""
+        plan = {"excludes": self._new_excludes(repo, request), "attributes": self._new_attributes(repo, request),
+                "wanted": _wanted_config(request), "updates": []}
         known = _CONFIGURED.get(repo.root)
-        if known and known[0] == _config_identity(repo.root) and all(known[1].get(k) == v
-                                                                    for k, v in wanted.items()):
-            return changed
-        pattern = r"^(user\.(name|email)|remote\..*\.url)$"
-        current = {}
-        for item in repo.git(["config", "-z", "--get-regexp", pattern], check=False).split(b"\0"):
-            key, _, value = item.partition(b"\n")
-            if key:
-                current[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        for key, value in sorted(wanted.items()):
-            if current.get(key) == value:
+        if not (known and known[0] == _config_identity(repo.root)
+                and all(known[1].get(k) == v for k, v in plan["wanted"].items())):
+            pattern = r"^(user\.(name|email)|remote\..*\.url|core\.(autocrlf|eol|filemode))$"
+            current = {}
+            for item in repo.git(["config", "-z", "--local", "--get-regexp", pattern], check=False).split(b"\0"):
+                key, _, value = item.partition(b"\n")
+                if key:
+                    current[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+            plan["updates"] = [(key, value, key in current) for key, value in sorted(plan["wanted"].items())
+                               if current.get(key) != value]
+        plan["rules"] = plan["excludes"] is not None or plan["attributes"] is not None or \
+            any(key in overlay_mod.CHECKOUT_KEYS for key, _, _ in plan["updates"])
+        return plan
+
+    def _configure(self, repo: Repo, plan: dict) -> bool:
+        """Make the settings of `_config_plan` so; True if what git ignores or how it compares
+        files in the VM changed."""
+        for name, text in (("exclude", plan["excludes"]), ("attributes", plan["attributes"])):
+            if text is not None:
+                write_atomic(os.path.join(repo.root, ".git", "info", name), text, mode=0o644, durable=False)
+        wanted = plan["wanted"]
+        for key, value, present in plan["updates"]:
+            if value is None:
+                if present:
+                    repo.git(["config", "--local", "--unset-all", key])
                 continue
             if key.startswith("remote."):
                 name = key[len("remote."):-len(".url")]
                 try:
-                    repo.git(["remote", "set-url" if key in current else "add", name, value])
+                    repo.git(["remote", "set-url" if present else "add", name, value])
                 except AgentError:
                     # The VM has that remote's section without a url (a fetch line of its own):
                     # `remote add` refuses it, the url alone is what is missing.
@@ -584,7 +614,7 @@ class Agent:
             _CONFIGURED[repo.root] = (identity, wanted)
         else:                           # changed too recently: a change in the same tick looks the same
             _CONFIGURED.pop(repo.root, None)
-        return changed
+        return plan["rules"]
 
     def _receive_pack(self, repo: Repo) -> None:
         proc = subprocess.Popen(["git", "index-pack", "--stdin", "--fix-thin"], cwd=repo.root, env=repo.env,
@@ -681,11 +711,18 @@ def _yield_to(nice) -> None:
 
 
 def _wanted_config(request) -> dict:
-    """{config key: value} a push asks for: the host's identity and its remotes' safe URLs."""
+    """{config key: value} a push asks for: the host's identity, its remotes' safe URLs, and its
+    checkout settings (None: unset; only from a host that sends them)."""
     wanted = {}
     for key, value in request.get("config", {}).items():
         if key in ("user.name", "user.email") and isinstance(value, str) and "\n" not in value:
             wanted[key] = value
+    checkout = request.get("checkout")
+    if isinstance(checkout, dict):
+        for key in overlay_mod.CHECKOUT_KEYS:
+            value = checkout.get(key)
+            if value is None or isinstance(value, str) and "\n" not in value and len(value) < 64:
+                wanted[key] = value
     for name, url in request.get("remotes", {}).items():
         if not isinstance(name, str) or not isinstance(url, str) or "\n" in name or "\n" in url \
                 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

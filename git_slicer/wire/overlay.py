@@ -38,6 +38,12 @@ class FileChanged(Exception):
     """A file changed while it was being read."""
 
 
+# The settings that decide how git compares worktree files with blobs (line endings, the exec
+# bit): a push gives the VM the host's, so that both statuses agree and a VM commit stores what
+# the host's would.
+CHECKOUT_KEYS = ("core.autocrlf", "core.eol", "core.filemode")
+
+
 def decoded(overlay: dict) -> dict:
     """An overlay (see the module docstring) decoded from JSON, with every entry an Entry."""
     return {"index": entries_of(overlay["index"]), "files": entries_of(overlay["files"])}

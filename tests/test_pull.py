@@ -312,18 +312,25 @@ def test_pull_after_merging_the_vms_commit_by_hand_brings_only_its_later_work(la
     assert repo.vm_status(vm) == repo.status()
 
 
-def test_a_push_after_merging_the_vms_commits_by_hand_needs_no_pull_first(launched):
-    """The host has every VM commit once it merged them: they are no unpulled work."""
-    repo, vm = launched
-    repo.write("README.md", "# the host's uncommitted work, pushed\n")
+def merged_by_hand(repo, vm, vm_script: str) -> None:
+    """The host pushes an uncommitted README.md edit; the VM runs `vm_script` (a commit of it);
+    the host commits too, the pull refuses the divergence, and the host merges the VM's branch
+    by hand, its own README.md edit stashed."""
+    repo.write("README.md", "# the host's work in progress, pushed\n")
     repo.slicer("push", vm)
-    repo.vm_sh(vm, "echo vm >> src/app.py && git commit -qam 'the VM agent, with the host work'")
-    repo.write("host.txt", "host\n")
-    repo.git("add", "host.txt")
+    repo.vm_sh(vm, vm_script)
+    repo.write("o.txt", "o\n")
+    repo.git("add", "o.txt")
     repo.git("commit", "-qm", "host")
     assert repo.slicer("pull", vm, check=False).returncode == 1           # diverged
     repo.git("stash", "-q")
     repo.git("merge", "-q", "--no-edit", "refs/slicer/%s/main" % vm)
+
+
+def test_a_push_after_merging_the_vms_commits_by_hand_needs_no_pull_first(launched):
+    """The host has every VM commit once it merged them: they are no unpulled work."""
+    repo, vm = launched
+    merged_by_hand(repo, vm, "echo vm >> src/app.py && git commit -qam 'the VM agent, with the host work'")
     repo.slicer("push", vm)
     assert repo.vm_git(vm, "rev-parse", "HEAD") == repo.git("rev-parse", "HEAD")
     assert repo.vm_status(vm) == repo.status() == ""
@@ -350,15 +357,8 @@ def test_a_merged_vm_commit_is_not_undone_when_the_vm_has_moved_to_another_branc
     """The VM committed the host's pushed edit, then left the linked branch; the host merged
     that commit by hand. Its files are the commit's, not the agreed overlay's from before it."""
     repo, vm = launched
-    repo.write("README.md", "# the host's work in progress\n")
-    repo.slicer("push", vm)
-    repo.vm_sh(vm, "echo 'the VM agent' >> README.md && git commit -qam 'the VM agent' && git switch -q -c other")
-    repo.write("o.txt", "o\n")
-    repo.git("add", "o.txt")
-    repo.git("commit", "-qm", "host")                 # README.md's edit stays uncommitted
-    assert repo.slicer("pull", vm, check=False).returncode == 1       # diverged
-    repo.git("stash", "-q")
-    repo.git("merge", "-q", "--no-edit", "refs/slicer/%s/main" % vm)
+    merged_by_hand(repo, vm, "echo 'the VM agent' >> README.md && git commit -qam 'the VM agent' && "
+                             "git switch -q -c other")
     merged = (repo.path / "README.md").read_text()
     assert merged.endswith("the VM agent\n")
     assert repo.slicer_json("diff", vm)["files"] == []

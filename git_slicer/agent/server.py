@@ -538,39 +538,28 @@ class Agent:
             transaction.recover(repo)
 
     @staticmethod
-    def _new_attributes(repo: Repo, request):
-        """The .git/info/attributes a push asks for, if it differs from the VM's (else None): the
-        host's own, so git converts and compares files in the VM as it does on the host."""
-        lines = request.get("attributes")
+    def _new_info_file(repo: Repo, request, key: str, name: str, header: str):
+        """The `.git/info/NAME` a push asks for with the lines of `request[key]`, if it differs
+        from the VM's (else None; an absent file counts as one with no lines)."""
+        lines = request.get(key)
         if not (isinstance(lines, list) and all(isinstance(x, str) and "\n" not in x for x in lines)):
             return None
-        text = "".join(x + "\n" for x in [_ATTRIBUTES_HEADER] + lines).encode("utf-8", "surrogateescape")
+        text = "".join(x + "\n" for x in [header] + lines).encode("utf-8", "surrogateescape")
         try:
-            with open(os.path.join(repo.root, ".git", "info", "attributes"), "rb") as fh:
+            with open(os.path.join(repo.root, ".git", "info", name), "rb") as fh:
                 return None if fh.read() == text else text
         except OSError:
-            return None if not lines else text
-
-    @staticmethod
-    def _new_excludes(repo: Repo, request):
-        """The .git/info/exclude a push asks for, if it differs from the VM's (else None): the
-        host's core.excludesFile and info/exclude patterns (never a host path), so git in the VM
-        ignores what the host's git ignores and both statuses agree."""
-        excludes = request.get("excludes")
-        if not (isinstance(excludes, list) and all(isinstance(x, str) and "\n" not in x for x in excludes)):
-            return None
-        text = "".join(x + "\n" for x in [_EXCLUDES_HEADER] + excludes).encode("utf-8", "surrogateescape")
-        try:
-            with open(os.path.join(repo.root, ".git", "info", "exclude"), "rb") as fh:
-                return None if fh.read() == text else text
-        except OSError:
-            return text
+            return text if lines or name == "exclude" else None
 
     def _config_plan(self, repo: Repo, request) -> dict:
         """What a push's settings change in the VM: the excludes and attributes files' new text
         (None: as they are), the config keys to set (value None: unset), and whether any of it
         changes what git ignores or how it compares files ("rules")."""
-        plan = {"excludes": self._new_excludes(repo, request), "attributes": self._new_attributes(repo, request),
+        # The host's core.excludesFile and info/exclude patterns (never a host path), so git in
+        # the VM ignores what the host's git ignores; its info/attributes, so git converts and
+        # compares files there as it does here: both statuses agree.
+        plan = {"excludes": self._new_info_file(repo, request, "excludes", "exclude", _EXCLUDES_HEADER),
+                "attributes": self._new_info_file(repo, request, "attributes", "attributes", _ATTRIBUTES_HEADER),
                 "wanted": _wanted_config(request), "updates": []}
         known = _CONFIGURED.get(repo.root)
         if not (known and known[0] == _config_identity(repo.root)

@@ -60,16 +60,18 @@ class Worktree:
             raise NotARepository("not a directory: %s" % path)
         proc = subprocess.run(
             ["git", "rev-parse", "--path-format=absolute", "--show-toplevel", "--git-dir",
-             "--git-common-dir", "--show-object-format", "--git-path", "slicer", "--git-path", "info/exclude"],
+             "--git-common-dir", "--show-object-format", "--git-path", "slicer", "--git-path", "info/exclude",
+             "--git-path", "info/attributes"],
             cwd=path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
-        if proc.returncode != 0 or len(lines) != 6:
+        if proc.returncode != 0 or len(lines) != 7:
             raise NotARepository("not inside a git worktree: %s" % path,
                                  hint="run it inside a repository, or pass the worktree's path")
-        self.root, self.git_dir, self.common_dir, self.object_format, slicer_dir, exclude = lines
+        self.root, self.git_dir, self.common_dir, self.object_format, slicer_dir, exclude, attributes = lines
         self.env = clean_env({"GIT_DIR": self.git_dir, "GIT_WORK_TREE": self.root})
-        # Every command asks for these (a push for info/exclude): no process of their own.
-        self._git_paths = {"slicer": slicer_dir, "info/exclude": exclude}
+        # Every command asks for these (a push for info/exclude and info/attributes): no process
+        # of their own.
+        self._git_paths = {"slicer": slicer_dir, "info/exclude": exclude, "info/attributes": attributes}
         self._config = None         # every setting, read once (`git config --list`) on first use
 
     def git(self, args, input=None, check=True, env=None) -> bytes:

@@ -24,7 +24,8 @@ class HookChange(UnsafeInput):
 
 def hooks_in_worktree(worktree):
     """The hooks directory git runs, as a worktree-relative path when it lies in the worktree
-    (not in its git directory); else None."""
+    (not in its git directory); else None. For husky's `.husky/_`, whose scripts run the hooks
+    in `.husky/`, that is `.husky`."""
     if not worktree.config("core.hooksPath"):
         return None                                 # the git directory's own: never written by a pull
     directory = os.path.realpath(worktree.git_path("hooks"))
@@ -32,7 +33,9 @@ def hooks_in_worktree(worktree):
     if not directory.startswith(root.rstrip(os.sep) + os.sep):
         return None
     rel = os.path.relpath(directory, root).replace(os.sep, "/")
-    return None if rel == ".git" or rel.startswith(".git/") else rel
+    if rel == ".git" or rel.startswith(".git/"):
+        return None
+    return rel[:-2] if rel.endswith("/_") else rel
 
 
 def check_hook_changes(worktree, paths, vm: str, accepted: bool) -> list:

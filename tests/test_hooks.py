@@ -249,7 +249,7 @@ def test_husky_style_hooks_path_inside_the_repo(launched, tmp_path):
     originals = {h: snapshot(str(repo.path / ".husky/_" / h)) for h in HOOKS}
 
     proc = repo.slicer("hooks", "install", "--json")
-    assert b"warning" not in proc.stderr
+    assert b"points into the worktree" in proc.stderr           # hooks a VM can change (hook_guard.py)
     assert json.loads(proc.stdout)["hooks_dir"] == str(repo.path / ".husky" / "_")
     assert {h["mode"] for h in json.loads(proc.stdout)["hooks"]} == {"spliced"}
     repo.write("b.txt", "b\n")

@@ -178,6 +178,19 @@ def test_a_vm_change_to_the_hooks_git_runs_is_refused_until_accepted(launched, h
         assert (repo.path / ".githooks").is_symlink() or "touch" in (repo.path / ".githooks/pre-commit").read_text()
 
 
+def test_a_vm_change_to_a_husky_hook_is_refused_until_accepted(launched):
+    """husky's core.hooksPath is `.husky/_`, whose scripts run the hooks in `.husky/`."""
+    repo, vm = launched
+    repo.write(".husky/_/pre-commit", "#!/bin/sh\n. \"$(dirname \"$0\")/../pre-commit\"\n", mode=0o755)
+    repo.write(".husky/pre-commit", "exit 0\n")
+    repo.commit("husky")
+    repo.git("config", "core.hooksPath", ".husky/_")
+    repo.slicer("push", vm)
+    repo.vm_sh(vm, "echo 'touch /tmp/vm-code-ran' > .husky/pre-commit")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b".husky/pre-commit" in proc.stderr and b"--accept-hook-changes" in proc.stderr
+
+
 def test_hooks_install_warns_when_core_hookspath_is_in_the_worktree(repo):
     repo.git("config", "core.hooksPath", ".githooks")
     assert b"points into the worktree" in repo.slicer("hooks", "install").stderr

@@ -348,6 +348,10 @@ def test_unlink_refuses_while_the_vm_holds_unpulled_work(launched):
     repo.slicer("pull", vm)
     assert repo.slicer_json("unlink", vm)["unlinked"] is True
     assert (repo.path / "more.txt").read_text() == "more\n"
+    repo.slicer("push", vm, "--force")                    # linked again; new VM work, then --force
+    repo.vm_sh(vm, "echo again > again.txt")
+    assert repo.slicer_json("unlink", "--force", vm)["unlinked"] is True
+    assert repo.slicer_json("list")[0]["vm"] is None
 
 
 # -- the host's ignore rules in the VM ------------------------------------------------------

@@ -410,8 +410,8 @@ class Agent:
             # scan reports: the VM is checked now, under the old rules, and read again under the
             # new ones as the state the check after the streams compares with.
             recheck(None)
-        excludes_changed = self._configure(repo, plan)
-        if excludes_changed and recheck is not None:
+        rules_changed = self._configure(repo, plan)
+        if rules_changed and recheck is not None:
             recheck = self._rechecker(repo, repo.state())
         self.conn.send({"ok": True, "ready": True})
         request["_streaming"] = True
@@ -432,7 +432,7 @@ class Agent:
                              "checkout in the VM while the push was sent); retry")
         journal = transaction.prepare(
             repo, push_id=str(request.get("id") or os.urandom(8).hex()), branch=branch, commit=commit,
-            old_head=current["head"] if current["exists"] and not excludes_changed else None,
+            old_head=current["head"] if current["exists"] and not rules_changed else None,
             old_overlay=current["overlay"], new_overlay=new_overlay, members=members,
             reuse=request.get("reuse", []), extra=request.get("extra", []), shallow=request.get("shallow"),
             since=lambda: memo_mod.token(repo.root), recheck=recheck)

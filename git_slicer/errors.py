@@ -30,7 +30,12 @@ class VMNotFound(SlicerError):
 
 
 class AgentFailed(SlicerError):
-    """The agent could not be reached or answered with an error."""
+    """The agent could not be reached or answered with an error (`code`: the agent's error code,
+    when it answered with one)."""
+
+    def __init__(self, message: str, *, hint: str = "", details=None, code: str = ""):
+        super().__init__(message, hint=hint, details=details)
+        self.code = code
 
 
 class WouldLoseWork(SlicerError):

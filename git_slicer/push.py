@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from . import agreed, locks, report
 from .config import Settings
-from .errors import SlicerError, UsageError, WouldLoseWork
+from .errors import AgentFailed, SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore, host_attributes, host_excludes
 from .links import Link, LinkStore, repository_links
 from .journal import recover_interrupted
+from .laterids import LaterIds
 from .scan import InBackground, KnownPaths, host_overlay, ignored_files
 from .submodules import push_all
 from .session import open_session
@@ -151,16 +152,19 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
 
     ignore = SlicerIgnore(worktree.root)
     attempt = agreed.Attempt()
+    later = LaterIds(worktree.algo, ignore.keep)
     # Scan the host worktree while the agent starts (a sandbox or VM takes tens of ms to answer).
     try:
-        with InBackground(_host_state, worktree, ignore, options.detached_branch) as scanning:
+        with InBackground(_host_state, worktree, ignore, options.detached_branch, later) as scanning:
             with open_session(provider, vm, settings, None if created else link.vm_id) as session:
                 link.vm_id = session.vm_id or link.vm_id
                 outcome = _push(worktree, session, store, link, options, include_ignored, ignore, scanning,
-                                attempt)
+                                attempt, later)
     except BaseException:
         agreed.abandon(store, link, attempt, created)
         raise
+    finally:
+        later.stop()
     head, branch = outcome.pop("head"), outcome.pop("branch")
     crash_point("push:before-link")
     link.branch = branch
@@ -172,31 +176,35 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
                       launched=launched, guest_path=link.guest_path, **outcome)
 
 
-def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None):
-    """(HEAD, branch, overlay) from one `git status`, so the three always belong together."""
+def _host_state(worktree, ignore: SlicerIgnore, detached_branch: str = None, later=None):
+    """(HEAD, branch, overlay) from one `git status`, so the three always belong together (large
+    files' ids may be left to `later`)."""
     where = {}
-    ours = host_overlay(worktree, ignore, True, where=where)
+    ours = host_overlay(worktree, ignore, True, where=where, later=later)
     where["branch"] = where.get("branch") or detached_branch
     _check_head(where.get("branch"), where.get("head"))
     return where["head"], where["branch"], ours
 
 
 def _push(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
-          ignore: SlicerIgnore, scanning, attempt: agreed.Attempt):
+          ignore: SlicerIgnore, scanning, attempt: agreed.Attempt, later: LaterIds):
     # The VM is read once, under its agent's lock, which it keeps until we push or cancel.
     vm_state = session.push_begin(link.guest_path, applied=agreed.pending_id(link),
                                   known=KnownPaths(worktree, link.agreed_overlay))
     try:
         return _push_from(worktree, session, store, link, options, include_ignored, ignore, scanning, attempt,
-                          vm_state)
+                          vm_state, later)
     finally:
         session.end_push_begin()       # nothing to send, or refused: the VM's lock is released
 
 
 def _push_from(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
-               ignore: SlicerIgnore, scanning, attempt: agreed.Attempt, vm_state: dict):
+               ignore: SlicerIgnore, scanning, attempt: agreed.Attempt, vm_state: dict, later: LaterIds):
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
     head, branch, ours = scanning.result()
+    pending = later.pending(ours)
+    if pending and (not session.supports("later-ids") or _vm_may_hold(pending, vm_state, link)):
+        ours, pending = later.resolved(ours), []      # what the VM holds is compared by id
     vm_view = overlay_mod.filtered(vm_state["overlay"], ignore.keep)
     # A repository with no commit and nothing in it (a first push killed before it applied)
     # holds nothing to lose.
@@ -248,7 +256,8 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
                          if vm_state["exists"] and not vm_state.get("begun") else None),
                  config=_identity(worktree), remotes=_safe_remotes(worktree),
                  excludes=host_excludes(worktree), attributes=host_attributes(worktree),
-                 checkout={key: worktree.config(key) for key in overlay_mod.CHECKOUT_KEYS})  # "ready", or a refusal
+                 checkout={key: worktree.config(key) for key in overlay_mod.CHECKOUT_KEYS},
+                 pending=pending)  # "ready", or a refusal
     sent = {"pack_bytes": 0, "files": len(send) + len(extra), "file_bytes": 0}
     try:
         # From the start of the last stream on, the VM may end up with the push (whatever
@@ -260,8 +269,19 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         if tar:
             attempt.delivered = True
             before = session.conn.bytes_out
-            session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra))
+            session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra,
+                                                           receiver_checks=True))
             sent["file_bytes"] = session.conn.bytes_out - before
+        if pending:
+            try:
+                ids = later.wait(pending)
+            except SlicerError:
+                attempt.delivered = False       # the agent drops a push whose ids never came
+                session.abandon_push("a file changed while it was being sent")
+                raise
+            session.send_ids(ids)
+            ours = {"index": ours["index"], "files": {**ours["files"], **ids}}
+            send = {p: ours["files"][p] for p in send}
     except StreamAborted as exc:
         attempt.delivered = False       # the agent drops an abandoned stream: nothing of it applies
         session.reply()  # the agent reports the abort; surface our own reason instead
@@ -269,7 +289,12 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
     except (BrokenPipeError, ConnectionError, ProtocolError):
         session.reply()  # the agent stopped reading: its error explains why
         raise
-    reply = session.pushed(known=KnownPaths(worktree, link.agreed_overlay, ours))
+    try:
+        reply = session.pushed(known=KnownPaths(worktree, link.agreed_overlay, ours))
+    except AgentFailed as exc:
+        if exc.code == "corrupt":       # the agent's check: bytes that are not what the scan announced
+            _name_changed_file(worktree, send)
+        raise
     report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"
                 % (sent["pack_bytes"], sent["files"], sent["file_bytes"], len(reuse)))
     after = overlay_mod.filtered(reply["overlay"], ignore.keep)
@@ -284,6 +309,28 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         report.warn("the VM changed %s while the push was applied: that is the VM's change now "
                     "(`git slicer status %s`)" % (", ".join(map(display, edited[:10])), link.vm))
     return {"up_to_date": False, "first_push": first, "sent": sent, **done}
+
+
+def _vm_may_hold(paths, vm_state: dict, link: Link) -> bool:
+    """Whether the VM's state or the agreed one names any of `paths` (then their ids decide
+    what is reused and what is the VM's own work)."""
+    named = set()
+    for overlay in (vm_state["overlay"], link.agreed_overlay or overlay_mod.empty()):
+        named.update(overlay["index"], overlay["files"])
+    return any(p in named for p in paths)
+
+
+def _name_changed_file(worktree, sent: dict) -> None:
+    """Raise the error that names a sent file which no longer hashes to the blob id the scan
+    announced: it changed after the scan, or while it was sent (the stream itself hashes
+    nothing, the agent checks every file). Returns if none did: the agent's own error stands."""
+    for path, entry in sorted(sent.items()):
+        try:
+            now = overlay_mod.hash_worktree_file(os.path.join(worktree.root, path), worktree.algo)
+        except (OSError, overlay_mod.FileChanged):
+            now = None
+        if now is None or now.oid != entry.oid:
+            raise SlicerError("%s changed while it was being sent; run the command again" % display(path))
 
 
 def _changed_meanwhile(reply: dict) -> list:

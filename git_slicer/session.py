@@ -162,7 +162,7 @@ class AgentSession:
                 return AgentFailed("VM %s: %s" % (self.vm, exc),
                                    hint="make room in the VM (`git slicer shell %s`), then run the command "
                                         "again" % self.vm)
-            return AgentFailed("VM %s: %s" % (self.vm, exc))
+            return AgentFailed("VM %s: %s" % (self.vm, exc), code=exc.code)
         message = "lost the agent in VM %s: %s" % (self.vm, exc)
         if tail:
             message += " (agent said: %s)" % display(tail.splitlines()[-1][:300])
@@ -249,15 +249,34 @@ class AgentSession:
 
     def push(self, path: str, *, push_id: str, branch: str, commit: str, object_format: str, overlay: dict,
              reuse: list, extra: list, pack: bool, tar: bool, shallow: list, expect, config: dict,
-             remotes: dict, excludes: list, checkout: dict = None, attributes: list = None) -> dict:
+             remotes: dict, excludes: list, checkout: dict = None, attributes: list = None,
+             pending: list = None) -> dict:
         """Start a push: the agent answers "ready" (or refuses). The caller then sends the pack
-        (if `pack`) and the file stream (if `tar`) on `conn`, and reads the result with `reply()`."""
+        (if `pack`) and the file stream (if `tar`) on `conn`, then for `pending` files (their
+        overlay ids placeholders) `send_ids`, and reads the result with `reply()`."""
         self._begun = False
         return self._request({"op": "push", "id": push_id, "path": path, "branch": branch, "commit": commit,
                               "object_format": object_format, "overlay": overlay, "reuse": reuse, "extra": extra,
                               "pack": pack, "tar": tar, "shallow": shallow, "expect": expect, "config": config,
                               "remotes": remotes, "excludes": excludes,
-                              **({"checkout": checkout, "attributes": attributes} if checkout is not None else {})})
+                              **({"checkout": checkout, "attributes": attributes} if checkout is not None else {}),
+                              **({"pending": pending} if pending else {})})
+
+    def send_ids(self, ids: dict) -> None:
+        """After a push's streams: the blob ids of its pending files (path -> Entry)."""
+        self.conn.send({"ids": {path: entry.oid for path, entry in ids.items()}})
+
+    def abandon_push(self, reason: str) -> None:
+        """After a push's streams, instead of `send_ids`: the agent drops the push (and answers
+        with an error, which the caller's own reason replaces)."""
+        try:
+            self.conn.send({"abort": reason})
+            self.conn.recv_reply()
+        except (ProtocolError, RemoteError, OSError):
+            pass
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.info.get("caps", [])
 
     def pushed(self, known=False) -> dict:
         """The agent's answer once a push's streams are sent: the VM's state after the push,

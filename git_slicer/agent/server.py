@@ -22,12 +22,12 @@ from ..wire.files import write_atomic
 from ..wire.gitobj import is_oid
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
                             crash_point, error_reply)
-from ..wire.paths import UnsafePath
+from ..wire.paths import UnsafePath, display
 from . import memo as memo_mod
 from . import transaction
 from .errors import AgentError
 
-CAPS = ["pack", "tar", "shallow", "thin", "push-begin"]
+CAPS = ["pack", "tar", "shallow", "thin", "push-begin", "later-ids"]
 MAX_PUSH_BYTES = 1 << 40        # the host is trusted; the cap only stops runaway streams
 _EXCLUDES_HEADER = "# the host's core.excludesFile and info/exclude patterns: git-slicer rewrites this on every push"
 _ATTRIBUTES_HEADER = "# the host's info/attributes: git-slicer rewrites this on every push"
@@ -403,6 +403,7 @@ class Agent:
     def _apply_push(self, repo, request, current):
         """Receive a push's streams and apply them (under the agent lock, `current` the VM's state)."""
         branch, commit, new_overlay = request["branch"], request["commit"], request["overlay"]
+        pending = _pending_paths(request, new_overlay)
         recheck = self._rechecker(repo, current) if current["exists"] else None
         plan = self._config_plan(repo, request)
         if recheck is not None and plan["rules"]:
@@ -426,6 +427,8 @@ class Agent:
                                             limits, check_collisions=False, control_ok=True, algo=repo.algo()):
                 members[m.path] = m
         request["_streaming"] = False
+        if pending:
+            self._take_ids(repo, new_overlay, pending)
         self._verify_members(repo, members, new_overlay)
         if current["exists"] and self._head_moved(repo, current):
             raise AgentError("vm-changed", "the VM repository changed since it was inspected (a commit or "
@@ -667,6 +670,21 @@ class Agent:
         head = memo_mod.read_head(repo.root, _Branches(repo.root, repo.env).result())
         return head is not None and head != (current["head"], current["branch"])
 
+    def _take_ids(self, repo: Repo, new_overlay: dict, pending: list) -> None:
+        """The blob ids of the push's pending files, which the host sends after the streams
+        (it hashed them while it sent them): they replace the placeholders before anything is
+        checked against them. The host may abandon the push here instead."""
+        message = self.conn.recv()
+        if "abort" in message:
+            raise AgentError("aborted", "the host abandoned the push: %s" % display(str(message["abort"]))[:500])
+        ids = message.get("ids")
+        length = 64 if repo.algo() == "sha256" else 40
+        if not isinstance(ids, dict) or set(ids) != set(pending) \
+                or not all(is_oid(oid) and len(oid) == length for oid in ids.values()):
+            raise AgentError("bad-request", "after the streams: the ids of exactly the pending files")
+        for path in pending:
+            new_overlay["files"][path] = overlay_mod.Entry(new_overlay["files"][path].mode, ids[path])
+
     def _verify_members(self, repo: Repo, members: dict, new_overlay: dict) -> None:
         """End-to-end check: every file's bytes hash to the blob id the host announced (hashed
         as they were staged, from the bytes written)."""
@@ -681,6 +699,19 @@ class Agent:
                 got = member.oid or _hash_file(member.staged, algo)
             if got != want.oid:
                 raise AgentError("corrupt", "file %s arrived with different content than announced" % path)
+
+
+def _pending_paths(request, new_overlay: dict) -> list:
+    """A push's `pending` files: regular files of its overlay, sent in its file stream, whose
+    ids come after the streams (`_take_ids`)."""
+    pending = request.get("pending") or []
+    if not isinstance(pending, list) or len(set(map(str, pending))) != len(pending) or (pending and not request.get("tar")):
+        raise AgentError("bad-request", "pending: a list of the overlay's files the file stream sends")
+    for path in pending:
+        entry = new_overlay["files"].get(path) if isinstance(path, str) else None
+        if entry is None or entry.mode == overlay_mod.MODE_LINK:
+            raise AgentError("bad-request", "pending: a list of the overlay's files the file stream sends")
+    return pending
 
 
 def _yield_to(nice) -> None:

@@ -209,7 +209,7 @@ def parse_status_v2(output: bytes):
 
 
 def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index: bool = True,
-         cache: StatCache = None, branch: dict = None, paths=None) -> dict:
+         cache: StatCache = None, branch: dict = None, paths=None, hash_file=None) -> dict:
     """Compute the overlay of the worktree at `root`.
 
     `run_git(args) -> bytes` runs git in `root`. `extra_config` are `-c key=value` settings
@@ -221,7 +221,12 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
     None) and "branch" (its branch name or None when detached).
     With `paths` (a non-empty list; literal pathspecs, the caller sets GIT_LITERAL_PATHSPECS),
     only those paths and what lies below them are scanned: the overlay restricted to them.
+    `hash_file(full_path, path) -> Entry or None` replaces the stat cache's hashing of new and
+    changed files (a push leaves large files' ids for later: laterids.py).
     """
+    if hash_file is None:
+        def hash_file(full_path, path):
+            return hash_worktree_file(full_path, algo, cache, path)
     args = [] if refresh_index else ["--no-optional-locks"]
     for item in extra_config:
         args += ["-c", item]
@@ -245,7 +250,7 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
         if kind == "?":
             if path.endswith("/"):          # a nested repository: not ours to copy
                 continue
-            entry = hash_worktree_file(os.path.join(root, path), algo, cache, path)
+            entry = hash_file(os.path.join(root, path), path)
             if entry is not None:
                 overlay["files"][path] = entry
             continue
@@ -258,7 +263,7 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
             if mode_wt == ZERO_MODE:
                 overlay["files"][path] = None
             else:
-                entry = hash_worktree_file(os.path.join(root, path), algo, cache, path)
+                entry = hash_file(os.path.join(root, path), path)
                 overlay["files"][path] = entry
     if unmerged:
         raise UnmergedPaths(sorted(unmerged))

@@ -45,6 +45,7 @@ class LaterIds:
         self._done = {}                   # path -> (stat key, Entry or None, lstat, when it was taken)
         self._queue = queue.SimpleQueue()
         self._thread = None
+        self._stopped = False
         self._lock = threading.Lock()
 
     def attach(self, cache: overlay_mod.StatCache, cache_path: str) -> None:
@@ -64,6 +65,9 @@ class LaterIds:
             known = self._cache.get(rel, st)
             if known is not None:
                 return known
+        # A file this user cannot read fails the scan, as the scan's own read would (not the
+        # stream, half sent).
+        os.close(os.open(full_path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)))
         key = overlay_mod.StatCache.key(st)
         entry = overlay_mod.Entry(overlay_mod.file_mode(st), self.placeholder)
         with self._lock:
@@ -115,7 +119,8 @@ class LaterIds:
         return ids
 
     def stop(self) -> None:
-        """End the thread (a push that failed before it waited)."""
+        """End the thread, unhashed files left (a push that failed before it waited)."""
+        self._stopped = True
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
@@ -123,7 +128,7 @@ class LaterIds:
     def _hash_all(self) -> None:
         while True:
             item = self._queue.get()
-            if item is None:
+            if item is None or self._stopped:
                 return
             rel, full_path, st, stat_ns = item
             key = overlay_mod.StatCache.key(st)

@@ -224,11 +224,11 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         agreed.confirm(link, vm_state, ignore.keep)
         return {"up_to_date": True, "sent": {"pack_bytes": 0, "files": 0, "file_bytes": 0}, **done}
 
-    known = [c for c in {vm_state["head"], link.agreed_commit, *vm_state["branches"].values()} if c]
-    haves = _host_has(worktree, known) if not first else []
     index_blobs = sorted({e.oid for e in ours["index"].values()
                           if e is not None and e.mode != overlay_mod.MODE_GITLINK})
     need_pack = first or vm_state["head"] != head or bool(index_blobs) or head not in vm_state["branches"].values()
+    known = [c for c in {vm_state["head"], link.agreed_commit, *vm_state["branches"].values()} if c]
+    haves = _host_has(worktree, known) if need_pack and not first else []     # (a git process)
     reuse = sorted(p for p, e in ours["files"].items()
                    if e is not None and vm_state["overlay"]["files"].get(p) == e)
     send = {p: e for p, e in ours["files"].items() if e is not None and p not in reuse}
@@ -293,6 +293,7 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         reply = session.pushed(known=KnownPaths(worktree, link.agreed_overlay, ours))
     except AgentFailed as exc:
         if exc.code == "corrupt":       # the agent's check: bytes that are not what the scan announced
+            attempt.delivered = False   # refused before anything was journaled: nothing of it applies
             _name_changed_file(worktree, send)
         raise
     report.info("sent a %d-byte pack and %d file(s) (%d bytes, %d already in the VM)"

@@ -225,7 +225,7 @@ class AgentSession:
         """The VM's state, read under the agent's lock, which it keeps until this session's next
         request: `push` (then applied against exactly this state) or `cancel()`. Validated like
         `state`. Agents without the capability get a plain `state` (then `push` sends `expect`)."""
-        if "push-begin" not in self.info.get("caps", []):
+        if not self.supports("push-begin"):
             return self.state(path, applied=applied, known=known)
         message = {"op": "push-begin", "path": path}
         if applied:
@@ -276,7 +276,8 @@ class AgentSession:
             pass
 
     def supports(self, capability: str) -> bool:
-        return capability in self.info.get("caps", [])
+        caps = self.info.get("caps")
+        return isinstance(caps, list) and capability in caps
 
     def pushed(self, known=False) -> dict:
         """The agent's answer once a push's streams are sent: the VM's state after the push,

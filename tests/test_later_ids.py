@@ -63,6 +63,10 @@ def test_a_large_file_changed_after_the_scan_is_refused_not_applied(launched):
     proc, err = run_paused(repo, vm, "pause-push", ["push", vm], rewrite_in_place)
     assert proc.returncode != 0 and b"big.bin changed while it was being sent" in err, err
     assert "big.bin" not in repo.vm_sh(vm, "ls")
+    # The agent refused it before journaling anything: the push is not left pending (a
+    # `push --launch` removes its new VM again).
+    link = json.loads((repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)).read_text())
+    assert link["pending"] is None, link
     repo.slicer("push", vm)                   # and the next push sends what is there now
     assert repo.vm_sh(vm, "git hash-object big.bin").strip() == git_blob_id(target.read_bytes())
 

@@ -65,8 +65,8 @@ class Connection:
     def __init__(self, reader, writer, max_json: int = DEFAULT_MAX_JSON):
         self._r = reader
         # A buffered reader fills a fresh, unzeroed buffer itself (readinto needs a zeroed one:
-        # 3 ms of memset per 50 MB received); other readers (qemu's, the serial line's, the
-        # websocket's) offer readinto only.
+        # 3 ms of memset per 50 MB received); other readers (qemu's, the websocket's) offer
+        # readinto only.
         self._read_whole = reader.read if isinstance(reader, io.BufferedReader) else None
         self._w = writer
         self.max_json = max_json

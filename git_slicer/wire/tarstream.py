@@ -174,13 +174,14 @@ class _HashAside:
     """A digest fed on a thread of its own, so a large file's hash runs beside the receiving
     and the writing (hashlib and file writes release the GIL: on two cores a 50 MB file's
     stream takes ~35 ms instead of ~50). The pieces are never changed after they are handed
-    over (each is a fresh buffer from the stream)."""
+    over (each is a fresh buffer from the stream); at most 8 wait, so a receiver faster than
+    the hash holds 8 MiB, not the file."""
 
     def __init__(self, digest):
         import queue
         import threading
         self._digest = digest
-        self._pieces = queue.SimpleQueue()
+        self._pieces = queue.Queue(maxsize=8)     # a receiver ahead of the hash waits: bounded memory
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -339,7 +340,10 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
             if algo:
                 digest = hashlib.new(algo, b"blob %d\0" % size)
                 if size >= _HASH_ASIDE_BYTES:
-                    digest = _HashAside(digest)
+                    try:
+                        digest = _HashAside(digest)
+                    except RuntimeError:          # no thread to be had: hash inline
+                        pass
             try:
                 with os.fdopen(fd, "wb", buffering=0) as out:
                     remaining, flushed = size, 0

@@ -270,6 +270,8 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
             raise bad(key)
     if state.get("head") is not None and not is_oid(state["head"]):
         raise bad("head")
+    if state.get("stash") is not None and not is_oid(state["stash"]):
+        raise bad("stash")
     for key in ("ahead", "behind"):
         value = state.get(key)
         if value is not None and (type(value) is not int or value < 0):

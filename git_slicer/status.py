@@ -78,7 +78,8 @@ def _status(worktree, target, store, fresh: bool) -> dict:
     guest = {"head": vm_head, "branch": theirs.get("branch"), "exists": theirs["exists"],
              "ahead": theirs.get("ahead"), "behind": theirs.get("behind"), "dirty": _paths(vm_view),
              "changed_since_sync": vm_changed,
-             "unpulled_branches": _unpulled_branches(worktree, theirs.get("branches") or {}, link.branch)}
+             "unpulled_branches": _unpulled_branches(worktree, theirs.get("branches") or {}, link.branch),
+             "stash": bool(theirs.get("stash"))}    # `git stash` in the VM: work no pull brings home
     in_sync = head == vm_head and ours == vm_view
     return {"vm": name, "worktree": worktree.root, "branch": link.branch, "agreed_commit": base,
             "guest_path": link.guest_path, "host": host, "vm_side": guest, "in_sync": in_sync,

@@ -69,6 +69,8 @@ def unpulled_work(worktree, link):
         what.append("changed files: %s" % ", ".join(side["changed_since_sync"][:5]))
     if side.get("unpulled_branches"):
         what.append("commits on branch %s" % ", ".join(side["unpulled_branches"][:5]))
+    if side.get("stash"):
+        what.append("a stash (`git slicer exec %s -- git stash list`)" % link.vm)
     return "; ".join(what) or None
 
 

@@ -337,6 +337,24 @@ def test_vm_commits_on_another_branch_are_unpulled_work_until_a_pull_imports_the
     assert repo.slicer_json("vm", "rm", vm)["removed"] == [vm]
 
 
+def test_a_vm_stash_is_unpulled_work(launched):
+    """The agent stashes its change: the VM's worktree is clean and status said "in sync", so
+    `vm rm` deleted the only copy. No pull brings a stash home: it counts until it is gone."""
+    repo, vm = launched
+    repo.vm_sh(vm, "echo stashed >> README.md && git stash -q")
+    status = repo.slicer_json("status", vm)
+    assert status["in_sync"] is True and status["vm_side"]["stash"] is True
+    assert "the VM has a stash" in repo.slicer("status", vm).stdout.decode()
+    for args in (("vm", "rm", vm), ("unlink", vm)):
+        proc = repo.slicer(*args, check=False)
+        assert proc.returncode == 1 and b"a stash" in proc.stderr, (args, proc.stderr)
+    repo.vm_sh(vm, "git stash pop -q && git commit -qam 'from the stash'")
+    repo.slicer("pull", vm)
+    assert "stashed" in (repo.path / "README.md").read_text()
+    assert repo.slicer_json("status", vm)["vm_side"]["stash"] is False
+    assert repo.slicer_json("vm", "rm", vm)["removed"] == [vm]
+
+
 def test_unlink_refuses_while_the_vm_holds_unpulled_work(launched):
     """The link is what stops `vm rm` deleting unpulled work: unlinking first would let it."""
     repo, vm = launched

@@ -137,6 +137,7 @@ STATE_CASES = {
     "overlay-bad-oid": ({"overlay_files": {"x": ["100644", "../../etc"]}}, "malformed repository state"),
     "overlay-not-a-list": ({"overlay_files": {"x": "100644"}}, "malformed repository state"),
     "branches-not-a-dict": ({"set_branches": ["main"]}, "malformed repository state"),
+    "stash-not-an-oid": ({"stash": "refs/heads/main; rm -rf ~"}, "malformed repository state"),
     "14-ansi-path": ({"overlay_files": {"\x1b]0;pwned\x07": ["100644", FAKE]}}, "control characters"),
 }
 

@@ -208,7 +208,7 @@ class Repo:
         finally:
             refs.finish()
         return {"exists": True, "branch": where["branch"], "head": where["head"], "branches": refs.result(),
-                "overlay": overlay, "object_format": self.algo(),
+                "stash": refs.stash, "overlay": overlay, "object_format": self.algo(),
                 "shallow": os.path.exists(os.path.join(self.root, ".git", "shallow"))}
 
     def _recalled(self, memo, refs, cache, where):
@@ -227,15 +227,17 @@ class Repo:
 
 
 class _Branches:
-    """`git for-each-ref refs/heads/ refs/replace/`, running beside the scan: result() is
-    {branch: commit}; then `replaced` says whether any replace ref exists."""
+    """`git for-each-ref refs/heads/ refs/replace/ refs/stash`, running beside the scan:
+    result() is {branch: commit}; then `replaced` says whether any replace ref exists, and
+    `stash` is the newest stash entry's commit or None (work kept nowhere else)."""
 
     def __init__(self, root: str, env: dict):
         self._proc = subprocess.Popen(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/",
-                                       "refs/replace/"], cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                       "refs/replace/", "refs/stash"], cwd=root, env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._output = None
         self.replaced = False
+        self.stash = None
 
     def finish(self) -> None:
         if self._output is None:
@@ -251,6 +253,8 @@ class _Branches:
             oid, ref = line.split(" ", 1)
             if ref.startswith("refs/replace/"):
                 self.replaced = True
+            elif ref == "refs/stash":
+                self.stash = oid
             else:
                 branches[ref[len("refs/heads/"):]] = oid
         return branches

@@ -28,6 +28,9 @@ def command(vm, path, as_json):
     if guest.get("unpulled_branches"):
         lines.append("note: the VM has commits on other branches: %s (pull imports them under refs/slicer/%s/)"
                      % (", ".join(map(display, guest["unpulled_branches"][:10])), result["vm"]))
+    if guest.get("stash"):
+        lines.append("note: the VM has a stash, which no pull brings home (`git slicer exec %s -- git stash list`)"
+                     % result["vm"])
     for label, side, way in (("the worktree", host, "git switch %s" % result["branch"]),
                              ("the VM", guest, "git slicer exec %s -- git switch %s" % (result["vm"], result["branch"]))):
         if side.get("exists", True) and side.get("branch") != result["branch"]:

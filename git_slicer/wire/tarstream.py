@@ -182,6 +182,7 @@ class _HashAside:
         import threading
         self._digest = digest
         self._pieces = queue.Queue(maxsize=8)     # a receiver ahead of the hash waits: bounded memory
+        self._failed = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -190,7 +191,11 @@ class _HashAside:
             piece = self._pieces.get()
             if piece is None:
                 return
-            self._digest.update(piece)
+            if self._failed is None:        # after a failure, drain: the receiver never blocks
+                try:
+                    self._digest.update(piece)
+                except BaseException as exc:
+                    self._failed = exc
 
     def update(self, piece) -> None:
         self._pieces.put(piece)
@@ -199,6 +204,8 @@ class _HashAside:
         """Waits for every piece handed over; also what ends the thread (call it once)."""
         self._pieces.put(None)
         self._thread.join()
+        if self._failed is not None:
+            raise self._failed
         return self._digest.hexdigest()
 
 

@@ -167,6 +167,10 @@ def test_sha256_objects(tmp_path):
     repo.write("b.txt", "b\n")
     recorded = push_and_compare(repo, vm)
     assert len(recorded["head"]) == 64 and len(recorded["overlay"]["files"]["b.txt"][1]) == 64
+    # a file large enough that its id follows the stream (laterids.py): a sha256 id
+    (repo.path / "big.bin").write_bytes(bytes(range(256)) * (5 * 4096))
+    recorded = push_and_compare(repo, vm)
+    assert recorded["overlay"]["files"]["big.bin"][1] == repo.git("hash-object", "big.bin").strip()
 
 
 def test_a_submodule_moves(tmp_path):

@@ -272,6 +272,7 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
             session.conn.send_stream(tarstream.file_stream(worktree.root, send, worktree.algo, extra,
                                                            receiver_checks=True))
             sent["file_bytes"] = session.conn.bytes_out - before
+            crash_point("push:files-sent")
         if pending:
             try:
                 ids = later.wait(pending)

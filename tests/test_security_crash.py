@@ -17,7 +17,7 @@ PULL_HOST = ["pull:recovered", "pull:pack-received", "pull:validated", "pull:mig
              "pull:staged", "pull:ref-moved", "pull:writing", "pull:files-written", "pull:index-written",
              "pull:imported"]
 PULL_AGENT = ["agent:fetch", "agent:files"]
-PUSH_HOST = ["push:pack-sent", "push:before-link"]
+PUSH_HOST = ["push:pack-sent", "push:files-sent", "push:before-link"]
 PUSH_AGENT = ["agent:push-received", "agent:push-journaled", "agent:push-applying", "agent:push-placing",
               "agent:push-applied", "agent:push-recorded", "agent:scan-index-locked"]
 
@@ -109,6 +109,7 @@ def test_push_killed_at_every_phase(launched, phase):
     repo.git("commit", "-qm", "host", "README.md")
     repo.write("notes.txt", "untracked\n")
     repo.write("bin/run", "#!/bin/sh\necho edited\n")
+    (repo.path / "assets.bin").write_bytes(bytes(range(256)) * (5 * 4096))   # its id follows the stream
     before = repo.fingerprint(skip=(".git/",))
     if phase == "agent:scan-index-locked":
         # The scan installs its index only when git refreshed stat data in it: without a file
@@ -127,6 +128,7 @@ def test_push_killed_at_every_phase(launched, phase):
     assert_recovers(repo, vm)
     assert (repo.path / "src" / "app.py").read_text() == "print('wip')\n"
     assert (repo.path / "src" / "lib.py").read_text() == "VALUE = 2\n"
+    assert repo.vm_git(vm, "hash-object", "assets.bin") == repo.git("hash-object", "assets.bin")
 
 
 def crash_the_agent_of_a_vm_to_launch(repo, tmp_path, phase):

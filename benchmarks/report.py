@@ -15,6 +15,7 @@ TARGETS = [
     ("W1", "slicer", "clone", 1.0, "<= 1.0x git clone --no-local"),
     ("W2", "slicer", "rsync", 0.5, ">= 2x faster than rsync -a of the whole tree"),
     ("W2", "slicer", "git_status_and_push", 1.5, "<= 1.5x git status + git push to a local bare repo"),
+    ("W3", "slicer", "durable", None, "(reference: the tar copy, then syncfs)"),
     ("W3", "slicer", "tar", 2.0, "<= 2x tar c \\| tar x"),
     ("W3", "slicer", "rsync", None, "(reference)"),
     ("W4", "slicer", "fetch", 4.0, "<= 4x git fetch of one commit (file://)"),

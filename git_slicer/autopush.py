@@ -337,7 +337,7 @@ def run(hook: str, git_dir: str) -> int:
 
 def _push_all(slicer_dir: str, hook: str) -> None:
     # Lazy: only a runner that holds the lock and has waited for the burst pays for push's imports.
-    from .errors import SlicerError, WouldLoseWork
+    from .errors import OperationInProgress, SlicerError, WouldLoseWork
     try:
         from .config import Settings
         from .links import LinkStore
@@ -372,6 +372,8 @@ def _push_all(slicer_dir: str, hook: str) -> None:
                                  result["commit"][:12], sent["files"], sent["pack_bytes"] + sent["file_bytes"]))
             except WouldLoseWork as exc:
                 entry.update(result="refused", message=str(exc))
+            except OperationInProgress as exc:    # its end commits again, and that push follows
+                entry.update(result="skipped", message=str(exc))
             except SlicerError as exc:
                 entry.update(result="failed", message=str(exc))
             except Exception as exc:

@@ -38,6 +38,10 @@ class AgentFailed(SlicerError):
         self.code = code
 
 
+class OperationInProgress(SlicerError):
+    """git is in the middle of a rebase, merge, cherry-pick or revert in the worktree."""
+
+
 class WouldLoseWork(SlicerError):
     """An operation stopped before writing because it would destroy someone's work."""
 

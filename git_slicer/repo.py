@@ -6,7 +6,7 @@ import os
 import subprocess
 from functools import cached_property
 
-from .errors import NotARepository, SlicerError
+from .errors import NotARepository, OperationInProgress, SlicerError
 
 # Variables git exports into hooks and aliases; they would redirect our git calls elsewhere.
 _SCRUB_PREFIXES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
@@ -121,8 +121,8 @@ class Worktree:
         worktree (as `git status` tells, from its files in the worktree's git dir)."""
         for marker, what, how in _OPERATIONS:
             if os.path.exists(os.path.join(self.git_dir, marker)):
-                raise SlicerError("%s is in progress in %s: %s" % (what, self.root, why),
-                                  hint="finish it or abort it first (%s)" % how)
+                raise OperationInProgress("%s is in progress in %s: %s" % (what, self.root, why),
+                                          hint="finish it or abort it first (%s)" % how)
 
     def rev(self, name: str):
         out = self.git(["rev-parse", "-q", "--verify", name + "^{commit}"], check=False).strip()

@@ -132,6 +132,36 @@ def test_merge_rebase_and_amend_reach_the_vm(launched):
     assert_vm_matches(repo, vm)
 
 
+def test_a_cherry_pick_stopped_by_a_conflict_is_waited_out_not_failed(launched):
+    """A background push that finds a cherry-pick stopped half-way is skipped (the VM would get
+    the half-done files); the commit that ends it pushes."""
+    repo, vm = launched
+    repo.slicer("hooks", "install")
+    repo.git("checkout", "-q", "-b", "other")
+    repo.write("clash.txt", "the other side\n")
+    picked = repo.commit("the other side")
+    repo.git("checkout", "-q", "main")
+    repo.write("clash.txt", "this side\n")
+    repo.commit("this side")
+    settle(repo)
+    repo.git("cherry-pick", picked, check=False)                  # stops: a conflict
+    assert os.path.exists(repo.git("rev-parse", "--path-format=absolute", "--git-path",
+                                   "CHERRY_PICK_HEAD").strip())
+    # A trigger in that state: the hook itself, run as git runs it (a commit cannot be made
+    # with the conflict in place; a burst's earlier commit ends up here the same way).
+    run([os.path.join(hooks_dir(repo), "post-commit")], cwd=repo.path)
+    settle(repo)
+    last = last_push(repo, vm)
+    assert last["result"] == "skipped" and "a cherry-pick is in progress" in last["message"], last
+    assert not log_lines(repo, "failed")
+    repo.write("clash.txt", "both sides\n")
+    repo.git("add", "clash.txt")
+    repo.git("-c", "core.editor=true", "cherry-pick", "--continue")      # post-commit: pushed
+    assert_vm_matches(repo, vm)
+    assert repo.vm_sh(vm, "cat clash.txt") == "both sides\n"
+    assert last_push(repo, vm)["result"] == "ok"
+
+
 def test_linked_worktree_installs_from_a_subdirectory(repo, tmp_path):
     linked = Repo(tmp_path / "linked")
     repo.git("worktree", "add", "-q", "-b", "wt", str(linked.path))

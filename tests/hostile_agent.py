@@ -68,6 +68,8 @@ class HostileAgent(Agent):
         reply = super().op_hello(request)
         if self.name == "hello-escapes":            # terminal escapes where -v prints the hello
             reply.update(version="\x1b]0;pwned\x07\x1b[2J1.0", git="git\nversion \x1b[31m2", python="\r3")
+        if self.name == "caps-as-string":           # a string that holds every capability's name
+            reply["caps"] = " ".join(reply["caps"])
         return reply
 
     def op_state(self, request):
@@ -135,6 +137,9 @@ class HostileAgent(Agent):
         return {"ok": True}
 
     def op_push(self, request, current=None):
+        if self.name == "caps-as-string":           # what the host asked of an agent with no valid caps
+            with open(os.path.join(HERE, "push-request.json"), "w") as fh:
+                json.dump({"pending": request.get("pending")}, fh)
         if self.name == "pause-push":               # hold the push after the host's scan, before its streams
             open(os.path.join(HERE, "paused"), "w").close()
             while not os.path.exists(os.path.join(HERE, "go")):

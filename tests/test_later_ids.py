@@ -172,3 +172,33 @@ def test_agent_refuses_a_pending_list_that_is_not_the_streams_files(tmp_path, pe
     reply, vm_repo = _push_pending(tmp_path, lambda s, oid: None, pending=pending, tar=tar)
     assert reply["ok"] is False and reply["error"]["code"] == "bad-request", reply
     assert not (vm_repo.path / "a.bin").exists()
+
+
+def test_an_agent_whose_caps_are_not_a_list_is_sent_no_pending_ids(launched):
+    """`caps` must be a list: a string that merely holds "later-ids" promises nothing, and the
+    host hashes a large file before the push, as for an agent without the capability."""
+    from hostile_agent import install
+    repo, vm = launched
+    directory = install(repo, vm, {"name": "caps-as-string"})
+    data = big_bytes(b"sent to an agent with odd caps\n")
+    (repo.path / "big.bin").write_bytes(data)
+    repo.slicer("push", vm)
+    assert json.loads((directory / "push-request.json").read_text()) == {"pending": None}
+    assert repo.vm_sh(vm, "git hash-object big.bin").strip() == git_blob_id(data)
+
+
+def test_stop_ends_the_hash_thread_of_a_push_that_failed(tmp_path):
+    """A push that fails before it waits for its ids leaves no thread behind (push.py calls
+    stop in a finally)."""
+    import threading
+    path = tmp_path / "big.bin"
+    path.write_bytes(big_bytes(b"never waited for\n"))
+    later = LaterIds("sha1", lambda p: True)                  # eager: it starts at once
+    later.attach(overlay_mod.StatCache(), str(tmp_path / "cache.json"))
+    later.entry(str(path), "big.bin")
+
+    def hashing():
+        return [t for t in threading.enumerate() if "_hash_all" in t.name]
+    assert hashing()
+    later.stop()
+    assert not hashing()

@@ -21,10 +21,10 @@ import threading
 import time
 
 from .errors import SlicerError
-from .wire import overlay as overlay_mod
+from .wire import overlay as overlay_mod, tarstream
 from .wire.paths import display
 
-MIN_BYTES = 4 << 20          # below this the hash costs less than the thread's handover
+MIN_BYTES = tarstream.LARGE_FILE_BYTES
 
 
 class LaterIds:

@@ -167,7 +167,9 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         pass
 
 
-_HASH_ASIDE_BYTES = 4 << 20
+# A file this large is hashed on a thread of its own, beside its read or its write (the receiver
+# here, the host's laterids.py): below it the hash costs less than the thread's handover.
+LARGE_FILE_BYTES = 4 << 20
 
 
 class _HashAside:
@@ -346,7 +348,7 @@ def read_members(chunks, staging_dir: str, limits: Limits = Limits(), check_coll
             digest = None
             if algo:
                 digest = hashlib.new(algo, b"blob %d\0" % size)
-                if size >= _HASH_ASIDE_BYTES:
+                if size >= LARGE_FILE_BYTES:
                     try:
                         digest = _HashAside(digest)
                     except RuntimeError:          # no thread to be had: hash inline

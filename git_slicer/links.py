@@ -53,6 +53,11 @@ class Link:
     pending: dict = None                          # a push sent but not yet confirmed: {id, commit, branch}
 
 
+def encoded(link: Link) -> bytes:
+    """The bytes a link is saved as."""
+    return json.dumps(asdict(link), indent=1, sort_keys=True).encode()
+
+
 class LinkStore:
     def __init__(self, slicer_dir: str):
         self.dir = os.path.join(slicer_dir, "links")
@@ -76,7 +81,7 @@ class LinkStore:
         return parse_link(raw, path, vm)
 
     def save(self, link: Link) -> None:
-        write_atomic(self._path(link.vm), json.dumps(asdict(link), indent=1, sort_keys=True).encode())
+        write_atomic(self._path(link.vm), encoded(link))
 
     def remove(self, vm: str) -> bool:
         try:

@@ -14,7 +14,7 @@ from . import agreed, locks, report
 from .config import Settings
 from .errors import AgentFailed, SlicerError, UsageError, WouldLoseWork
 from .ignore import SlicerIgnore, host_attributes, host_excludes
-from .links import Link, LinkStore, repository_links
+from .links import Link, LinkStore, encoded, repository_links
 from .journal import recover_interrupted
 from .laterids import LaterIds
 from .scan import InBackground, KnownPaths, host_overlay, ignored_files
@@ -150,6 +150,7 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     if include_ignored is None:
         include_ignored = settings.get("slicer.includeIgnored")
 
+    record = None if created else encoded(link)      # as saved: a push that changes nothing keeps it
     ignore = SlicerIgnore(worktree.root)
     attempt = agreed.Attempt()
     later = LaterIds(worktree.algo, ignore.keep)
@@ -169,9 +170,12 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     crash_point("push:before-link")
     link.branch = branch
     link.address = vm.address
-    link.pushed_at = utc_now()
     link.last_result = "ok"
-    store.save(link)
+    # `pushed_at` is when a push last changed something: an up-to-date push that found the
+    # record as saved leaves it alone (no fsync'd write for an agent's no-op push in a loop).
+    if not (outcome["up_to_date"] and encoded(link) == record):
+        link.pushed_at = utc_now()
+        store.save(link)
     return PushResult(vm=vm.name, provider=provider.name, worktree=worktree.root, branch=branch, commit=head,
                       launched=launched, guest_path=link.guest_path, **outcome)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -123,6 +124,22 @@ def test_noop_push_is_up_to_date(launched):
     result = repo.slicer_json("push")
     assert result["up_to_date"] is True and "first_push" not in result
     assert result["sent"] == {"pack_bytes": 0, "files": 0, "file_bytes": 0}
+
+
+def test_noop_push_leaves_the_link_record_alone(launched):
+    """`pushed_at` is when a push last changed something: an agent's no-op push in a loop
+    writes (and flushes) nothing on the host; the next push that sends something does."""
+    repo, vm = launched
+    record = repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)
+    repo.slicer("push", vm)
+    before = (record.read_bytes(), record.stat().st_ino, record.stat().st_mtime_ns)
+    assert repo.slicer_json("push", vm)["up_to_date"] is True
+    assert (record.read_bytes(), record.stat().st_ino, record.stat().st_mtime_ns) == before
+    pushed_at = json.loads(before[0])["pushed_at"]
+    repo.write("new.txt", "something to send\n")
+    assert repo.slicer_json("push", vm)["up_to_date"] is False
+    after = json.loads(record.read_text())
+    assert after["pushed_at"] >= pushed_at and after["agreed_overlay"]["files"]["new.txt"], after
 
 
 def test_push_refuses_to_destroy_unpulled_vm_commits(launched):

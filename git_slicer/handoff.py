@@ -32,8 +32,9 @@ def main() -> None:
         if code is not None:
             # The child did the work; this process holds nothing to clean up, and the
             # interpreter's own teardown costs ~5 ms of every command.
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:       # (None: started with that descriptor closed)
+                    stream.flush()
             os._exit(code)
     from .cli import main as run_here
     try:

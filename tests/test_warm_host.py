@@ -8,12 +8,16 @@ process only when the command ran there.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -271,6 +275,97 @@ def test_a_directory_that_is_not_the_users_own_is_never_used(repo, warm):
         proc, parents = warm.run(repo.path, "list")
         assert proc.returncode == 0 and proc.pid in parents   # ran here: no host process
     assert not list(warm.directory.iterdir())
+
+
+OTHER_UID = 65534
+# A process of another user that ignores file permissions: what the uid check must stop even
+# when the socket's and directory's modes do not.
+AS_OTHER_USER = ["setpriv", "--reuid=%d" % OTHER_UID, "--regid=%d" % OTHER_UID, "--clear-groups",
+                 "--inh-caps=+dac_override,+dac_read_search", "--ambient-caps=+dac_override,+dac_read_search"]
+as_root = pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
+                             reason="acting as another user needs root and setpriv")
+PEER_CLIENT = """
+import array, os, socket, sys
+path, request = sys.argv[1], open(sys.argv[2], "rb").read()
+r, w = os.pipe()
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(30)
+try:
+    s.connect(path)
+    s.sendmsg([len(request).to_bytes(4, "big")], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, w, w]))])
+    s.sendall(request)
+    os.close(w)
+    reply = b""
+    while not reply.startswith(b"pid ") or b"exit" not in reply:
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        reply += chunk
+except OSError as exc:
+    reply = b"error %s" % exc.__class__.__name__.encode()
+os.set_blocking(r, False)
+try:
+    out = os.read(r, 65536)
+except BlockingIOError:
+    out = b""
+print(repr((os.getuid(), reply.startswith(b"pid "), out)))
+"""
+
+
+@as_root
+def test_a_connection_from_another_user_is_refused_before_anything_runs(repo, warm, tmp_path):
+    """The socket's modes keep other users out; the peer check (SO_PEERCRED) holds even when
+    something lets one through: here a process of uid 65534 that may ignore file permissions
+    (CAP_DAC_OVERRIDE). The same client with our uid is served, so only the uid differs."""
+    from git_slicer.handoff import encode_request
+    sock = warm.start(repo.path)
+    request = tmp_path / "request"
+    request.write_bytes(encode_request(["list"], str(repo.path), 0o022, 0, dict(os.environ)))
+    client = [sys.executable, "-S", "-c", PEER_CLIENT, str(sock), str(request)]
+    ours = ast.literal_eval(subprocess.run(client, stdout=subprocess.PIPE, check=True, timeout=60).stdout.decode())
+    assert ours[:2] == (os.getuid(), True) and str(repo.path).encode() in ours[2]
+    other = subprocess.run(AS_OTHER_USER + client, stdout=subprocess.PIPE, check=True, timeout=60).stdout.decode()
+    assert ast.literal_eval(other) == (OTHER_UID, False, b"")     # closed at once: nothing was started
+
+
+@as_root
+def test_a_caller_never_hands_its_command_to_another_users_process(tmp_path, warm, request):
+    """The other side of the same check: a caller (uid 65534 here) whose socket path holds a
+    process of another user (root, who can make one in the caller's own directory) hands it
+    nothing, not its descriptors, environment or command, and runs the command itself."""
+    from git_slicer.handoff import stamp
+    runtime = Path(tempfile.mkdtemp(prefix="gs-rt-", dir="/tmp"))      # socket paths stay short
+    request.addfinalizer(lambda: shutil.rmtree(runtime, ignore_errors=True))
+    directory = runtime / "git-slicer-host"
+    directory.mkdir(parents=True)
+    for path in (runtime, directory):
+        os.chown(path, OTHER_UID, OTHER_UID)
+        path.chmod(0o700)
+    impostor = socket.socket(socket.AF_UNIX)
+    impostor.bind(str(directory / (stamp() + ".sock")))
+    impostor.listen(4)
+    seen = []
+
+    def answer():
+        conn, _ = impostor.accept()
+        conn.settimeout(5)
+        try:
+            got = conn.recv(4096)
+            seen.append(got)
+            if got:
+                conn.sendall(b"pid 1\nexit 42\n")     # "done": what a served command ends with
+        except OSError:
+            seen.append(b"")
+        conn.close()
+    listener = threading.Thread(target=answer, daemon=True)
+    listener.start()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
+    proc = subprocess.run(AS_OTHER_USER + SLICER + ["list"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    listener.join(10)
+    impostor.close()
+    assert seen == [b""]                     # it connected, looked at who listens, and left
+    assert proc.returncode == 1 and b"not inside a git worktree" in proc.stderr, proc.stderr   # its own answer
 
 
 def test_garbage_on_the_socket_leaves_the_host_serving(repo, warm):

@@ -456,32 +456,6 @@ def test_push_gives_the_index_gits_untracked_cache_and_it_never_hides_a_new_file
     assert repo.vm_status(vm) == repo.status()
 
 
-def test_the_untracked_cache_sees_new_directories_and_a_file_turned_directory(launched):
-    """Pushes through the cache, and through a user's own `git status` in between (which keeps
-    the cache in its own mode: the next push rebuilds it in ours), still send every untracked
-    file below new directories, a tracked file turned into a directory (which git's default
-    mode does not even list), and leave ignored files and nested repositories out."""
-    repo, vm = launched
-    repo.write(".gitignore", "*.log\n")
-    repo.commit("ignore logs")
-    repo.write("new/a.txt", "a\n")
-    repo.slicer("push")
-    assert _has_untracked_cache(repo)
-    repo.write("new/deep/b.txt", "b\n")
-    repo.write("new/skip.log", "ignored\n")
-    repo.write("new/nested/inner.txt", "inner\n")
-    git(repo.path / "new" / "nested", "init", "-q")
-    os.unlink(repo.path / "README.md")
-    repo.write("README.md/inside.txt", "inside\n")
-    repo.git("status", "--porcelain")
-    repo.write("odd[1]*/x.txt", "x\n")
-    repo.slicer("push")
-    assert repo.vm_sh(vm, "cat new/a.txt new/deep/b.txt README.md/inside.txt 'odd[1]*/x.txt'") == \
-        "a\nb\ninside\nx\n"
-    assert repo.vm_sh(vm, "ls -a new") == ".\n..\na.txt\ndeep\n"
-    assert repo.vm_status(vm) == repo.status().replace("?? new/nested/\n", "")
-
-
 def test_push_leaves_the_untracked_cache_to_a_user_who_set_core_untrackedcache(repo):
     repo.git("config", "core.untrackedCache", "false")
     repo.write("notes/a.txt", "a\n")

@@ -63,8 +63,7 @@ def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = Fa
         (lambda args: worktree.git(args, env={"GIT_LITERAL_PATHSPECS": "1"}))
     for attempt in range(3):
         try:
-            raw = overlay_mod.scan(worktree.root, run_git, worktree.algo, untracked_cache(worktree, refresh_index),
-                                   refresh_index=refresh_index,
+            raw = overlay_mod.scan(worktree.root, run_git, worktree.algo, refresh_index=refresh_index,
                                    cache=cache, branch=where, paths=paths,
                                    hash_file=later.entry if later is not None else None)
             break
@@ -80,19 +79,6 @@ def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = Fa
         except OSError:
             pass                          # only a cache: the next scan hashes again
     return overlay_mod.filtered(raw, ignore.keep)
-
-
-def untracked_cache(worktree, may_write: bool) -> list:
-    """`-c` settings that let the scan's `git status --untracked-files=all` use git's untracked
-    cache (it remembers which directories hold untracked files and rereads only those whose
-    mtime moved: ~110 of a 50k-file tree's 250 ms). git uses the cache only when the configured
-    mode matches the command's, hence showUntrackedFiles. A scan that may write the index
-    (a push) adds the cache when the user has not chosen otherwise (core.untrackedCache unset;
-    "false" keeps it out, "keep" leaves it as it is); the others only read one that is there."""
-    settings = ["status.showUntrackedFiles=all"]
-    if may_write and worktree.config("core.untrackedCache") is None:
-        settings.append("core.untrackedCache=true")
-    return settings
 
 
 def ignored_files(worktree, ignore: SlicerIgnore) -> list:

@@ -436,33 +436,6 @@ def test_stat_cache_never_serves_a_changed_file(launched):
     assert repo.vm_status(vm) == repo.status()
 
 
-def _has_untracked_cache(repo) -> bool:
-    return b"UNTR" in (repo.path / ".git" / "index").read_bytes()       # the extension's signature
-
-
-def test_push_gives_the_index_gits_untracked_cache_and_it_never_hides_a_new_file(launched):
-    """The scan's `git status` keeps git's untracked cache in the index (only the directories
-    whose mtime moved are read again); a file added later, even in a directory the cache
-    remembers, still travels, and so does one that replaces a removed one."""
-    repo, vm = launched
-    repo.write("notes/deep/a.txt", "a\n")
-    repo.slicer("push")
-    assert _has_untracked_cache(repo)
-    repo.write("notes/deep/b.txt", "b\n")
-    os.unlink(repo.path / "notes" / "deep" / "a.txt")
-    repo.write("notes/c.txt", "c\n")
-    repo.slicer("push")
-    assert repo.vm_sh(vm, "cat notes/deep/b.txt notes/c.txt; test ! -e notes/deep/a.txt && echo gone") == "b\nc\ngone\n"
-    assert repo.vm_status(vm) == repo.status()
-
-
-def test_push_leaves_the_untracked_cache_to_a_user_who_set_core_untrackedcache(repo):
-    repo.git("config", "core.untrackedCache", "false")
-    repo.write("notes/a.txt", "a\n")
-    repo.slicer("push", "--launch")
-    assert not _has_untracked_cache(repo)
-
-
 def test_stat_cache_entries_are_trusted_only_when_stat_matches(tmp_path, monkeypatch):
     from git_slicer.wire.overlay import StatCache, hash_worktree_file
     monkeypatch.setattr(StatCache, "RACY_SECONDS", 0.3)

@@ -232,8 +232,12 @@ def scan(root: str, run_git, algo: str = "sha1", extra_config=(), refresh_index:
         args += ["-c", item]
     args += ["status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames",
              "--ignore-submodules=dirty"] + (["--branch"] if branch is not None else [])
-    if paths:
-        args += ["--"] + list(paths)
+    # Never from git's untracked cache (core.untrackedCache): it trusts directory mtimes, which
+    # a copy that keeps them (cp -p, rsync -t, tar x) puts back, and on git 2.39 it was seen to
+    # go stale after ordinary changes too. git does not use it for a status with a pathspec, so
+    # the whole tree is named as one (it costs what a status without the cache costs, and
+    # leaves the cache as it is).
+    args += ["--"] + (list(paths) if paths else ["."])
     output = run_git(args)
     overlay = empty()
     unmerged = []

@@ -110,3 +110,27 @@ def test_our_stat_cache_never_serves_a_stale_id_through_a_run_of_rewrites(repo, 
         assert ours == truth, "step %d: %s" % (n, overlay_mod.changed_paths(truth, ours))
         hits += bool(json.loads((repo.path / ".git" / "slicer" / "statcache.json").read_text()))
     assert hits > 90                         # the cache was kept, not empty, through the run
+
+
+VM_STALE_CACHE = """
+git config core.untrackedCache true && git config status.showUntrackedFiles all && git config core.trustctime false
+mkdir -p drop && echo vm first > drop/first.txt && git status --porcelain >/dev/null
+sleep 1.1 && git status --porcelain >/dev/null
+python3 -c '
+import os
+st = os.stat("drop")
+open("drop/copied.txt", "w").write("vm copied in\\n")
+os.utime("drop", ns=(st.st_atime_ns, st.st_mtime_ns))'
+git status --porcelain
+"""
+
+
+def test_pull_brings_a_vm_file_the_vms_untracked_cache_misses(launched):
+    """The VM's side of the same rule: a VM whose git serves `git status` from a stale cache
+    still has all of its work seen by the agent's scan (a cold agent: a full scan each time)."""
+    repo, vm = launched
+    repo.git("config", "slicer.local.agentIdle", "0")
+    assert "copied.txt" not in repo.vm_sh(vm, VM_STALE_CACHE)                 # the VM's own git misses it
+    repo.slicer("pull", vm)
+    assert (repo.path / "drop" / "copied.txt").read_text() == "vm copied in\n"
+    assert (repo.path / "drop" / "first.txt").read_text() == "vm first\n"

@@ -10,6 +10,7 @@ quarantine and the host repository is byte-for-byte unchanged.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -301,6 +302,8 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
             if not (isinstance(mode, str) and mode in ENTRY_MODES and is_oid(oid)):
                 raise bad("entry for %s" % display(path))
             part[path] = Entry(mode, oid)       # from here on read as .mode and .oid (wire/gitobj.py)
+    if state.get("kept") is not None:
+        _check_kept(state["kept"], bad, path_bytes, path_depth)
     applied = state.get("applied")
     if applied is not None:                 # the record of a push the VM completed (agreed.py)
         if not isinstance(applied, dict) or not isinstance(applied.get("id"), str):
@@ -309,3 +312,20 @@ def check_state(state, path_bytes: int = 4096, path_depth: int = 64, max_entries
     return state
 
 
+KEPT_REF = re.compile(r"refs/slicer/kept/[0-9A-Za-z_-]{1,80}")
+
+
+def _check_kept(kept, bad, path_bytes: int, path_depth: int) -> None:
+    """The VM's refs of its own work that finishing an interrupted push kept (agent/kept.py):
+    names the host shows, so each is checked like any other name from the VM."""
+    if not isinstance(kept, list) or len(kept) > 100:
+        raise bad("kept")
+    for entry in kept:
+        if not (isinstance(entry, dict) and isinstance(entry.get("ref"), str) and KEPT_REF.fullmatch(entry["ref"])
+                and isinstance(entry.get("paths"), list) and len(entry["paths"]) <= 1000):
+            raise bad("kept")
+        for path in entry["paths"]:
+            try:
+                check_relpath(path, max_bytes=path_bytes, max_depth=path_depth, control_ok=True)
+            except (UnsafePath, TypeError):
+                raise bad("kept") from None

@@ -218,8 +218,10 @@ class AgentSession:
             message["base"] = base
         if applied:
             message["applied"] = applied
-        return check_state(self._request(message), self.limits.path_bytes, self.limits.path_depth,
-                           min(max_entries, self.limits.entries), control_ok=known)
+        state = check_state(self._request(message), self.limits.path_bytes, self.limits.path_depth,
+                            min(max_entries, self.limits.entries), control_ok=known)
+        self._warn_kept(state)
+        return state
 
     def push_begin(self, path: str, applied: str = None, known=False) -> dict:
         """The VM's state, read under the agent's lock, which it keeps until this session's next
@@ -235,7 +237,20 @@ class AgentSession:
         state = check_state(reply, self.limits.path_bytes, self.limits.path_depth, self.limits.entries,
                             control_ok=known)
         state["begun"] = True
+        self._warn_kept(state)
         return state
+
+    def _warn_kept(self, state: dict) -> None:
+        """Say where the VM keeps work that finishing an interrupted push would have overwritten
+        (agent/kept.py): in a ref of its own, until the VM deletes it."""
+        for entry in state.get("kept") or ():
+            paths = entry["paths"]
+            report.warn_once("VM %s keeps its own changes to %s, made while a push into it lay interrupted, in "
+                             "its ref %s (the push was finished over them): see them with `git slicer exec %s -- "
+                             "git show %s:<path>`, and delete the ref once you have them"
+                             % (self.vm, ", ".join(map(display, paths[:10])) + (" and %d more" % (len(paths) - 10)
+                                                                               if len(paths) > 10 else ""),
+                                entry["ref"], self.vm, entry["ref"]))
 
     def end_push_begin(self) -> None:
         """After push_begin: if no push was sent, cancel, so the agent releases its lock (on a

@@ -79,7 +79,9 @@ def _status(worktree, target, store, fresh: bool) -> dict:
              "ahead": theirs.get("ahead"), "behind": theirs.get("behind"), "dirty": _paths(vm_view),
              "changed_since_sync": vm_changed,
              "unpulled_branches": _unpulled_branches(worktree, theirs.get("branches") or {}, link.branch),
-             "stash": bool(theirs.get("stash"))}    # `git stash` in the VM: work no pull brings home
+             "stash": bool(theirs.get("stash")),    # `git stash` in the VM: work no pull brings home
+             # the VM's changes an interrupted push's recovery kept in refs (agent/kept.py): no pull brings them
+             "kept": [{"ref": k["ref"], "paths": k["paths"]} for k in theirs.get("kept") or ()]}
     in_sync = head == vm_head and ours == vm_view
     return {"vm": name, "worktree": worktree.root, "branch": link.branch, "agreed_commit": base,
             "guest_path": link.guest_path, "host": host, "vm_side": guest, "in_sync": in_sync,

@@ -71,6 +71,8 @@ def unpulled_work(worktree, link):
         what.append("commits on branch %s" % ", ".join(side["unpulled_branches"][:5]))
     if side.get("stash"):
         what.append("a stash (`git slicer exec %s -- git stash list`)" % link.vm)
+    for entry in side.get("kept") or ():
+        what.append("changes kept in its ref %s" % entry["ref"])
     return "; ".join(what) or None
 
 

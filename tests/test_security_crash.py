@@ -8,6 +8,7 @@ on the host; and the next push completes with the VM's status equal to the host'
 """
 
 import os
+import re
 
 import pytest
 
@@ -86,9 +87,11 @@ def vm_leftovers(repo, vm):
     return out.split()
 
 
-def assert_recovers(repo, vm):
+def assert_recovers(repo, vm, kept_ok=False):
     """A pull writes nothing; the next push completes with the VM equal to the host; then a
-    pull still writes nothing; nothing is left over in the VM."""
+    pull still writes nothing; nothing is left over in the VM, and recovery kept nothing as the
+    VM's own change (`kept_ok`: a file git was writing when the whole VM died may be kept:
+    half written, it is neither the old state nor the new)."""
     before = host_view(repo)
     repo.slicer("pull", vm)
     assert host_view(repo) == before, "a pull after the interrupted push changed the host"
@@ -98,6 +101,7 @@ def assert_recovers(repo, vm):
     repo.slicer("pull", vm)
     assert host_view(repo) == before
     assert vm_leftovers(repo, vm) == []
+    assert kept_ok or repo.vm_git(vm, "for-each-ref", "refs/slicer/kept/") == "", "recovery kept the push's own writes"
 
 
 @pytest.mark.parametrize("phase", PUSH_HOST + PUSH_AGENT)
@@ -360,6 +364,81 @@ def test_pull_after_a_push_killed_while_applying_keeps_host_edits(launched):
     assert repo.vm_status(vm) == repo.status()
 
 
+@pytest.mark.parametrize("vm_had_changes", [False, True], ids=["clean-vm", "vm-with-changes"])
+def test_vm_work_made_while_a_killed_push_waits_is_kept_before_the_push_is_finished(launched, vm_had_changes):
+    """The agent dies in the middle of applying a push, and the VM goes on working (on its own
+    disk: no request reaches the agent) in paths that push writes. The next request finishes
+    the push, as always, but first saves the VM's changes in a ref that every command names
+    until the VM deletes it. Into a VM with changes of its own, the checkout rewrites every
+    tracked file (`read-tree --reset`), so an edit of any tracked file is kept; into a clean
+    one, only the paths the push writes are, and every other edit stays as the VM left it."""
+    repo, vm = launched
+    if vm_had_changes:
+        repo.write("src/app.py", "print('wip')\n")
+    repo.slicer("push", vm)
+    repo.write("README.md", "host commit\n")
+    repo.git("commit", "-qm", "host", "README.md")
+    repo.write("notes.txt", "host notes\n")
+    repo.write("src/app.py", "print('host wip 2')\n")
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applying"})
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    disk = next(vm_home(vm).glob("*/.git")).parent
+    vm_work = {"README.md": "the VM's edit of what git checked out\n",      # written before the kill
+               "notes.txt": "the VM's notes\n",                           # the push has yet to place it
+               "src/app.py": "print('vm')\n"}                              # nor this one
+    untouched = {"src/lib.py": "VALUE = 'vm'\n"}                           # a path the push does not change
+    for path, text in {**vm_work, **untouched}.items():
+        (disk / path).write_text(text)
+    if vm_had_changes:
+        vm_work.update(untouched)
+    proc = repo.slicer("status", vm)
+    found = re.findall(r"refs/slicer/kept/[\w-]+", proc.stderr.decode())
+    assert found, proc.stderr
+    ref = found[0]
+    kept = repo.vm_git(vm, "ls-tree", "-r", "--name-only", ref).split()
+    assert sorted(kept) == sorted(vm_work)
+    for path, text in vm_work.items():
+        assert repo.vm_git(vm, "show", "%s:%s" % (ref, path)) == text
+    # The push was finished as it would have been uninterrupted.
+    assert repo.vm_sh(vm, "cat README.md notes.txt src/app.py src/lib.py") == \
+        "host commit\nhost notes\nprint('host wip 2')\n" + ("VALUE = 1\n" if vm_had_changes else "VALUE = 'vm'\n")
+    assert repo.slicer_json("status", vm)["vm_side"]["kept"] == [{"ref": ref, "paths": sorted(vm_work)}]
+    proc = repo.slicer("vm", "rm", vm, check=False)             # work only the VM holds
+    assert proc.returncode == 1 and ref.encode() in proc.stderr, proc.stderr
+    assert ref in repo.slicer("push", vm, check=False).stderr.decode()      # named until the VM deletes it
+    repo.vm_git(vm, "update-ref", "-d", ref)
+    assert "refs/slicer/kept" not in repo.slicer("status", vm).stderr.decode()
+    assert not (disk / ".git" / "slicer-kept.json").exists()
+
+
+def test_vm_work_that_cannot_be_kept_is_not_overwritten(launched):
+    """Saving the VM's changes fails (its object store is read-only, as a full disk would
+    refuse): the push stays unfinished, every request says so in one line, and the VM's change
+    is still in its file. Once the VM can write again, the next command keeps it and finishes."""
+    repo, vm = launched
+    repo.write("notes.txt", "host notes\n")
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": "agent:push-applying"})
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    disk = next(vm_home(vm).glob("*/.git")).parent
+    (disk / "notes.txt").write_text("the VM's notes\n")
+    objects = [disk / ".git" / "objects"] + [p for p in (disk / ".git" / "objects").iterdir() if p.is_dir()]
+    for directory in objects:
+        directory.chmod(0o555)
+    try:
+        proc = repo.slicer("status", vm, check=False)
+        assert proc.returncode == 1 and "could not be finished" in proc.stderr.decode(), proc.stderr
+        assert (disk / "notes.txt").read_text() == "the VM's notes\n"
+    finally:
+        for directory in objects:
+            directory.chmod(0o755)
+    proc = repo.slicer("status", vm)
+    (ref,) = set(re.findall(r"refs/slicer/kept/[\w-]+", proc.stderr.decode()))
+    assert repo.vm_git(vm, "show", ref + ":notes.txt") == "the VM's notes\n"
+    assert (disk / "notes.txt").read_text() == "host notes\n"
+
+
 # -- kill -9 at spread-out moments of a large push -------------------------------------------
 SWEEP_FILES, SWEEP_DIRTY, SWEEP_POINTS = 3000, 300, 8
 
@@ -479,5 +558,5 @@ def test_kill_9_at_spread_out_moments_of_a_large_push(repo):
         interrupted += proc.returncode != 0
         assert host_view(repo) == before, "kill %d changed the host" % point
         assert locks(repo) == []
-        assert_recovers(repo, vm)
+        assert_recovers(repo, vm, kept_ok=kind == "vm")
     assert interrupted, "no push was interrupted: the sweep tested nothing"

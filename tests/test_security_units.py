@@ -114,6 +114,22 @@ def test_state_check():
         check_state({**good, "overlay": {"index": {"a": None}, "files": {"b": None}}}, max_entries=1)
 
 
+
+def test_kept_refs_a_vm_names_are_checked_before_they_are_shown():
+    """A state reply's `kept` (agent/kept.py) puts a ref name and paths from the VM into a
+    warning and a command to run: only refs under refs/slicer/kept/ with plain names pass."""
+    good = {"exists": True, "head": "a" * 40, "branch": "main", "branches": {"main": "a" * 40},
+            "overlay": {"index": {}, "files": {}}}
+    ok = {"ref": "refs/slicer/kept/0123abc-2", "paths": ["src/app.py", "a\tb"]}
+    assert check_state({**good, "kept": [ok]})["kept"] == [ok]
+    for kept in ("refs/slicer/kept/x", [{"ref": "refs/heads/main", "paths": []}],
+                 [{"ref": "refs/slicer/kept/x;rm -rf ~", "paths": []}], [{"ref": "refs/slicer/kept/x\n", "paths": []}],
+                 [{"ref": "refs/slicer/kept/x", "paths": ["../etc/passwd"]}], [{"ref": "refs/slicer/kept/x", "paths": [7]}],
+                 [{"ref": "refs/slicer/kept/x", "paths": ["a"] * 1001}], [{"ref": "refs/slicer/kept/x"}]):
+        with pytest.raises(UnsafeInput, match="kept"):
+            check_state({**good, "kept": kept})
+
+
 def test_branch_names_are_checked_as_libgit2_checks_them():
     """inbound.valid_refname (pure Python, so a pull needs no pygit2 import) accepts exactly the
     names libgit2's reference_is_valid_name accepts, on tricky names and on random ones."""

@@ -23,6 +23,7 @@ from ..wire.gitobj import is_oid
 from ..wire.framing import (AGENT_NAME, PROTOCOL_VERSION, Connection, ProtocolError,
                             crash_point, error_reply)
 from ..wire.paths import UnsafePath, display
+from . import kept as kept_mod
 from . import memo as memo_mod
 from . import transaction
 from .errors import AgentError
@@ -328,6 +329,7 @@ class Agent:
             reply = {"ok": True, "path": repo.root, **repo.state()}
             if request.get("applied"):
                 reply["applied"] = transaction.applied(repo, request["applied"])
+            _add_kept(repo, reply)
         base = request.get("base")
         if repo.exists and is_oid(base) and base == reply["head"]:
             reply["behind"], reply["ahead"], reply["since_base"] = 0, 0, {}    # in sync: no git to ask
@@ -353,6 +355,7 @@ class Agent:
             reply = {"ok": True, "path": repo.root, **current}
             if request.get("applied"):
                 reply["applied"] = transaction.applied(repo, request["applied"])
+            _add_kept(repo, reply)
             self.conn.send(reply)
             return self._push_or_cancel(request, repo.root, current)
 
@@ -728,6 +731,13 @@ def _pending_paths(request, new_overlay: dict) -> list:
         if entry is None or entry.mode == overlay_mod.MODE_LINK:
             raise AgentError("bad-request", "pending: a list of the overlay's files the file stream sends")
     return pending
+
+
+def _add_kept(repo, reply: dict) -> None:
+    """A state reply names the VM's work an interrupted push's recovery kept (agent/kept.py)."""
+    still = kept_mod.listed(repo)
+    if still:
+        reply["kept"] = still
 
 
 def _yield_to(nice) -> None:

@@ -46,6 +46,7 @@ from ..wire.files import write_atomic
 from ..wire.framing import crash_point
 from ..wire.overlay import Entry, decoded, file_mode
 from ..wire.paths import check_relpath, has_control
+from . import kept as kept_mod
 from .errors import AgentError
 
 WORK = "slicer-push"
@@ -86,6 +87,11 @@ def recover(repo):
         return None
     journal["overlay"] = decoded(journal["overlay"])        # entries read as .mode/.oid
     _clear_own_locks(repo, journal)
+    if journal.get("phase") == "apply" and journal.get("before"):
+        try:
+            _keep_vm_changes(repo, journal)
+        except (AgentError, OSError) as exc:    # (a full disk): nothing is overwritten until it passes
+            raise _stuck(repo, exc) from None
     return finish(repo, journal)
 
 
@@ -221,6 +227,8 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
                # a clean VM moves from its HEAD by restoring the paths the commit changes (see _read_tree)
                "clean_from": clean_from, "changed": changed if clean_from and touched is not None else None,
                "since": since()}
+    # What each path the apply writes is now: recovery tells the VM's later changes by it (kept.py).
+    journal["before"] = kept_mod.marks(repo.root, [p for p in _written(journal) if p not in in_place])
     _sync(repo.root)                   # the sources whole on disk before a journal names them
     _write_json(os.path.join(work, JOURNAL), journal)
     return journal
@@ -328,7 +336,7 @@ def _finish(repo, journal: dict) -> dict:
     placed = {}
     if journal.get("phase") == "apply":
         placed = _apply(repo, journal)
-        journal["left"] = {path: _stat_mark(repo.root, path) for path in _written(journal)}
+        journal["left"] = kept_mod.marks(repo.root, _written(journal))
         _sync(repo.root)               # the new state on disk before the journal says it is there
         journal["phase"] = "applied"
         _write_json(os.path.join(work, JOURNAL), journal)
@@ -361,19 +369,65 @@ def _written(j: dict) -> list:
     return sorted(set(j["overlay"]["index"]) | set(j["overlay"]["files"]) | set(j["stale"]) | set(j["extra"]))
 
 
-def _stat_mark(root: str, path: str):
-    """What a path is once the push has applied (stat data but ctime, which dropping the staged
-    sources moves): None when it is not there, "dir" for a directory (a submodule; not compared)."""
-    try:
-        st = os.lstat(os.path.join(root, path))
-    except OSError:
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode]
-
-
 _ABSENT = "absent"
+
+
+def _keep_vm_changes(repo, j: dict) -> None:
+    """Recovery, before the steps run again: save what the VM changed, since the journal was
+    written, in the paths they write (kept.py), so finishing the push overwrites no VM work."""
+    work = _work(repo)
+    before, old_index = dict(j["before"]), os.path.join(work, "index.old")
+    if not j.get("clean_from") and os.path.exists(old_index):
+        # `read-tree --reset -u` rewrites every tracked file that differs from the old index or
+        # the commit, touched or not: those were as the old index says (or the push wrote them).
+        for path in _reset_may_write(repo, j["commit"], old_index):
+            before.setdefault(path, None)
+    else:
+        old_index = None
+
+    def is_push_source(path):
+        source, full = j["sources"].get(path) or {}, os.path.join(repo.root, path)
+        if "file" in source:
+            return _same_file(full, os.path.join(work, source["file"]))
+        return "target" in source and os.path.islink(full) and os.readlink(full) == source["target"]
+
+    changed = kept_mod.changed_since(repo, before, is_push_source, lambda paths: _new_ids(repo, j, paths, old_index))
+    if not changed:
+        return
+    entry = kept_mod.save(repo, j["id"], changed, os.path.join(work, "kept-index"))
+    _sync(repo.root)                   # the kept bytes on disk before the steps overwrite them
+    if entry:
+        j.setdefault("kept", []).append(entry)
+    j["before"].update(kept_mod.marks(repo.root, changed))     # saved: a later recovery compares from here
+    _write_json(os.path.join(work, JOURNAL), j)
+
+
+def _reset_may_write(repo, commit: str, old_index: str) -> list:
+    """The tracked paths `read-tree --reset -u commit` from `old_index` may write: those whose
+    file differs from that index, or whose entry differs from the commit's."""
+    env = {"GIT_INDEX_FILE": old_index}
+    out = repo.git(["diff-files", "--name-only", "-z"], env=env, check=False) + b"\0" + \
+        repo.git(["diff-index", "--cached", "--name-only", "-z", "--no-renames", commit], env=env, check=False)
+    return sorted({os.fsdecode(p) for p in out.split(b"\0") if p})
+
+
+def _new_ids(repo, j: dict, paths, old_index=None) -> dict:
+    """{path: the blob ids the steps may leave there}: the overlay's file, its index entry
+    (checked out), the commit's (checked out before the overlay replaces it); with `old_index`,
+    also that index's entry (what the path held before the push, as far as git tracked it)."""
+    new, ids = j["overlay"], {}
+    for path in paths:
+        ids[path] = {e.oid for e in (new["files"].get(path), new["index"].get(path)) if e is not None}
+    names = [p for p in paths if not has_control(p)]              # batch-check reads lines
+    asked = [(j["commit"] + ":%s", None)] + ([(":0:%s", {"GIT_INDEX_FILE": old_index})] if old_index else [])
+    for spec, env in asked if names else ():
+        out = repo.git(["cat-file", "--batch-check=%(objectname) %(objecttype)"],
+                       input=os.fsencode("".join(spec % p + "\n" for p in names)), env=env, check=False)
+        for path, line in zip(names, out.decode("ascii", "replace").split("\n")):
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == "blob":
+                ids[path].add(parts[0])
+    return ids
 
 
 def _left_by_push(repo, j: dict, overlay: dict):
@@ -389,7 +443,7 @@ def _left_by_push(repo, j: dict, overlay: dict):
     its stat data, _still_placed)."""
     new = j["overlay"]
     changed = [path for path, then in sorted((j.get("left") or {}).items())
-               if then != "dir" and _stat_mark(repo.root, path) != then]
+               if then != "dir" and kept_mod.stat_mark(repo.root, path) != then]
     left = {part: dict(overlay[part]) for part in ("index", "files")}
     differs = []
     for path in changed:

@@ -65,19 +65,25 @@ def _status(worktree, target, store, fresh: bool) -> dict:
     base = link.agreed_commit
     agreed = _Side(worktree, base, link.agreed_overlay, {})
     host_commits = overlay_mod.tree_changes(worktree.git, base, head) if head else {}
+    host_side = _Side(worktree, base, ours, host_commits)
+    host_changed = agreed.changed(host_side, ignore.keep)
     host = {"head": head, "branch": where.get("branch"), "ahead": ahead, "behind": behind,
-            "dirty": _paths(ours),
-            "changed_since_sync": agreed.changed(_Side(worktree, base, ours, host_commits), ignore.keep)}
+            "dirty": _paths(ours), "changed_since_sync": host_changed,
+            "content_as_synced": agreed.same_content(host_side, host_changed)}
     vm_head = theirs.get("head")
+    vm_side = None
     if vm_head == base:
-        vm_changed = agreed.changed(_Side(worktree, base, vm_view, {}), ignore.keep)
+        vm_side = _Side(worktree, base, vm_view, {})
     elif "since_base" in theirs:
-        vm_changed = agreed.changed(_Side(worktree, base, vm_view, theirs["since_base"]), ignore.keep)
+        vm_side = _Side(worktree, base, vm_view, theirs["since_base"])
+    if vm_side is not None:
+        vm_changed = agreed.changed(vm_side, ignore.keep)
+        vm_same = agreed.same_content(vm_side, vm_changed)
     else:               # the VM does not know the agreed commit: every dirty path is in question
-        vm_changed = _paths(vm_view)
+        vm_changed, vm_same = _paths(vm_view), []
     guest = {"head": vm_head, "branch": theirs.get("branch"), "exists": theirs["exists"],
              "ahead": theirs.get("ahead"), "behind": theirs.get("behind"), "dirty": _paths(vm_view),
-             "changed_since_sync": vm_changed,
+             "changed_since_sync": vm_changed, "content_as_synced": vm_same,
              "unpulled_branches": _unpulled_branches(worktree, theirs.get("branches") or {}, link.branch),
              "stash": bool(theirs.get("stash")),    # `git stash` in the VM: work no pull brings home
              # the VM's changes an interrupted push's recovery kept in refs (agent/kept.py): no pull brings them
@@ -133,6 +139,11 @@ class _Side:
         paths = set(other.commits) | set(self.overlay["index"]) | set(self.overlay["files"]) \
             | set(other.overlay["index"]) | set(other.overlay["files"])
         return sorted(p for p in paths if keep(p) and self.entries(p) != other.entries(p))
+
+    def same_content(self, other: "_Side", paths) -> list:
+        """Those of `paths` whose file is as here, where only what is staged or committed moved
+        (the other side committed the file as it was): a pull writes no bytes for them."""
+        return [p for p in paths if self.entries(p)[1] == other.entries(p)[1]]
 
 
 def _paths(overlay: dict) -> list:

@@ -54,6 +54,11 @@ def test_status_measures_each_side_against_the_agreed_state(launched):
     result = repo.slicer_json("status")
     assert result["host"]["changed_since_sync"] == ["README.md", "host-new.txt"]
     assert result["vm_side"]["changed_since_sync"] == ["src/lib.py", "v.txt"]
+    # README.md moved into a commit as it was synced: counted (its index entry moved), and
+    # marked, so that a count larger than `diff --stat`'s surprises nobody.
+    assert result["host"]["content_as_synced"] == ["README.md"] and result["vm_side"]["content_as_synced"] == []
+    text = repo.slicer("status").stdout.decode()
+    assert "README.md (committed or staged, content as synced)" in text and "host-new.txt\n" in text
 
 
 # -- pull --force backups -------------------------------------------------------------------

@@ -24,7 +24,10 @@ def command(vm, path, as_json):
         lines.append("%-4s %s  %s new commit(s), %d changed file(s) since sync" % (
             label, short(side["head"]), side["ahead"] if side["ahead"] is not None else "?",
             len(side["changed_since_sync"])))
-        lines.extend("       %s" % line for line in summarize(side["changed_since_sync"], 20, display))
+        same = set(side.get("content_as_synced") or ())
+        lines.extend("       %s" % line for line in summarize(
+            side["changed_since_sync"], 20, lambda p: display(p) + (" (committed or staged, content as synced)"
+                                                                    if p in same else "")))
     if guest.get("unpulled_branches"):
         lines.append("note: the VM has commits on other branches: %s (pull imports them under refs/slicer/%s/)"
                      % (", ".join(map(display, guest["unpulled_branches"][:10])), result["vm"]))

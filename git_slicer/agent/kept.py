@@ -67,7 +67,7 @@ def changed_since(repo, before: dict, is_push_source, new_ids) -> list:
         if entry is None or entry.oid not in expected[path]:
             left.append(path)
     # git's own checkouts wrote converted content (eol, filters): judge those as git does
-    plain = [p for p in left if expected[p] and not has_control(p) and _regular(os.path.join(repo.root, p))]
+    plain = [p for p in left if expected[p] and _line_safe(p) and _regular(os.path.join(repo.root, p))]
     if plain:
         out = repo.git(["hash-object", "--stdin-paths"], input=os.fsencode("".join(p + "\n" for p in plain)),
                        check=False).decode("ascii", "replace").split()
@@ -75,6 +75,11 @@ def changed_since(repo, before: dict, is_push_source, new_ids) -> list:
             same = {p for p, oid in zip(plain, out) if oid in expected[p]}
             left = [p for p in left if p not in same]
     return left
+
+
+def _line_safe(path: str) -> bool:
+    """Whether `--stdin-paths` reads `path` as it is: one line, not C-quoted, no CR to strip."""
+    return not has_control(path) and not path.startswith('"')
 
 
 def _regular(full: str) -> bool:
@@ -88,22 +93,31 @@ def save(repo, push_id: str, paths: list, scratch_index: str) -> dict:
     """Store the bytes of `paths` as they are now in a tree under refs/slicer/kept/, add it to
     the record, and return its entry ({"ref", "paths"}). Each call makes a new ref: a later
     interruption of the same push never replaces what an earlier one kept."""
-    lines, kept = [], []
+    found = []                                  # (path, mode, symlink target or None)
     for path in paths:
         full = os.path.join(repo.root, path)
         try:
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
-                data, mode = os.readlink(os.fsencode(full)), "120000"
+                found.append((path, "120000", os.readlink(os.fsencode(full))))
             elif stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as fh:
-                    data = fh.read()
-                mode = "100755" if st.st_mode & 0o111 else "100644"
-            else:
-                continue
+                found.append((path, "100755" if st.st_mode & 0o111 else "100644", None))
         except OSError:
             continue
-        oid = repo.git(["hash-object", "-w", "--no-filters", "--stdin"], input=data).decode().strip()
+    # git reads each file itself (a large one is never held in memory here), as raw bytes
+    batch = [path for path, _, target in found if target is None and _line_safe(path)]
+    ids = dict(zip(batch, repo.git(["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                                   input=os.fsencode("".join(p + "\n" for p in batch))).decode().split())) \
+        if batch else {}
+    lines, kept = [], []
+    for path, mode, target in found:
+        if target is not None:
+            oid = repo.git(["hash-object", "-w", "--no-filters", "--stdin"], input=target)
+        elif path in ids:
+            oid = ids[path]
+        else:
+            oid = repo.git(["hash-object", "-w", "--no-filters", "--", path])
+        oid = oid if isinstance(oid, str) else oid.decode().strip()
         lines.append(os.fsencode("%s %s\t%s" % (mode, oid, path)) + b"\0")
         kept.append(path)
     if not kept:

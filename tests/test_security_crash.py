@@ -412,6 +412,56 @@ def test_vm_work_made_while_a_killed_push_waits_is_kept_before_the_push_is_finis
     assert not (disk / ".git" / "slicer-kept.json").exists()
 
 
+@pytest.mark.parametrize("phase", ["agent:push-journaled", "agent:push-applying", "agent:push-placing"])
+def test_seeded_vm_edits_after_a_killed_push_are_in_the_vm_or_kept_never_lost(repo, phase):
+    """Rounds of host changes (commits, edits, new and removed files) pushed into a VM whose
+    agent dies at `phase`; meanwhile the VM edits, creates and removes files of its own, some
+    that the push writes, some it does not. After the next command finishes the push, each VM
+    edit is still in the VM's file or in a kept ref with every byte, and a kept ref holds
+    nothing else (no edit of the push's own)."""
+    import random
+    rng = random.Random(phase)
+    names = ["f%02d.txt" % i for i in range(40)]
+    for name in names:
+        repo.write(name, "base %s\n" % name)
+    repo.commit("forty files")
+    vm = repo.slicer_json("push", "--launch")["vm"]
+    disk = next(vm_home(vm).glob("*/.git")).parent
+    for n in range(4):
+        for name in rng.sample(names, 5):
+            repo.write(name, "host commit %d %s\n" % (n, name))
+        repo.git("add", "-A")
+        repo.git("commit", "-qm", "round %d" % n)
+        for name in rng.sample(names, 5):
+            repo.write(name, "host dirty %d %s\n" % (n, name))
+        repo.write("new%d.txt" % n, "host untracked %d\n" % n)
+        install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": phase})
+        assert repo.slicer("push", vm, check=False).returncode != 0
+        uninstall(repo)
+        edits = {}
+        for name in rng.sample(names + ["new%d.txt" % n, "vm%d.txt" % n], 8):
+            edits[name] = "vm edit %d %s %d\n" % (n, name, rng.random() * 1e9)
+            (disk / name).write_text(edits[name])
+        proc = repo.slicer("status", vm, check=False)
+        assert proc.returncode in (0, 1), proc.stderr
+        refs = repo.vm_git(vm, "for-each-ref", "--format=%(refname)", "refs/slicer/kept/").split()
+        kept = {}
+        for ref in refs:
+            for path in repo.vm_git(vm, "ls-tree", "-r", "--name-only", ref).split():
+                kept[path] = repo.vm_git(vm, "show", "%s:%s" % (ref, path))
+            repo.vm_git(vm, "update-ref", "-d", ref)
+        for name, text in edits.items():
+            now = (disk / name).read_text() if (disk / name).exists() else None
+            assert now == text or kept.get(name) == text, "round %d: the VM's edit of %s is lost" % (n, name)
+            if now == text:
+                assert name not in kept, "round %d: %s kept, though still in the VM" % (n, name)
+        assert set(kept) <= set(edits), "round %d: kept what the VM did not edit: %s" % (n, set(kept) - set(edits))
+        # The VM's surviving edits are its own changes now: pull them home, then both agree again.
+        repo.slicer("pull", vm, "--force")
+        repo.slicer("push", vm)
+        assert repo.vm_status(vm) == repo.status()
+
+
 def test_vm_work_that_cannot_be_kept_is_not_overwritten(launched):
     """Saving the VM's changes fails (its object store is read-only, as a full disk would
     refuse): the push stays unfinished, every request says so in one line, and the VM's change

@@ -108,7 +108,9 @@ def assert_recovers(repo, vm, kept_ok=False):
 def test_push_killed_at_every_phase(launched, phase):
     repo, vm = launched
     repo.write("src/app.py", "print('wip')\n")       # an uncommitted edit the VM already has
+    repo.write("src/lib.py", "VALUE = 'dirty'\n")     # and one the host then takes back
     repo.slicer("push", vm)
+    repo.git("checkout", "--", "src/lib.py")
     repo.write("README.md", "changed\n")
     repo.git("commit", "-qm", "host", "README.md")
     repo.write("notes.txt", "untracked\n")
@@ -460,6 +462,27 @@ def test_seeded_vm_edits_after_a_killed_push_are_in_the_vm_or_kept_never_lost(re
         repo.slicer("pull", vm, "--force")
         repo.slicer("push", vm)
         assert repo.vm_status(vm) == repo.status()
+
+
+@pytest.mark.parametrize("phase", ["agent:push-journaled", "agent:push-applying"])
+def test_recovery_of_a_push_that_rewrites_every_file_keeps_none_of_the_vms_old_changes(launched, phase):
+    """A push that changes an ignore file has no list of the paths it touches, and its checkout
+    rewrites every tracked file. The VM's changes from before it (here one the host has since
+    taken back) are not the VM's work since the kill: recovery keeps nothing."""
+    repo, vm = launched
+    repo.write("src/lib.py", "VALUE = 'dirty'\n")
+    repo.write("src/app.py", "print('wip')\n")
+    repo.slicer("push", vm)
+    repo.git("checkout", "--", "src/lib.py")
+    repo.write(".gitignore", "*.log\n")
+    repo.write("README.md", "changed\n")
+    install(repo, vm, None, env={"GIT_SLICER_TEST_CRASH_AT": phase})
+    assert repo.slicer("push", vm, check=False).returncode != 0
+    uninstall(repo)
+    proc = repo.slicer("status", vm)
+    assert "refs/slicer/kept" not in proc.stderr.decode()
+    assert repo.vm_git(vm, "for-each-ref", "refs/slicer/kept/") == ""
+    assert repo.vm_sh(vm, "cat src/lib.py src/app.py") == "VALUE = 1\nprint('wip')\n"
 
 
 def test_vm_work_that_cannot_be_kept_is_not_overwritten(launched):

@@ -6,6 +6,8 @@ a read buffer; each save a ref of its own; the record lasts until the VM deletes
 import os
 import subprocess
 
+import pytest
+
 from git_slicer.agent import kept
 from git_slicer.agent.server import Repo
 
@@ -16,9 +18,10 @@ def git(root, *args, input=None) -> bytes:
     return subprocess.run(["git", *args], cwd=root, input=input, check=True, stdout=subprocess.PIPE).stdout
 
 
-def test_kept_tree_holds_every_byte_and_mode(tmp_path):
+@pytest.mark.parametrize("object_format", ["sha1", "sha256"])
+def test_kept_tree_holds_every_byte_and_mode(tmp_path, object_format):
     root = tmp_path / "vm-repo"
-    git(tmp_path, "init", "-q", str(root))
+    git(tmp_path, "init", "-q", "--object-format=" + object_format, str(root))
     data = {name: ("content of %r\n" % name).encode() for name in NAMES}
     data["big.bin"] = os.urandom(3 << 20)
     (root / "dir").mkdir()

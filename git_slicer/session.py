@@ -242,8 +242,9 @@ class AgentSession:
 
     def _warn_kept(self, state: dict) -> None:
         """Say where the VM keeps work that finishing an interrupted push would have overwritten
-        (agent/kept.py): in a ref of its own, until the VM deletes it."""
-        for entry in state.get("kept") or ():
+        (agent/kept.py): in a ref of its own, until the VM deletes it (three refs at most)."""
+        entries = state.get("kept") or []
+        for entry in entries[:3]:
             paths = entry["paths"]
             report.warn_once("VM %s keeps its own changes to %s, made while a push into it lay interrupted, in "
                              "its ref %s (the push was finished over them): see them with `git slicer exec %s -- "
@@ -251,6 +252,9 @@ class AgentSession:
                              % (self.vm, ", ".join(map(display, paths[:10])) + (" and %d more" % (len(paths) - 10)
                                                                                if len(paths) > 10 else ""),
                                 entry["ref"], self.vm, entry["ref"]))
+        if len(entries) > 3:
+            report.warn_once("VM %s keeps %d more refs like these under refs/slicer/kept/ (`git slicer status %s "
+                             "--json` lists them)" % (self.vm, len(entries) - 3, self.vm))
 
     def end_push_begin(self) -> None:
         """After push_begin: if no push was sent, cancel, so the agent releases its lock (on a

@@ -139,7 +139,25 @@ STATE_CASES = {
     "branches-not-a-dict": ({"set_branches": ["main"]}, "malformed repository state"),
     "stash-not-an-oid": ({"stash": "refs/heads/main; rm -rf ~"}, "malformed repository state"),
     "14-ansi-path": ({"overlay_files": {"\x1b]0;pwned\x07": ["100644", FAKE]}}, "control characters"),
+    "kept-ref-outside": ({"kept": [{"ref": "refs/heads/main", "paths": ["x"]}]}, "malformed repository state: kept"),
+    "kept-ref-command": ({"kept": [{"ref": "refs/slicer/kept/x`rm -rf ~`", "paths": []}]},
+                         "malformed repository state: kept"),
+    "kept-path-dotdot": ({"kept": [{"ref": "refs/slicer/kept/x", "paths": ["../x"]}]}, "malformed repository state: kept"),
 }
+
+
+def test_a_vm_claiming_many_kept_refs_gets_four_warning_lines_with_escaped_paths(launched):
+    """`kept` (agent/kept.py) is the VM's word only: the host shows it, escaped, and a VM that
+    claims a hundred refs does not flood the terminal."""
+    repo, vm = launched
+    kept = [{"ref": "refs/slicer/kept/k%d" % i, "paths": ["\x1b[2Jx%d" % i]} for i in range(100)]
+    install(repo, vm, {"name": "state", "state": {"kept": kept}})
+    proc = repo.slicer("status", vm)
+    err = proc.stderr.decode()
+    assert "\x1b" not in err
+    lines = [line for line in err.splitlines() if "refs/slicer/kept" in line]
+    assert len(lines) == 4 and "97 more refs" in lines[-1], err
+    assert repo.slicer_json("status", vm)["vm_side"]["kept"] == kept
 
 
 @pytest.mark.parametrize("case", sorted(STATE_CASES))

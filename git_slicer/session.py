@@ -247,7 +247,7 @@ class AgentSession:
         for entry in entries[:3]:
             paths = entry["paths"]
             report.warn_once("VM %s keeps its own changes to %s, made while a push into it lay interrupted, in "
-                             "its ref %s (the push was finished over them): see them with `git slicer exec %s -- "
+                             "its ref %s (the push is finished over them): see them with `git slicer exec %s -- "
                              "git show %s:<path>`, and delete the ref once you have them"
                              % (self.vm, ", ".join(map(display, paths[:10])) + (" and %d more" % (len(paths) - 10)
                                                                                if len(paths) > 10 else ""),

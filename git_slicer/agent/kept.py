@@ -111,13 +111,8 @@ def save(repo, push_id: str, paths: list, scratch_index: str) -> dict:
         if batch else {}
     lines, kept = [], []
     for path, mode, target in found:
-        if target is not None:
-            oid = repo.git(["hash-object", "-w", "--no-filters", "--stdin"], input=target)
-        elif path in ids:
-            oid = ids[path]
-        else:
-            oid = repo.git(["hash-object", "-w", "--no-filters", "--", path])
-        oid = oid if isinstance(oid, str) else oid.decode().strip()
+        oid = ids.get(path) or repo.git(["hash-object", "-w", "--no-filters"] + (
+            ["--stdin"] if target is not None else ["--", path]), input=target).decode().strip()
         lines.append(os.fsencode("%s %s\t%s" % (mode, oid, path)) + b"\0")
         kept.append(path)
     if not kept:

@@ -7,6 +7,8 @@ keeps but that checking out the commit would replace (keep/), and a copy of the 
 again from the start with the same result. Whoever finds a journal (the next request of any kind,
 under the agent lock) runs them again, so a push killed at any moment (the agent, its git, or the
 whole VM) ends exactly as an uninterrupted one would: the host never reads a half-applied VM.
+Before it does, it saves what the VM changed since the journal was written in the paths the
+steps write (agent/kept.py: a ref under refs/slicer/kept/), so finishing overwrites no VM work.
 
     1. remove the old state's untracked files that the new state does not have
     2. the commit's tree into a private index started from index.old (`read-tree --reset -u

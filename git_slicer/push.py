@@ -225,6 +225,7 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
     extra = ignored_files(worktree, ignore) if include_ignored else []
     if (not first and vm_state["head"] == head and vm_state["branch"] == branch and vm_view == ours
             and not extra and options.depth is None):
+        link.guest_path = vm_state.get("path") or link.guest_path     # (a first push finished by recovery)
         agreed.confirm(link, vm_state, ignore.keep)
         return {"up_to_date": True, "sent": {"pack_bytes": 0, "files": 0, "file_bytes": 0}, **done}
 

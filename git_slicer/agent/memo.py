@@ -162,7 +162,9 @@ def _unchanged(configs) -> bool:
 
 
 def _harmless(name: str) -> bool:
-    return name in _HARMLESS or name.startswith(("slicer", ".tmp-")) or name.endswith(".lock")
+    # (a split index's shared file is named by its content and read only through the index that
+    # names it: a new index is a change of .git/index)
+    return name in _HARMLESS or name.startswith(("slicer", ".tmp-", "sharedindex.")) or name.endswith(".lock")
 
 
 def _decides_status(path: str) -> bool:

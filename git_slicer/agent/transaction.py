@@ -15,7 +15,8 @@ steps write (agent/kept.py: a ref under refs/slicer/kept/), so finishing overwri
        COMMIT`, or only the paths the commit changes when the VM was clean: see _read_tree)
     3. the overlay's index entries, then its worktree files (removals first)
     4. refresh the private index; .git/shallow; the branch ref; HEAD
-    5. install the private index as .git/index (through index.lock, as git does)
+    5. install the private index as .git/index (through index.lock, as git does; a large one
+       split first, see _split_if_large)
     -- everything the steps wrote is flushed to disk; journal phase "applied" --
     6. drop the sources, scan the paths the push touched (see touched_paths), write
        .git/slicer-applied.json, drop the journal
@@ -213,6 +214,7 @@ def prepare(repo, *, push_id, branch, commit, old_head, old_overlay, new_overlay
     old_index = os.path.join(_git_dir(repo), "index")
     if os.path.exists(old_index):
         _snapshot(old_index, os.path.join(work, "index.old"))
+        _keep_shared(_git_dir(repo), work)
     changed = _commit_changes(repo, old_head, commit) if old_head else None
     touched = touched_paths(old_head, changed, old_overlay, new_overlay, extra)
     clean_from = old_head if old_head and old_overlay == {"index": {}, "files": {}} else None
@@ -539,8 +541,55 @@ def _apply(repo, j: dict) -> dict:
     # 5. the index, installed as git installs one (unless nothing above rewrote it: it is the
     #    VM's own index file still, and renaming a file over another link of itself does nothing)
     if not _same_file(index, os.path.join(work, "index.old")):
+        _keep_shared(work, _git_dir(repo))
+        _split_if_large(repo, index)
         repo.index_installed = _install_index(_git_dir(repo), index)
     return placed
+
+
+SPLIT_ENTRIES = 10000       # an index file that holds this many entries itself is split
+
+
+def _split_if_large(repo, index: str) -> None:
+    """Write a large private index as a split index (git's `update-index --split-index`): its
+    entries go to a shared file once, and every later write of the index (each push's `git
+    restore`, a commit in the VM) writes only the entries that changed since, ~30 ms less at 50k
+    files. git writes the shared file into .git (never beside an index file elsewhere), where the
+    installed index finds it, and the flush after the steps writes both out. A private index git
+    wrote whole (the first push's checkout) or whose own part grew past SPLIT_ENTRIES is split
+    here; git itself starts a new shared file when a checkout reorders the entries."""
+    if _own_entries(index) < SPLIT_ENTRIES:
+        return
+    try:
+        repo.git(["update-index", "--split-index"], env={"GIT_INDEX_FILE": index})
+    except AgentError:
+        return                                  # the index stays as it was: whole
+    crash_point("agent:push-split")
+
+
+def _keep_shared(source: str, target: str) -> None:
+    """Link each split index shared file of `source` into `target` where it is missing. git
+    deletes a shared file no index it writes names once it is two weeks old, but index.old (and
+    the private index made from it) may name one while a journal waits: prepare links them into
+    .git/slicer-push/, where git also looks for an index's shared file, and step 5 links back any
+    that went from .git before the index naming it is installed."""
+    for name in os.listdir(source):
+        if name.startswith("sharedindex.") and not os.path.lexists(os.path.join(target, name)):
+            try:
+                os.link(os.path.join(source, name), os.path.join(target, name))
+            except OSError:
+                pass            # (no links here: the shared files stay git's alone)
+
+
+def _own_entries(index: str) -> int:
+    """How many entries the index file holds itself (its header's count: a split index counts
+    only those it keeps beside its shared file), or 0 if it cannot be read."""
+    try:
+        with open(index, "rb") as fh:
+            header = fh.read(12)
+    except OSError:
+        return 0
+    return int.from_bytes(header[8:12], "big") if len(header) == 12 and header[:4] == b"DIRC" else 0
 
 
 def _head_ref(repo):

@@ -48,6 +48,7 @@ def _commit_one(worktree: str, n=[0]):
         fh.write("change %d\n" % n[0])
     git(worktree, "add", "-A")
     git(worktree, "commit", "-q", "-m", "bench %d" % n[0])
+    _settled()          # (the commit rewrote the 6 MB index: a VM's own disk never flushes that)
 
 
 W2 = "W2 delta push (1-file commit, 50k files)"

@@ -173,7 +173,7 @@ def _push_locked(worktree, settings, store, provider, vm, link, branch, options,
     link.last_result = "ok"
     # `pushed_at` is when a push last changed something: an up-to-date push that found the
     # record as saved leaves it alone (no fsync'd write for an agent's no-op push in a loop).
-    if not (outcome["up_to_date"] and encoded(link) == record):
+    if not (outcome["up_to_date"] and encoded(link) == record and attempt.push_id is None):
         link.pushed_at = utc_now()
         store.save(link)
     return PushResult(vm=vm.name, provider=provider.name, worktree=worktree.root, branch=branch, commit=head,
@@ -205,6 +205,7 @@ def _push(worktree, session, store, link: Link, options: PushOptions, include_ig
 def _push_from(worktree, session, store, link: Link, options: PushOptions, include_ignored: bool,
                ignore: SlicerIgnore, scanning, attempt: agreed.Attempt, vm_state: dict, later: LaterIds):
     agreed.settle(store, link, vm_state, ignore.keep)     # a push this link lost track of
+    _begin_while_scanning(worktree, store, link, vm_state, attempt)
     head, branch, ours = scanning.result()
     pending = later.pending(ours)
     if pending and (not session.supports("later-ids") or _vm_may_hold(pending, vm_state, link)):
@@ -252,7 +253,9 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
             raise SlicerError("cannot send %s uncommitted: %s" % (display(path), exc),
                               hint="commit it: a commit carries any path git can") from None
     link.branch = link.branch or branch                  # a new link learns it from the scan
-    push_id = agreed.begin(store, link, head, branch, attempt)     # saved before the VM sees anything
+    push_id = attempt.push_id
+    if push_id is None or link.pending != {"id": push_id, "commit": head, "branch": branch}:
+        push_id = agreed.begin(store, link, head, branch, attempt)     # saved before the VM sees anything
     tar = bool(send or extra)
     attempt.delivered = not (need_pack or tar)         # with no stream, the request is the whole push
     session.push(link.guest_path, push_id=push_id, branch=branch, commit=head, object_format=worktree.algo,
@@ -316,6 +319,18 @@ def _push_from(worktree, session, store, link: Link, options: PushOptions, inclu
         report.warn("the VM changed %s while the push was applied: that is the VM's change now "
                     "(`git slicer status %s`)" % (", ".join(map(display, edited[:10])), link.vm))
     return {"up_to_date": False, "first_push": first, "sent": sent, **done}
+
+
+def _begin_while_scanning(worktree, store, link: Link, vm_state: dict, attempt: agreed.Attempt) -> None:
+    """Save the push's pending record while the host's scan runs, when the VM's HEAD is not the
+    host's (the push will send something). Saved after the scan, its fsync waited ~10 ms for the
+    6 MB index `git status` had just rewritten (ext4 writes a file renamed over another out with
+    the next journal commit). A first push saves its new link after the scan, as before."""
+    if not link.agreed_commit:
+        return
+    head = worktree.rev("HEAD")
+    if head and head != vm_state.get("head"):
+        agreed.begin(store, link, head, worktree.branch(), attempt)
 
 
 def _vm_may_hold(paths, vm_state: dict, link: Link) -> bool:

@@ -147,10 +147,15 @@ def test_push_refuses_to_destroy_unpulled_vm_commits(launched):
     repo.vm_sh(vm, "echo agent > agent.txt && git add agent.txt && git commit -qm 'agent work'")
     vm_head = repo.vm_git(vm, "rev-parse", "HEAD")
     repo.write("host.txt", "host\n")
+    repo.commit("host work")
     proc = repo.slicer("push", check=False)
     assert proc.returncode == 1
     assert b"not pulled" in proc.stderr and b"Traceback" not in proc.stderr
     assert repo.vm_git(vm, "rev-parse", "HEAD") == vm_head
+    # The refused push had saved its pending record while it scanned (the VM's HEAD was not the
+    # host's): refused before anything was sent, it leaves none behind.
+    link = json.loads((repo.path / ".git" / "slicer" / "links" / ("%s.json" % vm)).read_text())
+    assert link["pending"] is None
     forced = repo.slicer_json("push", "--force")
     assert forced["commit"] == repo.git("rev-parse", "HEAD").strip()
     assert repo.vm_status(vm) == repo.status()

@@ -249,8 +249,11 @@ def _commit_changes(repo, old_head: str, commit: str):
     """The paths that differ between two commits (sorted), or None if git cannot tell."""
     if old_head == commit:
         return []
+    # diff-tree reads the index though it never uses it: pointed at an index that is not there,
+    # it skips reading the 6 MB of a 50k-file one (~13 ms)
+    env = dict(repo.env, GIT_INDEX_FILE=os.path.join(_work(repo), "no-index"))
     proc = subprocess.run(["git", "diff-tree", "-r", "-z", "--no-renames", "--name-only", old_head, commit],
-                          cwd=repo.root, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                          cwd=repo.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     if proc.returncode != 0:
         return None
     return sorted(os.fsdecode(p) for p in proc.stdout.split(b"\0") if p)

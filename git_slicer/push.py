@@ -328,9 +328,21 @@ def _begin_while_scanning(worktree, store, link: Link, vm_state: dict, attempt: 
     the next journal commit). A first push saves its new link after the scan, as before."""
     if not link.agreed_commit:
         return
-    head = worktree.rev("HEAD")
+    branch = worktree.branch()
+    head = _loose_ref(worktree, "refs/heads/" + branch) if branch else None
     if head and head != vm_state.get("head"):
-        agreed.begin(store, link, head, worktree.branch(), attempt)
+        agreed.begin(store, link, head, branch, attempt)
+
+
+def _loose_ref(worktree, ref: str):
+    """The commit a loose ref file holds, or None (packed, another ref backend, unreadable):
+    read without a git process, for a guess only (a no-op push must not pay for a process)."""
+    try:
+        with open(os.path.join(worktree.common_dir, ref), "rb") as fh:
+            text = fh.read(100).strip()
+    except OSError:
+        return None
+    return text.decode("ascii") if re.fullmatch(rb"[0-9a-f]{40}|[0-9a-f]{64}", text) else None
 
 
 def _vm_may_hold(paths, vm_state: dict, link: Link) -> bool:

@@ -106,3 +106,14 @@ def test_a_shared_index_git_expires_while_a_killed_push_waits_does_not_stop_its_
     assert_same(repo, vm)
     assert repo.vm_git(vm, "for-each-ref", "refs/slicer/kept/") == ""
     repo.vm_git(vm, "fsck", "--no-dangling")
+
+
+def test_a_vm_that_turned_split_index_off_keeps_its_index_whole(large):
+    """`core.splitIndex=false` in the VM is the VM's choice (git would write the index whole
+    again at its next write): a push never splits it then."""
+    repo = large
+    vm = repo.slicer_json("vm", "launch")["name"]
+    repo.slicer("exec", vm, "--cwd", ".", "--", "git", "config", "--global", "core.splitIndex", "false")
+    repo.slicer("push", vm)
+    assert own_entries(vm) >= FILES and not shared_files(vm)
+    assert_same(repo, vm)

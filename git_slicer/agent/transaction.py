@@ -563,6 +563,8 @@ def _split_if_large(repo, index: str) -> None:
     here; git itself starts a new shared file when a checkout reorders the entries."""
     if _own_entries(index) < SPLIT_ENTRIES:
         return
+    if repo.git(["config", "--type=bool", "--get", "core.splitIndex"], check=False).strip() == b"false":
+        return                                  # the VM's own choice: git would write it whole again
     try:
         repo.git(["update-index", "--split-index"], env={"GIT_INDEX_FILE": index})
     except AgentError:

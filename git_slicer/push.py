@@ -332,6 +332,7 @@ def _begin_while_scanning(worktree, store, link: Link, vm_state: dict, attempt: 
     head = _loose_ref(worktree, "refs/heads/" + branch) if branch else None
     if head and head != vm_state.get("head"):
         agreed.begin(store, link, head, branch, attempt)
+        crash_point("push:pending-saved")       # an id the VM never sees: the next command drops it
 
 
 def _loose_ref(worktree, ref: str):

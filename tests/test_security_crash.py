@@ -104,7 +104,7 @@ def assert_recovers(repo, vm, kept_ok=False):
     assert kept_ok or repo.vm_git(vm, "for-each-ref", "refs/slicer/kept/") == "", "recovery kept the push's own writes"
 
 
-@pytest.mark.parametrize("phase", PUSH_HOST + PUSH_AGENT)
+@pytest.mark.parametrize("phase", ["push:pending-saved"] + PUSH_HOST + PUSH_AGENT)
 def test_push_killed_at_every_phase(launched, phase):
     repo, vm = launched
     repo.write("src/app.py", "print('wip')\n")       # an uncommitted edit the VM already has

@@ -183,7 +183,7 @@ def test_allow_and_deny_change_a_vm_at_once_and_names_resolve_on_the_host(repo, 
     assert status(probe(repo, vm, "CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % a)[0]) == 403   # IP not listed
 
     result = repo.slicer_json("vm", "deny", vm, "localhost:%d" % a, "nothere.org")
-    assert result == {"vm": vm, "egress": ["example.org"], "not_listed": ["nothere.org"]}
+    assert result == {"vm": vm, "egress": ["example.org"], "not_listed": ["nothere.org"], "ok": True}
     assert status(probe(repo, vm, request)[0]) == 403
     assert repo.slicer_json("vm", "list")[0]["egress"] == ["example.org"]
 

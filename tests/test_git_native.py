@@ -3,6 +3,7 @@ helper, aliases. Through the real console scripts and real git."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -136,7 +137,7 @@ def test_worktree_add_launch_and_remove(repo, tmp_path):
 def test_push_launch_count_and_all(repo):
     outcome = repo.slicer_json("push", "--launch", "--count", "3")
     vms = [r["vm"] for r in outcome["results"]]
-    assert len(set(vms)) == 3 and outcome["failed"] == []
+    assert len(set(vms)) == 3 and outcome["failed"] == [] and outcome["ok"] is True
     head = repo.git("rev-parse", "HEAD")
     for vm in vms:
         assert repo.vm_git(vm, "rev-parse", "HEAD") == head
@@ -152,6 +153,9 @@ def test_push_launch_count_and_all(repo):
     proc = repo.slicer("push", "--all", check=False)
     assert proc.returncode == 1
     assert vms[0].encode() in proc.stdout and b"error" in proc.stdout
+    proc = repo.slicer("push", "--all", "--json", check=False)
+    outcome = json.loads(proc.stdout)
+    assert proc.returncode == 1 and outcome["ok"] is False and outcome["failed"] == [vms[0]]
     for vm in vms[1:]:
         assert "again.txt" in repo.vm_status(vm)
 

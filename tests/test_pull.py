@@ -31,7 +31,7 @@ def test_pull_json_shape(launched):
     repo, vm = launched
     result = repo.slicer_json("pull", vm)
     assert set(result) == {"vm", "worktree", "branch", "from", "to", "fast_forward", "reset", "files", "conflicts",
-                           "imported", "backup", "submodules"}
+                           "imported", "backup", "submodules", "ok"}
     assert result["files"] == {"written": [], "deleted": []}
     assert result["fast_forward"] is False and result["reset"] is False and result["backup"] is None
 
@@ -49,6 +49,9 @@ def test_a_refused_pull_still_prints_one_json_document(launched):
     assert b"error: the VM and the host both changed" in proc.stderr
     proc = repo.slicer("status", "--json", "--no-such-option", check=False)
     assert proc.returncode == 2 and json.loads(proc.stdout)["error"]["kind"] == "UsageError"
+    # and success says so in the same key
+    repo.write("README.md", "vm\n")
+    assert repo.slicer_json("pull", vm)["ok"] is True and repo.slicer_json("status", vm)["ok"] is True
 
 
 def test_pull_refuses_non_fast_forward_and_force_saves_the_host_tip(launched):

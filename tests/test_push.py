@@ -33,7 +33,7 @@ def test_first_push_reproduces_branch_history_and_status(repo):
 def test_push_json_shape(repo):
     result = repo.slicer_json("push", "--launch")
     assert set(result) == {"vm", "worktree", "branch", "commit", "guest_path", "provider", "sent", "up_to_date",
-                           "first_push", "launched", "submodules"}
+                           "first_push", "launched", "submodules", "ok"}
     assert result["first_push"] is True and result["launched"] is True and result["submodules"] == []
     assert set(result["sent"]) == {"pack_bytes", "files", "file_bytes"}
     assert result["branch"] == "main"

@@ -70,7 +70,7 @@ def test_launch_list_exec_rm(repo, api):
     query = _exec_queries(api, "agents-1")[-1]
     assert query["uid"] == ["1000"] and query["gid"] == ["1000"] and query["stdio"] == ["base64"]
     assert query["shell"] == [""] and query["stdin"] == ["true"]
-    assert repo.slicer_json("vm", "rm", "reviewer") == {"removed": ["reviewer"], "retired_links": []}
+    assert repo.slicer_json("vm", "rm", "reviewer") == {"removed": ["reviewer"], "retired_links": [], "ok": True}
     assert [v["name"] for v in repo.slicer_json("vm", "list")] == ["agents-1"]
     assert ("DELETE", "/hostgroup/agents/nodes/agents-2") in [r[:2] for r in api.state.requests]
     proc = repo.slicer("exec", "reviewer", "--", "true", check=False)

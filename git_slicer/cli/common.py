@@ -16,10 +16,13 @@ def worktree_at(path: str):
     return Worktree(resolve_path_arg(path or "."))
 
 
-def emit(as_json: bool, data, text: str = None) -> None:
-    """--json: one JSON document on stdout. Otherwise the text, unless -q was given."""
+def emit(as_json: bool, data, text: str = None, ok: bool = True) -> None:
+    """--json: one JSON document on stdout; an object says `"ok"` as a failure's does (cli main),
+    so a script reads one key either way. Otherwise the text, unless -q was given."""
     from .. import report
     if as_json:
+        if isinstance(data, dict):
+            data = {**data, "ok": ok}
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     elif text and not report.quiet:
         click.echo(report.terminal_text(text))     # VM-supplied strings never reach the terminal raw

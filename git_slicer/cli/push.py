@@ -37,7 +37,7 @@ def command(vm, path, launch, force, depth, include_ignored, provider, all_linke
         outcome = push_many(worktree, options, all_linked=all_linked, count=count)
         lines = [describe(r) if r["ok"] else "VM %s: error: %s" % (r["vm"] or "(new)", r["error"])
                  for r in outcome["results"]]
-        emit(as_json, outcome, "\n".join(lines))
+        emit(as_json, outcome, "\n".join(lines), ok=not outcome["failed"])
         if outcome["failed"]:
             raise SystemExit(1)
         return

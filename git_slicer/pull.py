@@ -529,8 +529,16 @@ class _Trees:
         repositories whose parents are not what the commits say (shallow, grafts)."""
         if a == b:
             return True
+        key = ("ancestor", a, b)
+        if key not in self._cache:
+            self._cache[key] = self._is_ancestor(a, b)
+        return self._cache[key]
+
+    def _is_ancestor(self, a: str, b: str) -> bool:
         if not self._plain_history():
             return self.wt.is_ancestor(a, b)
+        if self._cache.get(("ancestor", b, a)):
+            return False            # b descends from a, and history has no cycles (a pull asks both ways)
         found = self.reader.read(b)
         if found is not None and found[0] == "commit":
             for line in found[1].split(b"\n\n", 1)[0].split(b"\n")[1:]:

@@ -43,7 +43,7 @@ class InBackground:
 
 
 def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = False, where: dict = None,
-                 paths=None, later=None) -> dict:
+                 paths=None, later=None, untracked: bool = True) -> dict:
     """The worktree's overlay (see wire/overlay.py) minus `.slicerignore`d paths.
 
     `refresh_index=True` lets git save refreshed stat data in the index, as `git status` does
@@ -53,7 +53,8 @@ def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = Fa
     With `where` (a dict), HEAD's commit and branch are read by the same `git status` call
     ("head", "branch"), so they always belong to the overlay. With `paths`, only those paths
     (taken literally, with everything below them) are scanned. With `later` (a push's
-    laterids.LaterIds), large files get placeholder ids, hashed on a thread."""
+    laterids.LaterIds), large files get placeholder ids, hashed on a thread. `untracked=False`
+    leaves untracked files out."""
     ignore = ignore or SlicerIgnore(worktree.root)
     cache_path = os.path.join(worktree.git_dir, "slicer", "statcache.json")
     cache = overlay_mod.StatCache.load(cache_path)
@@ -65,7 +66,7 @@ def host_overlay(worktree, ignore: SlicerIgnore = None, refresh_index: bool = Fa
         try:
             raw = overlay_mod.scan(worktree.root, run_git, worktree.algo, refresh_index=refresh_index,
                                    cache=cache, branch=where, paths=paths,
-                                   hash_file=later.entry if later is not None else None)
+                                   hash_file=later.entry if later is not None else None, untracked=untracked)
             break
         except overlay_mod.UnmergedPaths as exc:
             raise SlicerError("the worktree has unmerged paths: %s" % ", ".join(map(display, exc.paths[:5])),

@@ -74,19 +74,23 @@ class Inbound:
         host's HEAD commit when the caller has it (a have for the VM's pack)."""
         wanted = sorted(set(tips))
         blobs = sorted(set(blobs))
-        absent = missing(self.wt, wanted + blobs)
+        head = self.wt.rev("HEAD") if head == "HEAD" else head
+        if self.refs is None:
+            self.refs = slicer_refs(self.wt, self.link.vm)
+        # A tip is here when it is HEAD or one the last import recorded (its objects came with
+        # it); any other is asked for. (A tip the host has all the same costs a small pack.)
+        present = {head, *self.refs.values()}
+        absent = [t for t in wanted if t not in present] + (missing(self.wt, blobs) if blobs else [])
         if absent:
-            haves = [h for h in {self.wt.rev("HEAD") if head == "HEAD" else head, self.link.agreed_commit} if h]
-            if self.refs is None:
-                self.refs = slicer_refs(self.wt, self.link.vm)
-            haves += self.refs.values()
+            haves = [h for h in {head, self.link.agreed_commit} if h] + list(self.refs.values())
             with Quarantine(self.wt, self.pack_limits, self.known) as q:
-                self.session.fetch(self.link.guest_path, wanted + [b for b in blobs if b in absent],
-                                   sorted(set(haves)), q.receive, self.pack_limits.pack_bytes + 1)
-                q.validate(wanted)
+                self.session.fetch(self.link.guest_path, absent, sorted(set(haves)), q.receive,
+                                   self.pack_limits.pack_bytes + 1)
+                # Checked first: git rev-list (validate) stops at a missing tip with its own words.
                 still = missing(self.wt, wanted + blobs, env=q.env)
                 if still:
                     raise UnsafeInput("the VM's pack lacks objects it announced (%s)" % still[0][:12])
+                q.validate(wanted)
                 crash_point("pull:validated")
                 q.migrate()
                 report.info("imported %d byte(s) of objects from VM %s through quarantine"

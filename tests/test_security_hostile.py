@@ -193,6 +193,24 @@ def test_24_garbage_pack_fails_verification_and_quarantine_is_removed(launched):
            "pack from the VM failed verification")
 
 
+def _empty_pack() -> str:
+    import base64
+    import hashlib
+    header = b"PACK\0\0\0\2\0\0\0\0"
+    return base64.b64encode(header + hashlib.sha1(header).digest()).decode()
+
+
+@pytest.mark.parametrize("announced", ["branch", "staged blob"])
+def test_a_pack_without_what_the_vm_announced_is_refused(launched, announced):
+    """A valid pack that lacks the branch tip (or the staged blob) the VM's state names: nothing
+    lands, whichever check notices it."""
+    repo, vm = launched
+    state = {"branches": {"evil": FAKE}} if announced == "branch" else \
+        {"overlay_index": {"staged.txt": ["100644", FAKE]}}
+    attack(repo, vm, {"name": "pack", "state": state, "pack": _empty_pack()},
+           "the VM's pack lacks objects it announced \\(%s\\)" % FAKE[:12])
+
+
 def test_22_bundle_instead_of_pack_is_refused(launched):
     repo, vm = launched
     repo.vm_sh(vm, "git bundle create -q ~/.hostile-bundle main 2>/dev/null || git bundle create ~/.hostile-bundle main")

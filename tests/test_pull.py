@@ -100,6 +100,14 @@ def test_pull_never_overwrites_host_untracked_or_ignored_files(launched):
     repo.write("notes.txt", "host notes\n")
     assert repo.slicer("pull", vm, check=False).returncode == 1
     assert (repo.path / "notes.txt").read_text() == "host notes\n"
+    # The same when the VM commits the file (the pull's first look at the host leaves untracked
+    # files out; the paths the VM changed are looked at again, and their bytes read from disk).
+    repo.vm_sh(vm, "rm notes.txt && echo vm > plan.txt && git add plan.txt && git commit -qm plan")
+    repo.write("plan.txt", "host plan\n")
+    proc = repo.slicer("pull", vm, check=False)
+    assert proc.returncode == 1 and b"plan.txt" in proc.stderr
+    assert (repo.path / "plan.txt").read_text() == "host plan\n"
+    assert repo.git("log", "-1", "--format=%s").strip() != "plan"
 
 
 KEPT_HOME = (".env", "debug.log", "config.env")

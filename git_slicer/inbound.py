@@ -74,13 +74,15 @@ class Inbound:
         host's HEAD commit when the caller has it (a have for the VM's pack)."""
         wanted = sorted(set(tips))
         blobs = sorted(set(blobs))
-        head = self.wt.rev("HEAD") if head == "HEAD" else head
         if self.refs is None:
             self.refs = slicer_refs(self.wt, self.link.vm)
-        # A tip is here when it is HEAD or one the last import recorded (its objects came with
-        # it); any other is asked for. (A tip the host has all the same costs a small pack.)
-        present = {head, *self.refs.values()}
-        absent = [t for t in wanted if t not in present] + (missing(self.wt, blobs) if blobs else [])
+        # A tip is here when the last import recorded it (its objects came with it) or it is
+        # HEAD; any other is asked for. (A tip the host has all the same costs a small pack.)
+        recorded = set(self.refs.values())
+        absent = [t for t in wanted if t not in recorded]
+        if absent or blobs:
+            head = self.wt.rev("HEAD") if head == "HEAD" else head      # (a have too)
+            absent = [t for t in absent if t != head] + (missing(self.wt, blobs) if blobs else [])
         if absent:
             haves = [h for h in {head, self.link.agreed_commit} if h] + list(self.refs.values())
             with Quarantine(self.wt, self.pack_limits, self.known) as q:

@@ -93,8 +93,33 @@ def pull(worktree, options: PullOptions, settings: Settings = None) -> PullResul
         raise not_linked(worktree, options.vm)
     with locks.hold(worktree, options.vm, exclusive_worktree=True):
         result = _pull_locked(worktree, options, settings, store)
-    result.submodules = pull_all(worktree, options.vm, options, pull)
+    try:
+        result.submodules = pull_all(worktree, options.vm, options, pull)
+    except SlicerError as exc:
+        _say_what_was_pulled(exc, result)
+        raise
     return result
+
+
+def _say_what_was_pulled(exc: SlicerError, result: PullResult) -> None:
+    """A submodule's pull failed after this repository's pull wrote its part: the error says
+    so (its own "nothing was written" is about that submodule), and that pulling again finishes
+    the submodules."""
+    moved = result.to != result.from_
+    written = len(result.files["written"]) + len(result.files["deleted"])
+    if not (moved or written or result.submodules):
+        return
+    done = []
+    if moved:
+        done.append("%s %s %s..%s" % (result.branch or "HEAD", "reset" if result.reset else "fast-forwarded",
+                                      result.from_[:12], result.to[:12]))
+    if written:
+        done.append("%d file(s) written" % written)
+    if result.submodules:
+        done.append("submodule(s) %s pulled" % ", ".join(display(s["path"]) for s in result.submodules))
+    exc.args = ("%s (the superproject's pull had already run: %s; pull again once that is "
+                "resolved, for the submodules)" % (exc, ", ".join(done)),)
+    exc.details = {**exc.details, "pulled_before": result.to_json()}
 
 
 def _pull_locked(worktree, options: PullOptions, settings: Settings, store) -> PullResult:

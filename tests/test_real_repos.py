@@ -6,6 +6,7 @@ in real local sandboxes; whether the host changed a file is decided as `git stat
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -402,3 +403,45 @@ def test_submodules_travel_recursively_and_their_commits_come_home(tmp_path):
     assert (app.path / "lib" / "nested" / "wip.txt").read_text() == "wip\n"
     assert app.status() == app.vm_status(vm)
     assert app.git("-C", "lib", "status", "--porcelain") == app.vm_git(vm, "-C", "lib", "status", "--porcelain")
+
+
+def test_a_pull_refused_in_a_submodule_says_the_superproject_was_already_pulled(tmp_path):
+    """The superproject's pull runs before its submodules': when a submodule's pull is then
+    refused, the error says what the superproject's pull already wrote (its own "nothing was
+    written" is the submodule's), and pulling again once that is resolved brings the rest."""
+    lib = Repo(tmp_path / "lib")
+    lib.path.mkdir()
+    lib.git("init", "-q", "-b", "main")
+    lib.write("l.txt", "l\n")
+    lib.commit("lib")
+    app = Repo(tmp_path / "app")
+    app.path.mkdir()
+    app.git("init", "-q", "-b", "main")
+    app.write("a.txt", "a\n")
+    app.commit("app")
+    app.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../lib", "lib")
+    old = app.commit("app: lib")
+    vm = app.slicer_json("push", "--launch")["vm"]
+    app.vm_sh(vm, "cd lib && echo vm >> l.txt && git commit -qam 'vm: lib' && cd .. && "
+                  "echo vm >> a.txt && git commit -qam 'vm: bump lib'")
+    new = app.vm_git(vm, "rev-parse", "HEAD").strip()
+    app.write("lib/l.txt", "l\nhost wip\n")
+    proc = app.slicer("pull", vm, "--json", check=False)
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)["error"]
+    assert error["kind"] == "WouldLoseWork" and error["message"].startswith("submodule lib: ")
+    assert "the superproject's pull had already run: main fast-forwarded %s..%s" % (old[:12], new[:12]) \
+        in error["message"]
+    assert error["details"]["pulled_before"]["to"] == new and error["details"]["conflicts"] == ["l.txt"]
+    assert app.git("rev-parse", "HEAD").strip() == new
+    assert (app.path / "lib" / "l.txt").read_text() == "l\nhost wip\n"        # the host's edit stays
+    # Resolved (the host's edit stashed), the same command brings the submodule's commit.
+    app.git("-C", "lib", "stash", "-q")
+    app.slicer_json("pull", vm)
+    assert app.git("-C", "lib", "rev-parse", "HEAD") == app.vm_git(vm, "-C", "lib", "rev-parse", "HEAD")
+    assert app.status() == ""
+    # A refusal with nothing pulled before it says nothing more.
+    app.vm_sh(vm, "cd lib && echo vm2 >> l.txt && git commit -qam 'vm: lib 2'")
+    app.write("lib/l.txt", "l\nvm\nhost wip 2\n")
+    proc = app.slicer("pull", vm, "--json", check=False)
+    assert proc.returncode == 1 and "superproject" not in json.loads(proc.stdout)["error"]["message"]

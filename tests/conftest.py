@@ -186,6 +186,11 @@ class Repo:
     def status(self) -> str:
         return self.git("status", "--porcelain", "--untracked-files=all")
 
+    def add_submodule(self, url: str, path: str) -> str:
+        """`git submodule add URL PATH` (a local URL, allowed) and commit it; the new HEAD."""
+        self.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", url, path)
+        return self.commit("add submodule " + path)
+
     def slicer(self, *args, check=True, input=None, env=None):
         return slicer(self.path, *args, check=check, input=input, env=env)
 
@@ -224,6 +229,17 @@ class Repo:
                     with open(full, "rb") as fh:
                         digest.update(fh.read())
         return digest.hexdigest()
+
+
+def new_repo(path: Path, files: dict) -> Repo:
+    """A new repository at `path` (branch main) whose one commit holds `files` (path -> text)."""
+    path.mkdir()
+    r = Repo(path)
+    r.git("init", "-q", "-b", "main")
+    for rel, text in files.items():
+        r.write(rel, text)
+    r.commit(path.name)
+    return r
 
 
 @pytest.fixture

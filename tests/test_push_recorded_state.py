@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 
-from conftest import Repo
+from conftest import Repo, new_repo
 from test_real_repos import crlf_repo, lfs_repo
 
 # The agent's full scan, run inside the VM by the agent's own code (the local sandbox has it at
@@ -174,18 +174,9 @@ def test_sha256_objects(tmp_path):
 
 
 def test_a_submodule_moves(tmp_path):
-    lib = Repo(tmp_path / "lib")
-    lib.path.mkdir()
-    lib.git("init", "-q", "-b", "main")
-    lib.write("l.txt", "l\n")
-    lib.commit("lib")
-    app = Repo(tmp_path / "app")
-    app.path.mkdir()
-    app.git("init", "-q", "-b", "main")
-    app.write("a.txt", "a\n")
-    app.commit("app")
-    app.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../lib", "lib")
-    app.commit("app: lib")
+    new_repo(tmp_path / "lib", {"l.txt": "l\n"})
+    app = new_repo(tmp_path / "app", {"a.txt": "a\n"})
+    app.add_submodule("../lib", "lib")
     vm = app.slicer_json("push", "--launch")["vm"]
     app.write("lib/l.txt", "l2\n")
     app.git("-C", "lib", "commit", "-qam", "lib: l2")

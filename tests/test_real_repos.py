@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import Repo
+from conftest import Repo, new_repo
 
 
 def crlf_repo(tmp_path, attributes="*.txt eol=crlf\n", config=()) -> Repo:
@@ -365,21 +365,11 @@ def test_vm_cannot_bring_home_a_new_name_with_control_characters(launched):
 
 
 def test_submodules_travel_recursively_and_their_commits_come_home(tmp_path):
-    def make(name, files):
-        r = Repo(tmp_path / name)
-        r.path.mkdir()
-        r.git("init", "-q", "-b", "main")
-        for rel, text in files.items():
-            r.write(rel, text)
-        r.commit(name)
-        return r
-    make("nested", {"n.txt": "n\n"})
-    lib = make("lib", {"l.txt": "l\n"})
-    lib.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../nested", "nested")
-    lib.commit("lib: nested")
-    app = make("app", {"a.txt": "a\n"})
-    app.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../lib", "lib")
-    app.commit("app: lib")
+    new_repo(tmp_path / "nested", {"n.txt": "n\n"})
+    lib = new_repo(tmp_path / "lib", {"l.txt": "l\n"})
+    lib.add_submodule("../nested", "nested")
+    app = new_repo(tmp_path / "app", {"a.txt": "a\n"})
+    app.add_submodule("../lib", "lib")
     app.git("-c", "protocol.file.allow=always", "submodule", "update", "-q", "--init", "--recursive")
     assert app.git("-C", "lib/nested", "symbolic-ref", "-q", "HEAD", check=False) == ""     # detached
     app.write("lib/l.txt", "l\nhost wip\n")
@@ -409,18 +399,9 @@ def test_a_pull_refused_in_a_submodule_says_the_superproject_was_already_pulled(
     """The superproject's pull runs before its submodules': when a submodule's pull is then
     refused, the error says what the superproject's pull already wrote (its own "nothing was
     written" is the submodule's), and pulling again once that is resolved brings the rest."""
-    lib = Repo(tmp_path / "lib")
-    lib.path.mkdir()
-    lib.git("init", "-q", "-b", "main")
-    lib.write("l.txt", "l\n")
-    lib.commit("lib")
-    app = Repo(tmp_path / "app")
-    app.path.mkdir()
-    app.git("init", "-q", "-b", "main")
-    app.write("a.txt", "a\n")
-    app.commit("app")
-    app.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", "../lib", "lib")
-    old = app.commit("app: lib")
+    new_repo(tmp_path / "lib", {"l.txt": "l\n"})
+    app = new_repo(tmp_path / "app", {"a.txt": "a\n"})
+    old = app.add_submodule("../lib", "lib")
     vm = app.slicer_json("push", "--launch")["vm"]
     app.vm_sh(vm, "cd lib && echo vm >> l.txt && git commit -qam 'vm: lib' && cd .. && "
                   "echo vm >> a.txt && git commit -qam 'vm: bump lib'")

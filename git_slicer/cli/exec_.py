@@ -37,6 +37,11 @@ def command(ctx, vm, cwd, path, env_names, argv):
     from ..config import Settings
     from ..errors import NotARepository, UsageError
     from ..target import resolve
+    stray = [a for a in argv if a.startswith("-")] if "exec_argv" in ctx.meta else argv[:1]
+    if stray and stray[0].startswith("-"):
+        # An option this command does not know (`--json` from habit) is not the command to run.
+        raise UsageError("exec has no option %s; the command to run goes after `--`" % stray[0],
+                         hint="git slicer exec [VM] [--cwd DIR] [--env NAME]... -- CMD [ARGS...]")
     argv = list(argv) + ctx.meta.get("exec_argv", [])
     if not argv:
         raise UsageError("no command given", hint="git slicer exec [VM] -- CMD [ARGS...]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 
 from . import report
@@ -124,6 +125,11 @@ def repository_links(worktree):
 def not_linked(worktree, name: str, what: str = None) -> NotLinked:
     """The error for a VM this worktree has no (completed) link to, with the way on: the other
     worktree of the repository that links it, else how to link it."""
+    if what is None and LinkStore.of(worktree).get(name) is not None:
+        # A link whose first push never completed: only a push to that VM finishes it (a new
+        # VM cannot take the name while the link holds it).
+        return NotLinked("VM %s has no state agreed with this worktree yet: its first push did not complete"
+                         % name, hint="git slicer push %s" % name)
     what = what or "this worktree is not linked to VM %s" % name
     try:
         elsewhere = [other.root for other, link in repository_links(worktree)
@@ -132,7 +138,7 @@ def not_linked(worktree, name: str, what: str = None) -> NotLinked:
         elsewhere = []
     if elsewhere:
         return NotLinked("%s (the worktree at %s is)" % (what, elsewhere[0]),
-                         hint="run the command there: git -C %s slicer ..." % elsewhere[0])
+                         hint="run the command there: git -C %s slicer ..." % shlex.quote(elsewhere[0]))
     return NotLinked(what, hint="link it with `git slicer push %s` (a VM that exists: `git slicer vm list`) or "
                                 "`git slicer push --launch %s` (a new one)" % (name, name))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 
 from . import vmremove
 from .config import Settings
@@ -17,6 +18,8 @@ def add(current: Worktree, path: str, commitish: str = None, branch: str = None,
         launch: bool = False, provider: str = None) -> dict:
     if vm and launch:
         raise UsageError("give either --vm VM or --launch, not both")
+    if vm:      # a VM that is not there stops the command before it creates anything
+        resolve(Settings(current.root), vm, worktree=current, provider=provider)
     args = ["worktree", "add", "-q"]
     if branch:
         args += ["-b", branch]
@@ -31,7 +34,8 @@ def add(current: Worktree, path: str, commitish: str = None, branch: str = None,
             result["pushed"] = push(worktree, PushOptions(vm=vm, launch=launch, provider=provider)).to_json()
         except SlicerError as exc:
             raise SlicerError("created worktree %s, but the push failed: %s" % (worktree.root, exc),
-                              hint="fix the cause, then run `git slicer push` there") from None
+                              hint="fix the cause, then `git -C %s slicer push %s`"
+                                   % (shlex.quote(worktree.root), vm or "--launch")) from None
     return result
 
 
@@ -49,7 +53,7 @@ def remove(path: str, force: bool = False, keep_vms: bool = False) -> dict:
         raise WouldLoseWork("VM %s has work that was not pulled into %s: %s" % (
             ", ".join(sorted(unpulled)), worktree.root, "; ".join(unpulled[n] for n in sorted(unpulled))),
                             hint="%s first, or remove with --force (the VM and its work are kept)"
-                                 % " and ".join("`git -C %s slicer pull %s`" % (worktree.root, n) for n in sorted(unpulled)),
+                                 % " and ".join("`git -C %s slicer pull %s`" % (shlex.quote(worktree.root), n) for n in sorted(unpulled)),
                             details={"unpulled": unpulled})
     settings = Settings(worktree.root)
     vms, doomed = [], []

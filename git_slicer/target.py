@@ -89,7 +89,8 @@ def vm_named(worktree, vm_name: str = None) -> str:
     if len(links) > 1:
         raise UsageError("this worktree is linked to several VMs (%s); name one"
                          % ", ".join(link.vm for link in links),
-                         hint="`git slicer push --all` pushes to every one of them")
+                         hint="give its name after the command (`git slicer COMMAND VM`); a push can also go "
+                              "to every one of them with `git slicer push --all`")
     return links[0].vm
 
 

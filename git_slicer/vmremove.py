@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 from .agreed import pushed
 from .config import user_data_dir
@@ -70,7 +71,8 @@ def unpulled_work(worktree, link):
     if side.get("unpulled_branches"):
         what.append("commits on branch %s" % ", ".join(side["unpulled_branches"][:5]))
     if side.get("stash"):
-        what.append("a stash (`git slicer exec %s -- git stash list`)" % link.vm)
+        what.append("a stash, which no pull brings home (`git slicer exec %s -- git stash pop`, commit "
+                    "it and pull, or drop it)" % link.vm)
     for entry in side.get("kept") or ():
         what.append("changes kept in its ref %s" % entry["ref"])
     return "; ".join(what) or None
@@ -119,8 +121,9 @@ def check_removable(vm, links, records=()) -> None:
                "anyway" % (vm.name, vm.name)
         if records and len(problems) == len(records):
             record = records[0][1]
-            hint = "`git fetch slicer://%s%s %s` brings its commits home; `git slicer vm rm --force %s` deletes " \
-                   "it with its work" % (vm.name, record.get("guest_path") or "", record.get("branch") or "", vm.name)
+            hint = "`git fetch %s %s` brings its commits home; `git slicer vm rm --force %s` deletes " \
+                   "it with its work" % (shlex.quote("slicer://%s%s" % (vm.name, record.get("guest_path") or "")),
+                                         shlex.quote(record.get("branch") or ""), vm.name)
         raise WouldLoseWork("VM %s holds work that was not pulled into %s" % (vm.name, "; ".join(problems)),
                             hint=hint, details={"vm": vm.name, "problems": problems})
 

@@ -58,7 +58,7 @@ def rm(names, provider, force, as_json):
     settings = Settings()
     here = _here()
     plan = []
-    for name in names:          # check every VM before removing any
+    for name in dict.fromkeys(names):   # each once; every VM checked before any is removed
         owner = _owner(settings, name, provider)
         vm = find_vm(owner, name)
         links = vmremove.links_to(vm, [here] if here else [])

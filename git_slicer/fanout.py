@@ -32,7 +32,7 @@ def push_many(worktree, options: PushOptions, all_linked: bool = False, count: i
         try:
             return {"ok": True, **push(worktree, job).to_json()}
         except SlicerError as exc:
-            return {"ok": False, "vm": job.vm, "error": str(exc)}
+            return {"ok": False, "vm": job.vm, "error": str(exc), "kind": type(exc).__name__, "hint": exc.hint}
 
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(jobs))) as pool:
         results = list(pool.map(run, jobs))

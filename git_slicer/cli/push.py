@@ -39,6 +39,10 @@ def command(vm, path, launch, force, depth, include_ignored, provider, all_linke
                  for r in outcome["results"]]
         emit(as_json, outcome, "\n".join(lines), ok=not outcome["failed"])
         if outcome["failed"]:
+            if as_json:         # the document has them all; stderr has the one-line errors
+                for r in outcome["results"]:
+                    if not r["ok"]:
+                        click.echo("error: VM %s: %s" % (r["vm"] or "(not launched)", r["error"]), err=True)
             raise SystemExit(1)
         return
     result = push(worktree, options).to_json()

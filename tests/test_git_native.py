@@ -117,6 +117,14 @@ def test_shell_runs_in_a_real_pty(launched):
     assert code == 3
 
 
+def test_worktree_add_with_a_vm_that_is_not_there_creates_nothing(repo, tmp_path):
+    target = tmp_path / "fix"
+    proc = repo.slicer("worktree", "add", str(target), "-b", "fix", "--vm", "nosuch", "--json", check=False)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["kind"] == "VMNotFound"
+    assert not target.exists() and repo.git("branch", "--list", "fix") == ""
+    assert repo.slicer_json("worktree", "add", str(target), "-b", "fix", "--launch")["pushed"]["vm"]
+
+
 def test_worktree_add_launch_and_remove(repo, tmp_path):
     target = tmp_path / "fix"
     result = repo.slicer_json("worktree", "add", str(target), "-b", "fix", "--launch")
@@ -156,6 +164,9 @@ def test_push_launch_count_and_all(repo):
     proc = repo.slicer("push", "--all", "--json", check=False)
     outcome = json.loads(proc.stdout)
     assert proc.returncode == 1 and outcome["ok"] is False and outcome["failed"] == [vms[0]]
+    failed = [r for r in outcome["results"] if not r["ok"]]
+    assert failed[0]["kind"] == "WouldLoseWork" and "pull" in failed[0]["hint"]
+    assert proc.stderr.decode().splitlines() == ["error: VM %s: %s" % (vms[0], failed[0]["error"])]
     for vm in vms[1:]:
         assert "again.txt" in repo.vm_status(vm)
 

@@ -4,6 +4,7 @@ and the host's ignore rules in the VM."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -38,7 +39,43 @@ def test_exec_of_a_missing_command_exits_127_like_a_shell(launched):
     assert proc.returncode == 5
 
 
+def test_exec_refuses_an_option_it_does_not_know_instead_of_running_it(launched):
+    """`--json` from habit before `--` (or with no `--`) is a usage error, not the command."""
+    repo, vm = launched
+    for args in ([vm, "--json", "--", "echo", "hi"], [vm, "--cwd", ".", "--bogus", "--", "echo", "hi"],
+                 [vm, "--json", "echo", "hi"]):
+        proc = repo.slicer("exec", *args, check=False)
+        assert proc.returncode == 2, args
+        if "--json" in args:                # the agent that typed it gets its error as JSON too
+            assert json.loads(proc.stdout)["error"]["kind"] == "UsageError"
+        else:
+            assert proc.stdout == b""
+        assert b"exec has no option --" in proc.stderr and b"after `--`" in proc.stderr
+    # An option-like word after `--` belongs to the command; a command without `--` still runs.
+    assert repo.slicer("exec", vm, "--", "echo", "--json").stdout == b"--json\n"
+    assert repo.slicer("exec", vm, "echo", "hi").stdout == b"hi\n"
+
+
 # -- status ---------------------------------------------------------------------------------
+def test_a_first_push_that_never_reached_the_vm_is_named_alike_by_every_command(repo):
+    """A first push stopped before the VM saw anything leaves its link pending. Every command
+    then says so and names the command that finishes it; none says "not linked" with a hint
+    (`push --launch VM`) that the pending link itself refuses."""
+    import os
+    vm = repo.slicer_json("vm", "launch")["name"]
+    repo.write("notes.txt", "untracked\n")          # a file stream follows the pack: killed between them
+    proc = repo.slicer("push", vm, check=False, env={**os.environ, "GIT_SLICER_TEST_CRASH_AT": "push:pack-sent"})
+    assert proc.returncode != 0
+    for args in (("status", vm), ("status", vm), ("pull", vm), ("log", vm), ("diff", vm)):
+        proc = repo.slicer(*args, check=False)
+        assert proc.returncode == 2, args
+        assert proc.stderr.decode().splitlines() == [
+            "error: VM %s has no state agreed with this worktree yet: its first push did not complete" % vm,
+            "hint: git slicer push %s" % vm], args
+    repo.slicer("push", vm)
+    assert repo.slicer_json("status", vm)["in_sync"] is True
+
+
 def test_status_measures_each_side_against_the_agreed_state(launched):
     repo, vm = launched
     repo.write("notes.txt", "host's own untracked file\n")
@@ -353,11 +390,12 @@ def test_a_vm_stash_is_unpulled_work(launched):
     for args in (("vm", "rm", vm), ("unlink", vm)):
         proc = repo.slicer(*args, check=False)
         assert proc.returncode == 1 and b"a stash" in proc.stderr, (args, proc.stderr)
+        assert b"no pull brings home (`git slicer exec %s -- git stash pop`" % vm.encode() in proc.stderr
     repo.vm_sh(vm, "git stash pop -q && git commit -qam 'from the stash'")
     repo.slicer("pull", vm)
     assert "stashed" in (repo.path / "README.md").read_text()
     assert repo.slicer_json("status", vm)["vm_side"]["stash"] is False
-    assert repo.slicer_json("vm", "rm", vm)["removed"] == [vm]
+    assert repo.slicer_json("vm", "rm", vm, vm)["removed"] == [vm]        # a name given twice: once
 
 
 def test_unlink_refuses_while_the_vm_holds_unpulled_work(launched):

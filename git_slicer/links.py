@@ -125,7 +125,7 @@ def repository_links(worktree):
 def not_linked(worktree, name: str, what: str = None) -> NotLinked:
     """The error for a VM this worktree has no (completed) link to, with the way on: the other
     worktree of the repository that links it, else how to link it."""
-    if what is None and LinkStore.of(worktree).get(name) is not None:
+    if what is None and worktree is not None and LinkStore.of(worktree).get(name) is not None:
         # A link whose first push never completed: only a push to that VM finishes it (a new
         # VM cannot take the name while the link holds it).
         return NotLinked("VM %s has no state agreed with this worktree yet: its first push did not complete"

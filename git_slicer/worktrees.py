@@ -19,7 +19,7 @@ def add(current: Worktree, path: str, commitish: str = None, branch: str = None,
     if vm and launch:
         raise UsageError("give either --vm VM or --launch, not both")
     if vm:      # a VM that is not there stops the command before it creates anything
-        resolve(Settings(current.root), vm, worktree=current, provider=provider)
+        resolve(Settings(current.root), vm, provider=provider)      # (the new worktree's link is new)
     args = ["worktree", "add", "-q"]
     if branch:
         args += ["-b", branch]

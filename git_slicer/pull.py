@@ -107,7 +107,7 @@ def _say_what_was_pulled(exc: SlicerError, result: PullResult) -> None:
     the submodules."""
     moved = result.to != result.from_
     written = len(result.files["written"]) + len(result.files["deleted"])
-    if not (moved or written or result.submodules):
+    if not (moved or written):
         return
     done = []
     if moved:
@@ -115,8 +115,6 @@ def _say_what_was_pulled(exc: SlicerError, result: PullResult) -> None:
                                       result.from_[:12], result.to[:12]))
     if written:
         done.append("%d file(s) written" % written)
-    if result.submodules:
-        done.append("submodule(s) %s pulled" % ", ".join(display(s["path"]) for s in result.submodules))
     exc.args = ("%s (the superproject's pull had already run: %s; pull again once that is "
                 "resolved, for the submodules)" % (exc, ", ".join(done)),)
     exc.details = {**exc.details, "pulled_before": result.to_json()}
